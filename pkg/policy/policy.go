@@ -1,0 +1,133 @@
+// Package policy implements Isolator's trust policy language: YAML files in which an
+// administrator says which files are opened on the host (trust), which are opened by a
+// handler program inside a throwaway micro VM (isolate), which are refused (deny) and for
+// which the user is asked (ask).
+//
+// A policy is loaded from one or more directories of *.yaml files (Load, LoadSources),
+// validated as a whole (every problem is reported at once as a *ValidationErrors), compiled
+// into an immutable *Policy and evaluated with (*Policy).Decide. Rules are evaluated in a
+// defined order, first match wins, and every Decision explains itself: the file and line of
+// the rule that decided and the conditions that matched. A Store holds the policy in force
+// and hot-reloads a directory with fsnotify, keeping the last good policy when a change is
+// invalid.
+//
+// The language is documented in docs/POLICY.md.
+package policy
+
+import (
+	"strings"
+	"time"
+)
+
+// Request is what a decision is about: one file, who asks, with what program, and where
+// the file came from.
+type Request struct {
+	Path   string   // absolute host path of the file
+	User   string   // name of the owner/requester
+	UID    int      // uid of the owner/requester
+	Groups []string // group names of the requester
+	Home   string   // home directory of the requester; "~" in path globs means this
+
+	Opener string // executable path of the program opening the file ("" if unknown)
+
+	Origin   string // URL the file was downloaded from ("" if none); see ReadOrigin
+	Referrer string // URL of the page that linked the download ("" if none)
+
+	// Content facts. The evaluator fills them lazily from the file when a rule needs them
+	// and they are zero; callers that already know them may set them.
+	Size        int64  // size in bytes; -1 or 0 with the file present means "stat the file"
+	SHA256      string // lower-case hex SHA-256 of the content
+	ContentType string // MIME type sniffed from the bytes, e.g. "application/pdf"
+}
+
+// Action is what happens to a file.
+type Action string
+
+// The actions a rule can take.
+const (
+	ActionTrust   Action = "trust"   // open on the host, as if Isolator were not there
+	ActionIsolate Action = "isolate" // run the rule's handler on the file in a micro VM
+	ActionDeny    Action = "deny"    // refuse to open the file
+	ActionAsk     Action = "ask"     // ask the user; the session decides
+)
+
+// Valid reports whether a is one of the four actions.
+func (a Action) Valid() bool {
+	switch a {
+	case ActionTrust, ActionIsolate, ActionDeny, ActionAsk:
+		return true
+	}
+	return false
+}
+
+// Output names something a handler hands back to the user.
+type Output string
+
+// The things a handler can return.
+const (
+	OutputFiles  Output = "files"  // the regular files the program wrote under {output}
+	OutputStdout Output = "stdout" // the program's standard output
+	OutputStderr Output = "stderr" // the program's standard error
+)
+
+// Handler is how an isolated file is opened: a program in a guest image, its arguments and
+// its resource limits. Handlers are immutable once loaded; do not modify a Handler taken
+// from a Decision.
+type Handler struct {
+	Name    string   // name the rules refer to it by
+	Image   string   // guest image name; the daemon opens <image-dir>/<Image>.img
+	Program string   // guest path of the program, e.g. /usr/bin/pdftotext
+	Args    []string // arguments after argv[0], with {input}, {output}, {name}, {stem} placeholders
+	Env     []string // environment, "KEY=value"
+
+	Memory         int64         // guest memory cap in bytes; 0 means the VM default
+	Timeout        time.Duration // wall-clock limit; 0 means the VM default (none)
+	MaxOutputBytes int64         // bound on bytes returned; 0 means the VM default
+	MaxOutputFiles int           // bound on files returned; 0 means the VM default
+	Returns        []Output      // what comes back to the user, in this order
+
+	File string // policy file that defined the handler
+	Line int    // line of the definition
+}
+
+// Guest paths the placeholders in Handler.Args expand to.
+const (
+	GuestInputDir  = "/input"  // the input file is /input/<name>
+	GuestOutputDir = "/output" // files written here are returned when Returns has "files"
+)
+
+// ExpandArgs returns h.Args with the placeholders replaced for an input file whose base
+// name inside the guest is name: {input} is /input/<name>, {output} is /output, {name} is
+// name and {stem} is name without its last extension. "{{" and "}}" are literal braces.
+func (h *Handler) ExpandArgs(name string) []string {
+	stem := name
+	if i := strings.LastIndexByte(name, '.'); i > 0 {
+		stem = name[:i]
+	}
+	r := strings.NewReplacer(
+		"{{", "{", "}}", "}",
+		"{input}", GuestInputDir+"/"+name,
+		"{output}", GuestOutputDir,
+		"{name}", name,
+		"{stem}", stem,
+	)
+	out := make([]string, len(h.Args))
+	for i, a := range h.Args {
+		out[i] = r.Replace(a)
+	}
+	return out
+}
+
+// Decision is the result of evaluating a policy for a Request.
+type Decision struct {
+	Action  Action   `json:"action"`
+	Handler *Handler `json:"handler,omitempty"` // set when Action is isolate
+
+	Rule    string   `json:"rule"`              // name of the deciding rule, or "default" / "untrusted-origin-default" / "fail-closed"
+	File    string   `json:"file,omitempty"`    // policy file of the deciding rule or default
+	Line    int      `json:"line,omitempty"`    // line of the deciding rule or default
+	Matched []string `json:"matched,omitempty"` // the conditions that matched, e.g. `extension "pdf"`
+
+	Explanation   string `json:"explanation"`    // one human-readable sentence or two
+	PolicyVersion string `json:"policy_version"` // content hash of the policy that decided
+}
