@@ -1,0 +1,252 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/isolator-dev/isolator/pkg/api"
+)
+
+func TestStreamFollowLateAndLive(t *testing.T) {
+	s := NewStream(0)
+	w := s.Writer(api.EventStdout)
+	fmt.Fprint(w, "early ")
+	var wg sync.WaitGroup
+	got := make([]string, 3)
+	for i := range got {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var b strings.Builder
+			err := s.Follow(context.Background(), func(ev api.Event) error {
+				b.Write(ev.Data)
+				return nil
+			})
+			if err != nil {
+				t.Errorf("follow: %v", err)
+			}
+			got[i] = b.String()
+		}()
+	}
+	for i := range 100 {
+		fmt.Fprintf(w, "%d ", i)
+	}
+	s.Close()
+	wg.Wait()
+	var want strings.Builder
+	want.WriteString("early ")
+	for i := range 100 {
+		fmt.Fprintf(&want, "%d ", i)
+	}
+	// A follower that starts after Close still reads everything.
+	var late strings.Builder
+	if err := s.Follow(context.Background(), func(ev api.Event) error { late.Write(ev.Data); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for i, g := range append(got, late.String()) {
+		if g != want.String() {
+			t.Errorf("follower %d got %q, want %q", i, g, want.String())
+		}
+	}
+}
+
+func TestStreamFollowCancel(t *testing.T) {
+	s := NewStream(0)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.Follow(ctx, func(api.Event) error { return nil }) }()
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Follow after cancel = %v, want context.Canceled", err)
+	}
+}
+
+func TestStreamLimit(t *testing.T) {
+	s := NewStream(10)
+	w := s.Writer(api.EventStderr)
+	w.Write([]byte("12345"))
+	w.Write([]byte("123456")) // over the limit: dropped, noticed
+	w.Write([]byte("12345"))  // fits exactly
+	w.Write([]byte("x"))
+	s.Close()
+	if got := s.Dropped(); got != 7 {
+		t.Errorf("Dropped = %d, want 7", got)
+	}
+	var notices int
+	var data []byte
+	for _, ev := range s.Events() {
+		if ev.Type == api.EventNotice {
+			notices++
+		}
+		data = append(data, ev.Data...)
+	}
+	if notices != 1 || string(data) != "1234512345" {
+		t.Errorf("notices=%d data=%q", notices, data)
+	}
+	s.Append(api.Event{Type: api.EventStdout, Data: []byte("after close")})
+	if n := len(s.Events()); n != 3 {
+		t.Errorf("append after close changed the stream: %d events", n)
+	}
+}
+
+func TestSanitizeName(t *testing.T) {
+	tests := []struct {
+		name string
+		ok   bool
+	}{
+		{"page-1.png", true},
+		{"dir/report.txt", true},
+		{"a/b/c/d.txt", true},
+		{"", false},
+		{"/etc/passwd", false},
+		{"../x", false},
+		{"a/../../x", false},
+		{"a//b", false},
+		{"./a", false},
+		{"a/", false},
+		{"bad\x00name", false},
+		{"new\nline", false},
+		{"esc\x1b[31m", false},
+		{"rtl\u202etxt.exe", false},
+		{strings.Repeat("a", 256), false},
+		{strings.Repeat("a/", 16) + "x", false},
+		{"\xff\xfe", false},
+		{"ünïcode ok.txt", true},
+	}
+	for _, tt := range tests {
+		got, err := SanitizeName(tt.name)
+		if tt.ok != (err == nil) {
+			t.Errorf("SanitizeName(%q) = %q, %v; want ok=%v", tt.name, got, err, tt.ok)
+		}
+		if err != nil && !errors.Is(err, ErrUnsafeName) {
+			t.Errorf("SanitizeName(%q) error %v does not wrap ErrUnsafeName", tt.name, err)
+		}
+	}
+}
+
+func FuzzSanitizeName(f *testing.F) {
+	for _, s := range []string{"a", "a/b", "../x", "/abs", "a\x00", "dir/./x"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		got, err := SanitizeName(name)
+		if err != nil {
+			return
+		}
+		if filepath.IsAbs(got) || filepath.Clean(got) != got || strings.HasPrefix(filepath.Clean("x/"+got), "x/") == false {
+			t.Fatalf("accepted unsafe name %q", got)
+		}
+		for _, p := range strings.Split(got, "/") {
+			if p == ".." || p == "." || p == "" {
+				t.Fatalf("accepted %q with component %q", got, p)
+			}
+		}
+	})
+}
+
+func TestDeliver(t *testing.T) {
+	base := filepath.Join(t.TempDir(), "Isolated")
+	files := []api.File{
+		{Name: "out.txt", Mode: 0o4755, Data: []byte("hello")},
+		{Name: "pages/page-1.txt", Data: []byte("one")},
+		{Name: "pages/page-2.txt", Data: []byte("two")},
+		{Name: "../escape", Data: []byte("x")},
+		{Name: "out.txt", Data: []byte("again")},
+		{Name: "out.txt/child", Data: []byte("x")},
+		{Name: "big.bin", Data: bytes.Repeat([]byte("z"), 100)},
+		{Name: "f4", Data: nil},
+		{Name: "f5", Data: nil},
+	}
+	d, err := Deliver(DeliverConfig{Dir: base, TaskID: "t1", SourceSHA256: "abc", Handler: "docs", MaxFiles: 4, MaxBytes: 50}, files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, w := range d.Written {
+		names = append(names, w.Name)
+		data, err := os.ReadFile(w.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if int64(len(data)) != w.Size {
+			t.Errorf("%s: %d bytes on disk, reported %d", w.Name, len(data), w.Size)
+		}
+	}
+	if got, want := strings.Join(names, ","), "out.txt,pages/page-1.txt,pages/page-2.txt,f4"; got != want {
+		t.Errorf("written %s, want %s", got, want)
+	}
+	refused := map[string]string{}
+	for _, r := range d.Refused {
+		refused[r.Name] = r.Reason
+	}
+	for name, reason := range map[string]string{
+		"../escape":     "unsafe",
+		"out.txt":       "not overwritten",
+		"out.txt/child": "not a directory",
+		"big.bin":       "byte bound",
+		"f5":            "more than 4 files",
+	} {
+		if !strings.Contains(refused[name], reason) {
+			t.Errorf("refused[%q] = %q, want it to mention %q", name, refused[name], reason)
+		}
+	}
+	fi, err := os.Stat(filepath.Join(base, "t1", "out.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm()&0o111 != 0 || fi.Mode()&os.ModeSetuid != 0 {
+		t.Errorf("result is executable or setuid: %v", fi.Mode())
+	}
+	if d.XattrWarning == "" {
+		buf := make([]byte, 64)
+		for attr, want := range map[string]string{XattrTask: "t1", XattrSourceSHA256: "abc", XattrHandler: "docs"} {
+			n, err := unix.Getxattr(filepath.Join(base, "t1", "pages/page-1.txt"), attr, buf)
+			if err != nil || string(buf[:n]) != want {
+				t.Errorf("xattr %s = %q, %v; want %q", attr, buf[:n], err, want)
+			}
+		}
+	} else {
+		t.Logf("file system without user xattrs: %s", d.XattrWarning)
+	}
+	// A second delivery of the same task never reuses the directory.
+	if _, err := Deliver(DeliverConfig{Dir: base, TaskID: "t1"}, files); err == nil {
+		t.Error("Deliver into an existing task directory succeeded")
+	}
+	if _, err := Deliver(DeliverConfig{Dir: base, TaskID: "../t2"}, files); err == nil {
+		t.Error("Deliver with a task id containing a slash succeeded")
+	}
+}
+
+func TestWriteAtRefusesSymlinks(t *testing.T) {
+	dir := t.TempDir()
+	outside := t.TempDir()
+	if err := os.Symlink(outside, filepath.Join(dir, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(outside, "target"), filepath.Join(dir, "file")); err != nil {
+		t.Fatal(err)
+	}
+	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(root)
+	for _, name := range []string{"link/x", "file"} {
+		if err := writeAt(root, name, []byte("x"), func(int) {}); err == nil {
+			t.Errorf("writeAt(%q) through a symlink succeeded", name)
+		}
+	}
+	ents, _ := os.ReadDir(outside)
+	if len(ents) != 0 {
+		t.Errorf("something was written outside: %v", ents)
+	}
+}
