@@ -1,0 +1,136 @@
+package interception
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// recordingSink records what it is given.
+type recordingSink struct {
+	mu       sync.Mutex
+	isolated []FileInfo // guarded by mu
+	events   []Event    // guarded by mu
+}
+
+func (s *recordingSink) Isolate(_ context.Context, f FileInfo, _ Verdict) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.isolated = append(s.isolated, f)
+}
+
+func (s *recordingSink) Notify(ev Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.events = append(s.events, ev)
+}
+
+func (s *recordingSink) isolations(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, f := range s.isolated {
+		if f.Path == path {
+			n++
+		}
+	}
+	return n
+}
+
+func (s *recordingSink) eventCount(kind EventKind) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, ev := range s.events {
+		if ev.Kind == kind {
+			n++
+		}
+	}
+	return n
+}
+
+var _ Sink = (*recordingSink)(nil)
+
+// nameDecider trusts files whose base name contains "trusted", denies those containing
+// "denied" and isolates the others; it records every call.
+type nameDecider struct {
+	mu    sync.Mutex
+	calls []FileInfo // guarded by mu
+}
+
+func (d *nameDecider) Decide(_ context.Context, f FileInfo) (Verdict, error) {
+	d.mu.Lock()
+	d.calls = append(d.calls, f)
+	d.mu.Unlock()
+	base := filepath.Base(f.Path)
+	switch {
+	case strings.Contains(base, "trusted"):
+		return Verdict{Action: ActionTrust, Rule: "test-trusted", Reason: "name says trusted"}, nil
+	case strings.Contains(base, "denied"):
+		return Verdict{Action: ActionDeny, Rule: "test-denied", Reason: "name says denied"}, nil
+	}
+	return Verdict{Action: ActionIsolate, Rule: "test-untrusted", Reason: "downloaded file"}, nil
+}
+
+func (d *nameDecider) callsFor() []FileInfo {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]FileInfo(nil), d.calls...)
+}
+
+var _ Decider = (*nameDecider)(nil)
+
+// waitFor polls cond every 10 ms until it holds or timeout passes.
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// requireUserXattr skips the test if dir's file system refuses user.* attributes.
+func requireUserXattr(t *testing.T, dir string) {
+	t.Helper()
+	p := filepath.Join(dir, ".xattr-probe")
+	if err := os.WriteFile(p, []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(p)
+	if err := unix.Setxattr(p, "user.probe", []byte("1"), 0); err != nil {
+		if errors.Is(err, unix.ENOTSUP) || errors.Is(err, unix.EPERM) {
+			t.Skipf("file system of %s does not support user xattrs: %v", dir, err)
+		}
+		t.Fatal(err)
+	}
+}
+
+// writeChunks creates path and writes n chunks of data with pause between them.
+func writeChunks(t *testing.T, path string, data []byte, n int, pause time.Duration) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	step := (len(data) + n - 1) / n
+	for off := 0; off < len(data); off += step {
+		end := min(off+step, len(data))
+		if _, err := f.Write(data[off:end]); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(pause)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -1,0 +1,552 @@
+package interception
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"golang.org/x/sys/unix"
+)
+
+// Defaults of WatcherConfig.
+const (
+	DefaultSettle        = 2 * time.Second
+	DefaultDecideTimeout = 30 * time.Second
+	defaultWorkers       = 2
+	maxRemembered        = 1 << 16
+)
+
+// DefaultTempSuffixes are the name suffixes of files that are still being downloaded:
+// Chromium's .crdownload, Firefox's .part, Safari's .download and the .partial of others.
+var DefaultTempSuffixes = []string{".crdownload", ".part", ".download", ".partial"}
+
+// DefaultTempPrefixes are the name prefixes of Chromium's hidden temporary files.
+var DefaultTempPrefixes = []string{".com.google.Chrome.", ".org.chromium.Chromium."}
+
+// ErrWatchLimit is wrapped by the error reported when inotify refuses a watch because
+// fs.inotify.max_user_watches is exhausted.
+var ErrWatchLimit = errors.New("inotify watch limit reached (raise fs.inotify.max_user_watches)")
+
+// WatcherConfig configures a Watcher.
+type WatcherConfig struct {
+	// Dirs are the download directories, watched recursively. Required; see
+	// DefaultDownloadDirs for the per-user XDG defaults.
+	Dirs    []string
+	Decider Decider // evaluates the policy; required
+	Sink    Sink    // receives isolation requests and events; required
+
+	// Settle is how long a file written in place must stay unwritten before it counts as
+	// complete. Files renamed into place from a temporary name settle the same way.
+	// Zero selects DefaultSettle.
+	Settle time.Duration
+	// DecideTimeout bounds one Decider call. Zero selects DefaultDecideTimeout.
+	DecideTimeout time.Duration
+	// TempSuffixes and TempPrefixes name in-progress downloads, which are never acted on.
+	// Nil selects DefaultTempSuffixes and DefaultTempPrefixes.
+	TempSuffixes []string
+	TempPrefixes []string
+	// Workers is how many files are hashed and decided at once. Zero selects 2.
+	Workers int
+	// SkipExisting leaves files that are already in the directories when Run starts
+	// undecided; by default those without an up-to-date record are decided.
+	SkipExisting bool
+	// NoWriterLookup disables the /proc scan that finds the program writing a new file.
+	NoWriterLookup bool
+	// OnDir, if set, is called with every directory the Watcher starts watching, for
+	// example to mark it in a Gate. It runs on the Watcher's event goroutine.
+	OnDir func(dir string)
+	// Logger receives diagnostics. Nil discards them.
+	Logger *slog.Logger
+}
+
+// Watcher recognises completed downloads in a set of directories and decides each one once.
+type Watcher struct {
+	cfg  WatcherConfig
+	fsw  *fsnotify.Watcher
+	work chan string
+	done chan struct{}
+	log  *slog.Logger
+
+	mu        sync.Mutex
+	pending   map[string]*time.Timer // guarded by mu; settle timers by path
+	inflight  map[string]bool        // guarded by mu; paths being processed
+	again     map[string]bool        // guarded by mu; paths that changed while in flight
+	writers   map[string]writer      // guarded by mu; writer seen when the path was created
+	decided   map[fileID]decided     // guarded by mu; what was decided in this run
+	warnLimit bool                   // guarded by mu; the watch-limit event was sent
+	noXattr   bool                   // guarded by mu; xattr failure was logged
+}
+
+type writer struct {
+	pid     int
+	program string
+}
+
+type fileID struct{ dev, ino uint64 }
+
+type decided struct {
+	size  int64
+	mtime unix.Timespec
+}
+
+// NewWatcher validates cfg and starts watching its directories. Events are only processed
+// once Run is called; call Close if Run is never called.
+func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
+	if len(cfg.Dirs) == 0 {
+		return nil, errors.New("new watcher: no directories")
+	}
+	if cfg.Decider == nil || cfg.Sink == nil {
+		return nil, errors.New("new watcher: Decider and Sink are required")
+	}
+	if cfg.Settle <= 0 {
+		cfg.Settle = DefaultSettle
+	}
+	if cfg.DecideTimeout <= 0 {
+		cfg.DecideTimeout = DefaultDecideTimeout
+	}
+	if cfg.TempSuffixes == nil {
+		cfg.TempSuffixes = DefaultTempSuffixes
+	}
+	if cfg.TempPrefixes == nil {
+		cfg.TempPrefixes = DefaultTempPrefixes
+	}
+	if cfg.Workers <= 0 {
+		cfg.Workers = defaultWorkers
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	dirs := make([]string, 0, len(cfg.Dirs))
+	for _, d := range cfg.Dirs {
+		abs, err := filepath.Abs(d)
+		if err != nil {
+			return nil, fmt.Errorf("new watcher: %w", err)
+		}
+		st, err := os.Stat(abs)
+		if err != nil {
+			return nil, fmt.Errorf("new watcher: %w", err)
+		}
+		if !st.IsDir() {
+			return nil, fmt.Errorf("new watcher: %s is not a directory", abs)
+		}
+		dirs = append(dirs, abs)
+	}
+	cfg.Dirs = dirs
+	fsw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return nil, fmt.Errorf("new watcher: %w", err)
+	}
+	w := &Watcher{
+		cfg:      cfg,
+		fsw:      fsw,
+		work:     make(chan string, 1024),
+		done:     make(chan struct{}),
+		log:      log,
+		pending:  make(map[string]*time.Timer),
+		inflight: make(map[string]bool),
+		again:    make(map[string]bool),
+		writers:  make(map[string]writer),
+		decided:  make(map[fileID]decided),
+	}
+	for _, d := range dirs {
+		if err := w.addTree(d, !cfg.SkipExisting); err != nil {
+			fsw.Close()
+			return nil, fmt.Errorf("new watcher: %w", err)
+		}
+	}
+	return w, nil
+}
+
+// Dirs returns the absolute directories the Watcher was configured with.
+func (w *Watcher) Dirs() []string { return append([]string(nil), w.cfg.Dirs...) }
+
+// Close releases the inotify instance. It is called by Run on return.
+func (w *Watcher) Close() error {
+	w.mu.Lock()
+	for p, t := range w.pending {
+		t.Stop()
+		delete(w.pending, p)
+	}
+	w.mu.Unlock()
+	select {
+	case <-w.done:
+	default:
+		close(w.done)
+	}
+	return w.fsw.Close()
+}
+
+// Run processes events until ctx is cancelled, then waits for files being decided, closes
+// the Watcher and returns nil. It returns an error if the inotify instance fails.
+func (w *Watcher) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for range w.cfg.Workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case p := <-w.work:
+					w.process(ctx, p)
+				}
+			}
+		}()
+	}
+	err := w.loop(ctx)
+	w.Close()
+	wg.Wait()
+	return err
+}
+
+func (w *Watcher) loop(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-w.fsw.Events:
+			if !ok {
+				return errors.New("watcher: inotify closed")
+			}
+			w.handle(ev)
+		case err, ok := <-w.fsw.Errors:
+			if !ok {
+				return errors.New("watcher: inotify closed")
+			}
+			if errors.Is(err, fsnotify.ErrEventOverflow) {
+				w.log.Warn("inotify queue overflow; rescanning", "dirs", w.cfg.Dirs)
+				w.cfg.Sink.Notify(Event{Kind: EventOverflow, Time: time.Now(),
+					Message: "inotify queue overflowed; download directories rescanned"})
+				w.rescan()
+				continue
+			}
+			w.log.Error("inotify", "err", err)
+			w.cfg.Sink.Notify(Event{Kind: EventError, Time: time.Now(), Message: "inotify error", Err: err})
+		}
+	}
+}
+
+// rescan walks every directory again, adding missing watches and scheduling every file;
+// files with an up-to-date record are skipped cheaply by process.
+func (w *Watcher) rescan() {
+	for _, d := range w.cfg.Dirs {
+		if err := w.addTree(d, true); err != nil {
+			w.log.Error("rescan", "dir", d, "err", err)
+		}
+	}
+}
+
+func (w *Watcher) handle(ev fsnotify.Event) {
+	p := ev.Name
+	switch {
+	case ev.Has(fsnotify.Create):
+		st, err := os.Lstat(p)
+		if err != nil {
+			return // already gone
+		}
+		if st.IsDir() {
+			if err := w.addTree(p, true); err != nil {
+				w.log.Error("watch new directory", "dir", p, "err", err)
+			}
+			return
+		}
+		if !st.Mode().IsRegular() || w.isTemp(p) {
+			return
+		}
+		if !w.cfg.NoWriterLookup {
+			if pid, exe := findWriter(p); pid != 0 {
+				w.mu.Lock()
+				if len(w.writers) >= maxRemembered {
+					clear(w.writers)
+				}
+				w.writers[p] = writer{pid: pid, program: exe}
+				w.mu.Unlock()
+			}
+		}
+		w.schedule(p)
+	case ev.Has(fsnotify.Write):
+		if !w.isTemp(p) {
+			w.schedule(p)
+		}
+	case ev.Has(fsnotify.Remove), ev.Has(fsnotify.Rename):
+		w.mu.Lock()
+		if t, ok := w.pending[p]; ok {
+			t.Stop()
+			delete(w.pending, p)
+		}
+		delete(w.writers, p)
+		w.mu.Unlock()
+	}
+	// Chmod (IN_ATTRIB) is ignored: it is what our own attribute writes produce.
+}
+
+// isTemp reports whether the base name of p is an in-progress download.
+func (w *Watcher) isTemp(p string) bool {
+	base := filepath.Base(p)
+	for _, s := range w.cfg.TempSuffixes {
+		if strings.HasSuffix(base, s) {
+			return true
+		}
+	}
+	for _, s := range w.cfg.TempPrefixes {
+		if strings.HasPrefix(base, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// schedule (re)starts the settle timer of p.
+func (w *Watcher) schedule(p string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if t, ok := w.pending[p]; ok {
+		t.Reset(w.cfg.Settle)
+		return
+	}
+	w.pending[p] = time.AfterFunc(w.cfg.Settle, func() {
+		w.mu.Lock()
+		delete(w.pending, p)
+		w.mu.Unlock()
+		select {
+		case w.work <- p:
+		case <-w.done:
+		}
+	})
+}
+
+// addTree watches dir and its subdirectories and, if scanFiles, schedules their files.
+func (w *Watcher) addTree(dir string, scanFiles bool) error {
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == dir {
+				return err
+			}
+			return nil // vanished or unreadable below the root: skip it
+		}
+		switch {
+		case d.IsDir():
+			if err := w.fsw.Add(p); err != nil {
+				if errors.Is(err, unix.ENOSPC) {
+					w.watchLimit(p, err)
+					return filepath.SkipAll
+				}
+				if p == dir {
+					return fmt.Errorf("watch %s: %w", p, err)
+				}
+				return nil
+			}
+			if w.cfg.OnDir != nil {
+				w.cfg.OnDir(p)
+			}
+		case d.Type().IsRegular() && scanFiles && !w.isTemp(p):
+			w.schedule(p)
+		}
+		return nil
+	})
+}
+
+func (w *Watcher) watchLimit(dir string, err error) {
+	limit := "unknown"
+	if b, rerr := os.ReadFile("/proc/sys/fs/inotify/max_user_watches"); rerr == nil {
+		limit = strings.TrimSpace(string(b))
+	}
+	werr := fmt.Errorf("watch %s: %w (fs.inotify.max_user_watches=%s): %w", dir, ErrWatchLimit, limit, err)
+	w.log.Error("inotify watch limit", "err", werr)
+	w.mu.Lock()
+	first := !w.warnLimit
+	w.warnLimit = true
+	w.mu.Unlock()
+	if first {
+		w.cfg.Sink.Notify(Event{Kind: EventWatchLimit, Time: time.Now(),
+			Message: "some download directories are not watched", Err: werr})
+	}
+}
+
+// process decides p if it is a complete regular file without an up-to-date decision.
+func (w *Watcher) process(ctx context.Context, p string) {
+	w.mu.Lock()
+	if w.inflight[p] {
+		w.again[p] = true
+		w.mu.Unlock()
+		return
+	}
+	w.inflight[p] = true
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		delete(w.inflight, p)
+		again := w.again[p]
+		delete(w.again, p)
+		w.mu.Unlock()
+		if again {
+			w.schedule(p)
+		}
+	}()
+	if err := w.decide(ctx, p); err != nil && !errors.Is(err, context.Canceled) {
+		w.log.Error("decide download", "path", p, "err", err)
+		w.cfg.Sink.Notify(Event{Kind: EventError, Time: time.Now(), File: FileInfo{Path: p},
+			Message: "download could not be decided", Err: err})
+	}
+}
+
+func (w *Watcher) decide(ctx context.Context, p string) error {
+	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) {
+			return nil // renamed away or a symlink: not ours to decide
+		}
+		return fmt.Errorf("open %s: %w", p, err)
+	}
+	f := os.NewFile(uintptr(fd), p)
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("stat %s: %w", p, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size == 0 {
+		return nil // nothing to decide (Firefox's empty placeholder, a fifo, ...)
+	}
+	for _, s := range []string{".part", ".crdownload"} {
+		if _, err := os.Lstat(p + s); err == nil {
+			return nil // a download to this name is still running; its rename will come
+		}
+	}
+	id := fileID{dev: st.Dev, ino: st.Ino}
+	now := decided{size: st.Size, mtime: st.Mtim}
+	w.mu.Lock()
+	prev, seen := w.decided[id]
+	w.mu.Unlock()
+	if seen && prev == now {
+		return nil
+	}
+	rec, recErr := readRecord(func(name string) (string, error) { return fgetxattr(fd, name) })
+	hasRec := recErr == nil && rec.Verdict.Valid() && rec.SHA256 != ""
+	mtime := time.Unix(st.Mtim.Unix())
+	if hasRec && mtime.Add(time.Second).Before(rec.Time) {
+		w.remember(id, now) // decided in an earlier run and not written since
+		return nil
+	}
+
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fmt.Errorf("hash %s: %w", p, err)
+	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	var st2 unix.Stat_t
+	if err := unix.Fstat(fd, &st2); err != nil {
+		return fmt.Errorf("stat %s: %w", p, err)
+	}
+	if st2.Size != st.Size || st2.Mtim != st.Mtim {
+		w.schedule(p) // still being written: decide once it settles
+		return nil
+	}
+	if hasRec && rec.SHA256 == sum {
+		w.remember(id, now) // same content as already decided
+		return nil
+	}
+
+	fi := FileInfo{
+		Path:    p,
+		Trigger: TriggerDownload,
+		Dev:     st.Dev,
+		Ino:     st.Ino,
+		Size:    st.Size,
+		Mode:    fileMode(st.Mode),
+		UID:     st.Uid,
+		Ctime:   time.Unix(st.Ctim.Unix()),
+		SHA256:  sum,
+	}
+	if fi.OriginURL, err = fgetxattr(fd, XattrOriginURL); err != nil {
+		return err
+	}
+	if fi.ReferrerURL, err = fgetxattr(fd, XattrReferrerURL); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	wr := w.writers[p]
+	delete(w.writers, p)
+	w.mu.Unlock()
+	fi.PID, fi.Program = wr.pid, wr.program
+	fi.ObservedOrigin = "dir:" + filepath.Dir(p)
+	if wr.program != "" {
+		fi.ObservedOrigin += " prog:" + wr.program
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, w.cfg.DecideTimeout)
+	v, err := w.cfg.Decider.Decide(dctx, fi)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("decide %s: %w", p, err)
+	}
+	if !v.Action.Valid() {
+		v.Reason = fmt.Sprintf("unknown action %q treated as deny; %s", v.Action, v.Reason)
+		v.Action = ActionDeny
+	}
+	rec = Record{Origin: fi.Origin(), Verdict: v.Action, Rule: v.Rule, Time: time.Now(), SHA256: sum}
+	if err := writeRecordFd(fd, p, rec); err != nil {
+		w.mu.Lock()
+		first := !w.noXattr
+		w.noXattr = true
+		w.mu.Unlock()
+		if first {
+			w.log.Warn("cannot record verdicts as extended attributes", "path", p, "err", err)
+		}
+	}
+	w.remember(id, now)
+	w.log.Info("download decided", "path", p, "action", v.Action, "rule", v.Rule, "origin", fi.Origin())
+	w.cfg.Sink.Notify(Event{Kind: EventDownload, Time: time.Now(), File: fi, Verdict: v,
+		Message: fmt.Sprintf("%s: %s (%s)", filepath.Base(p), v.Action, v.Reason)})
+	if v.Action == ActionIsolate {
+		w.cfg.Sink.Isolate(ctx, fi, v)
+	}
+	return nil
+}
+
+func (w *Watcher) remember(id fileID, d decided) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.decided) >= maxRemembered {
+		clear(w.decided)
+	}
+	w.decided[id] = d
+}
+
+// fileMode converts a stat mode to an fs.FileMode.
+func fileMode(m uint32) fs.FileMode {
+	mode := fs.FileMode(m & 0o777)
+	switch m & unix.S_IFMT {
+	case unix.S_IFDIR:
+		mode |= fs.ModeDir
+	case unix.S_IFLNK:
+		mode |= fs.ModeSymlink
+	case unix.S_IFIFO:
+		mode |= fs.ModeNamedPipe
+	case unix.S_IFSOCK:
+		mode |= fs.ModeSocket
+	case unix.S_IFCHR:
+		mode |= fs.ModeDevice | fs.ModeCharDevice
+	case unix.S_IFBLK:
+		mode |= fs.ModeDevice
+	}
+	if m&unix.S_ISUID != 0 {
+		mode |= fs.ModeSetuid
+	}
+	if m&unix.S_ISGID != 0 {
+		mode |= fs.ModeSetgid
+	}
+	return mode
+}

@@ -1,0 +1,279 @@
+package interception
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const testSettle = 200 * time.Millisecond
+
+// startWatcher runs a Watcher on dir until the test ends.
+func startWatcher(t *testing.T, cfg WatcherConfig) *Watcher {
+	t.Helper()
+	if cfg.Settle == 0 {
+		cfg.Settle = testSettle
+	}
+	w, err := NewWatcher(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return w
+}
+
+func TestWatcherDownloads(t *testing.T) {
+	payload := bytes.Repeat([]byte("%PDF-1.7 untrusted content\n"), 4096) // ~110 KiB
+	const origin = "https://example.com/files/report.pdf"
+	tests := []struct {
+		name       string
+		final      string // relative path of the completed download
+		wantOrigin string // "" means the observed "dir:" origin
+		download   func(t *testing.T, dir string)
+	}{
+		{
+			name:       "chromium",
+			final:      "report.pdf",
+			wantOrigin: origin,
+			download: func(t *testing.T, dir string) {
+				tmp := filepath.Join(dir, "Unconfirmed 123456.crdownload")
+				writeChunks(t, tmp, payload, 8, 30*time.Millisecond)
+				for name, v := range map[string]string{XattrOriginURL: origin, XattrReferrerURL: "https://example.com/"} {
+					if err := unix.Setxattr(tmp, name, []byte(v), 0); err != nil {
+						t.Fatal(err)
+					}
+				}
+				named := filepath.Join(dir, "report.pdf.crdownload")
+				if err := os.Rename(tmp, named); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(2 * testSettle) // the temporary names must never be decided
+				if err := os.Rename(named, filepath.Join(dir, "report.pdf")); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+		{
+			name:  "firefox",
+			final: "setup.sh",
+			download: func(t *testing.T, dir string) {
+				// Firefox creates an empty placeholder under the final name first.
+				if err := os.WriteFile(filepath.Join(dir, "setup.sh"), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				part := filepath.Join(dir, "setup.sh.part")
+				writeChunks(t, part, payload, 6, testSettle/2)
+				time.Sleep(2 * testSettle)
+				if err := os.Rename(part, filepath.Join(dir, "setup.sh")); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+		{
+			name:  "in place with pauses",
+			final: "tool.AppImage",
+			download: func(t *testing.T, dir string) {
+				// curl/wget: the final name is written in place; pauses shorter than the
+				// settle interval must not make it count as complete.
+				writeChunks(t, filepath.Join(dir, "tool.AppImage"), payload, 6, testSettle/3)
+			},
+		},
+		{
+			name:  "cp into new subdirectory",
+			final: "sub/deeper/archive.zip",
+			download: func(t *testing.T, dir string) {
+				src := filepath.Join(t.TempDir(), "archive.zip")
+				if err := os.WriteFile(src, payload, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				sub := filepath.Join(dir, "sub", "deeper")
+				if err := os.MkdirAll(sub, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(50 * time.Millisecond)
+				if out, err := exec.Command("cp", src, sub).CombinedOutput(); err != nil {
+					t.Fatalf("cp: %v: %s", err, out)
+				}
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			requireUserXattr(t, dir)
+			sink := &recordingSink{}
+			dec := &nameDecider{}
+			startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec, Sink: sink})
+			tt.download(t, dir)
+			final := filepath.Join(dir, tt.final)
+			waitFor(t, 10*time.Second, "isolation of "+final, func() bool { return sink.isolations(final) > 0 })
+			time.Sleep(3 * testSettle) // give duplicate decisions a chance to show up
+
+			calls := dec.callsFor()
+			if len(calls) != 1 {
+				t.Fatalf("Decide called %d times, want once: %+v", len(calls), calls)
+			}
+			fi := calls[0]
+			if fi.Path != final || fi.Trigger != TriggerDownload {
+				t.Errorf("decided %s (%s), want %s (download)", fi.Path, fi.Trigger, final)
+			}
+			sum := sha256.Sum256(payload)
+			if want := hex.EncodeToString(sum[:]); fi.SHA256 != want {
+				t.Errorf("SHA256 = %s, want %s", fi.SHA256, want)
+			}
+			if n := sink.isolations(final); n != 1 {
+				t.Errorf("Isolate called %d times, want 1", n)
+			}
+			if n := sink.eventCount(EventDownload); n != 1 {
+				t.Errorf("%d download events, want 1", n)
+			}
+			rec, err := ReadRecord(final)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rec.Verdict != ActionIsolate || rec.Rule != "test-untrusted" || rec.SHA256 != fi.SHA256 {
+				t.Errorf("record = %+v", rec)
+			}
+			if time.Since(rec.Time) > time.Minute || rec.Time.After(time.Now()) {
+				t.Errorf("record time %v is not the decision time", rec.Time)
+			}
+			if tt.wantOrigin != "" {
+				if rec.Origin != tt.wantOrigin || fi.OriginURL != tt.wantOrigin || fi.ReferrerURL == "" {
+					t.Errorf("origin %q (file info %q, referrer %q), want %q", rec.Origin, fi.OriginURL, fi.ReferrerURL, tt.wantOrigin)
+				}
+			} else if want := "dir:" + filepath.Dir(final); !strings.HasPrefix(rec.Origin, want) {
+				t.Errorf("observed origin %q, want prefix %q", rec.Origin, want)
+			}
+		})
+	}
+}
+
+// TestWatcherRecordSurvivesRestart checks that a second Watcher on the same directory does
+// not decide a file that carries an up-to-date record, and does decide one whose content
+// changed after its record was written.
+func TestWatcherRecordSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	requireUserXattr(t, dir)
+	old := filepath.Join(dir, "old.bin")
+	changed := filepath.Join(dir, "changed.bin")
+	for _, p := range []string{old, changed} {
+		if err := os.WriteFile(p, []byte("content of "+p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		past := time.Now().Add(-time.Hour)
+		if err := os.Chtimes(p, past, past); err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteRecord(p, Record{Verdict: ActionIsolate, Rule: "earlier", Time: time.Now().Add(-time.Minute), SHA256: "0123"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(changed, []byte("new content"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec, Sink: sink})
+	waitFor(t, 10*time.Second, "decision of changed.bin", func() bool { return sink.isolations(changed) == 1 })
+	time.Sleep(3 * testSettle)
+	calls := dec.callsFor()
+	if len(calls) != 1 || calls[0].Path != changed {
+		t.Fatalf("decided %+v, want only %s", calls, changed)
+	}
+	rec, err := ReadRecord(old)
+	if err != nil || rec.Rule != "earlier" {
+		t.Errorf("record of untouched file = %+v, %v; want the earlier one kept", rec, err)
+	}
+}
+
+// TestWatcherOverflow makes the inotify queue overflow for real (the Watcher does not read
+// events until Run) and checks that files whose events were lost are found by the rescan.
+func TestWatcherOverflow(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/fs/inotify/max_queued_events")
+	if err != nil {
+		t.Skipf("cannot read inotify queue size: %v", err)
+	}
+	var queued int
+	if _, err := fmt.Sscan(string(b), &queued); err != nil || queued > 1<<16 {
+		t.Skipf("inotify queue of %q events is too large to overflow in a test", b)
+	}
+	dir := t.TempDir()
+	requireUserXattr(t, dir)
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	w, err := NewWatcher(WatcherConfig{Dirs: []string{dir}, Decider: dec, Sink: sink, Settle: testSettle, NoWriterLookup: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Empty files make events but are never decided.
+	for i := range queued + 1000 {
+		f, err := os.Create(filepath.Join(dir, fmt.Sprintf("empty-%d", i)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	var lost []string
+	for i := range 3 {
+		p := filepath.Join(dir, fmt.Sprintf("lost-%d.exe", i))
+		if err := os.WriteFile(p, []byte(p), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		lost = append(lost, p)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- w.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	waitFor(t, 20*time.Second, "overflow event", func() bool { return sink.eventCount(EventOverflow) > 0 })
+	for _, p := range lost {
+		waitFor(t, 20*time.Second, "rescan decision of "+p, func() bool { return sink.isolations(p) == 1 })
+	}
+}
+
+func TestNewWatcherErrors(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "f")
+	if err := os.WriteFile(file, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, cfg := range []WatcherConfig{
+		{Decider: &nameDecider{}, Sink: &recordingSink{}},
+		{Dirs: []string{dir}},
+		{Dirs: []string{filepath.Join(dir, "missing")}, Decider: &nameDecider{}, Sink: &recordingSink{}},
+		{Dirs: []string{file}, Decider: &nameDecider{}, Sink: &recordingSink{}},
+	} {
+		if w, err := NewWatcher(cfg); err == nil {
+			w.Close()
+			t.Errorf("NewWatcher(%+v) succeeded", cfg)
+		}
+	}
+	_, err := NewWatcher(WatcherConfig{Dirs: []string{filepath.Join(dir, "missing")}, Decider: &nameDecider{}, Sink: &recordingSink{}})
+	if !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("error %v does not wrap ErrNotExist", err)
+	}
+}
