@@ -1,0 +1,273 @@
+package kvmhv
+
+import (
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	pageSize  = 4096
+	pageShift = 12
+
+	// PageSize is the guest page size.
+	PageSize = pageSize
+
+	// UserLimit is the first address above the user half of the address space (as on
+	// Linux x86-64 with 4-level paging).
+	UserLimit = 0x0000_8000_0000_0000
+)
+
+// Page-table entry bits.
+const (
+	ptePresent = 1 << 0
+	pteWrite   = 1 << 1
+	pteUser    = 1 << 2
+	pteOwned   = 1 << 9 // software bit: the entry holds a frame even when not present
+	pteNX      = 1 << 63
+	pteAddr    = 0x000f_ffff_ffff_f000
+)
+
+// Prot is the protection of guest user pages.
+type Prot uint8
+
+// Protection bits, as in mmap's PROT_*.
+const (
+	ProtRead  Prot = 1
+	ProtWrite Prot = 2
+	ProtExec  Prot = 4
+	ProtNone  Prot = 0
+)
+
+// ErrNoMemory means the VM's memory budget is exhausted.
+var ErrNoMemory = errors.New("guest memory budget exhausted")
+
+// ErrFault means a guest-virtual address is not mapped with the access asked for.
+var ErrFault = errors.New("bad guest address")
+
+// leafBits returns the PTE flags for prot.
+func leafBits(p Prot) uint64 {
+	if p == ProtNone {
+		return pteOwned
+	}
+	b := uint64(ptePresent | pteUser | pteOwned)
+	if p&ProtWrite != 0 {
+		b |= pteWrite
+	}
+	if p&ProtExec == 0 {
+		b |= pteNX
+	}
+	return b
+}
+
+// protOf decodes a leaf entry's protection.
+func protOf(pte uint64) Prot {
+	if pte&ptePresent == 0 {
+		return ProtNone
+	}
+	p := ProtRead
+	if pte&pteWrite != 0 {
+		p |= ProtWrite
+	}
+	if pte&pteNX == 0 {
+		p |= ProtExec
+	}
+	return p
+}
+
+// frames allocates 4 KiB guest-physical frames. Never-used frames come from a bump pointer;
+// freed frames are returned to the host with MADV_DONTNEED, so every frame handed out
+// reads as zeros. The fields are guarded by the owning addressSpace's mutex.
+type frames struct {
+	next  uint64   // next never-used frame (guest-physical address)
+	limit uint64   // end of guest memory
+	free  []uint64 // freed, zeroed frames
+	used  int64    // frames in use (user pages and page tables)
+	peak  int64
+	max   int64 // budget in frames
+}
+
+func (f *frames) alloc() (uint64, error) {
+	if f.used >= f.max {
+		return 0, ErrNoMemory
+	}
+	var gpa uint64
+	if n := len(f.free); n > 0 {
+		gpa = f.free[n-1]
+		f.free = f.free[:n-1]
+	} else {
+		if f.next >= f.limit {
+			return 0, ErrNoMemory
+		}
+		gpa = f.next
+		f.next += pageSize
+	}
+	f.used++
+	if f.used > f.peak {
+		f.peak = f.used
+	}
+	return gpa, nil
+}
+
+// addressSpace is the guest's 4-level page table. The mutex is the VM's memMu.
+type addressSpace struct {
+	mem    *guestMemory
+	frames frames
+	pml4   uint64 // guest-physical address of the root table
+	// pml4Alt is a second root with the same entries; a vCPU flushes its TLB by switching
+	// CR3 between the two (see VCPU.flushTLB).
+	pml4Alt uint64
+	// dirty collects frames freed by the current operation; release zeroes and recycles them.
+	dirty []uint64
+}
+
+func index(va uint64, level int) uint64 { return (va >> (pageShift + 9*uint(level))) & 511 }
+
+// entry returns a pointer to the level-0 (PTE) entry for va, creating tables if create.
+func (as *addressSpace) entry(va uint64, create bool) (*uint64, error) {
+	table := as.pml4
+	for level := 3; level > 0; level-- {
+		e := as.mem.word(table + 8*index(va, level))
+		v := atomic.LoadUint64(e)
+		if v&ptePresent == 0 {
+			if !create {
+				return nil, nil
+			}
+			f, err := as.frames.alloc()
+			if err != nil {
+				return nil, err
+			}
+			v = f | ptePresent | pteWrite | pteUser
+			atomic.StoreUint64(e, v)
+			if level == 3 {
+				atomic.StoreUint64(as.mem.word(as.pml4Alt+8*index(va, level)), v)
+			}
+		}
+		table = v & pteAddr
+		if table+pageSize > uint64(len(as.mem.mem)) {
+			return nil, fmt.Errorf("%w: corrupt page table at %#x", ErrFault, va)
+		}
+	}
+	return as.mem.word(table + 8*index(va, 0)), nil
+}
+
+// mapPages makes [va, va+n pages) present with prot, allocating zeroed frames for pages that
+// hold none and keeping the contents of pages that do.
+func (as *addressSpace) mapPages(va, n uint64, prot Prot) error {
+	for i := uint64(0); i < n; i++ {
+		a := va + i*pageSize
+		e, err := as.entry(a, true)
+		if err != nil {
+			return err
+		}
+		v := atomic.LoadUint64(e)
+		frame := v & pteAddr
+		if v&pteOwned == 0 {
+			if frame, err = as.frames.alloc(); err != nil {
+				return err
+			}
+		}
+		atomic.StoreUint64(e, frame|leafBits(prot))
+	}
+	return nil
+}
+
+// protect changes the protection of the pages in range that hold frames.
+func (as *addressSpace) protect(va, n uint64, prot Prot) error {
+	for i := uint64(0); i < n; i++ {
+		e, err := as.entry(va+i*pageSize, false)
+		if err != nil {
+			return err
+		}
+		if e == nil {
+			continue
+		}
+		if v := atomic.LoadUint64(e); v&pteOwned != 0 {
+			atomic.StoreUint64(e, v&pteAddr|leafBits(prot))
+		}
+	}
+	return nil
+}
+
+// unmap removes the pages in range and queues their frames for release.
+func (as *addressSpace) unmap(va, n uint64) error {
+	for i := uint64(0); i < n; i++ {
+		a := va + i*pageSize
+		e, err := as.entry(a, false)
+		if err != nil {
+			return err
+		}
+		if e == nil {
+			// Skip the rest of an absent page table.
+			next := (a | (512*pageSize - 1)) + 1
+			if skip := (next - a) / pageSize; skip > 1 {
+				i += skip - 1
+			}
+			continue
+		}
+		if v := atomic.SwapUint64(e, 0); v&pteOwned != 0 {
+			as.dirty = append(as.dirty, v&pteAddr)
+		}
+	}
+	return nil
+}
+
+// move moves the frames of n pages from src to dst (mremap); dst must be unmapped.
+func (as *addressSpace) move(src, dst, n uint64) error {
+	for i := uint64(0); i < n; i++ {
+		se, err := as.entry(src+i*pageSize, false)
+		if err != nil {
+			return err
+		}
+		if se == nil {
+			continue
+		}
+		v := atomic.LoadUint64(se)
+		if v&pteOwned == 0 {
+			continue
+		}
+		de, err := as.entry(dst+i*pageSize, true)
+		if err != nil {
+			return err
+		}
+		if old := atomic.SwapUint64(de, v); old&pteOwned != 0 {
+			as.dirty = append(as.dirty, old&pteAddr)
+		}
+		atomic.StoreUint64(se, 0)
+	}
+	return nil
+}
+
+// release zeroes the queued frames (returning their memory to the host) and recycles them.
+// It must run after every vCPU has flushed its TLB of the old mappings.
+func (as *addressSpace) release() {
+	for _, f := range as.dirty {
+		// MADV_DONTNEED on private anonymous memory drops the page: it reads as zero next time.
+		_ = unix.Madvise(as.mem.mem[f:f+pageSize], unix.MADV_DONTNEED)
+		as.frames.free = append(as.frames.free, f)
+		as.frames.used--
+	}
+	as.dirty = as.dirty[:0]
+}
+
+// translate returns the guest-physical address of va and the page's protection.
+func (as *addressSpace) translate(va uint64) (gpa uint64, prot Prot, ok bool) {
+	if va >= UserLimit {
+		return 0, 0, false
+	}
+	e, err := as.entry(va, false)
+	if err != nil || e == nil {
+		return 0, 0, false
+	}
+	v := atomic.LoadUint64(e)
+	if v&pteOwned == 0 {
+		return 0, 0, false
+	}
+	gpa = v&pteAddr | va&(pageSize-1)
+	if gpa >= uint64(len(as.mem.mem)) {
+		return 0, 0, false
+	}
+	return gpa, protOf(v), true
+}
