@@ -2,6 +2,7 @@ package interception
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"os"
 	"path/filepath"
@@ -133,4 +134,14 @@ func writeChunks(t *testing.T, path string, data []byte, n int, pause time.Durat
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// putEvent encodes a fanotify_event_metadata record into b.
+func putEvent(b []byte, n uint32, vers byte, meta uint16, mask uint64, fd, pid int32) {
+	binary.NativeEndian.PutUint32(b[0:4], n)
+	b[4] = vers
+	binary.NativeEndian.PutUint16(b[6:8], meta)
+	binary.NativeEndian.PutUint64(b[8:16], mask)
+	binary.NativeEndian.PutUint32(b[16:20], uint32(fd))
+	binary.NativeEndian.PutUint32(b[20:24], uint32(pid))
 }

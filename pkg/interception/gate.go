@@ -1,0 +1,553 @@
+package interception
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Defaults of GateConfig.
+const (
+	DefaultDeadline        = time.Second
+	DefaultCacheTTL        = 5 * time.Minute
+	DefaultIsolateInterval = time.Minute
+	defaultMaxConcurrent   = 64
+	maxCacheEntries        = 1 << 16
+)
+
+// gateMask is what every directory is marked for: permission to open or execute any of its
+// children. The directories themselves (FAN_ONDIR) are not gated, so listing them is free.
+const gateMask = unix.FAN_OPEN_PERM | unix.FAN_OPEN_EXEC_PERM | unix.FAN_EVENT_ON_CHILD
+
+// GateConfig configures a Gate.
+type GateConfig struct {
+	// Dirs are the directories whose files are gated. Each is marked with an inode mark,
+	// with its subdirectories unless NoRecursive; directories created later are marked
+	// with AddDir (a Watcher's OnDir does this).
+	Dirs        []string
+	NoRecursive bool
+	Decider     Decider // evaluates the policy; required
+	Sink        Sink    // receives isolation requests and events; required
+
+	// Deadline bounds the time between reading a permission event and answering it.
+	// Zero selects DefaultDeadline (1 s).
+	Deadline time.Duration
+	// Fallback is the answer when the Decider fails, misses the deadline or too many
+	// decisions are running: ActionTrust allows the open, anything else denies it. The
+	// zero value denies (fail closed).
+	Fallback Action
+	// AllowPrograms are executables (absolute paths, as in /proc/PID/exe) whose opens are
+	// always allowed: backup and indexing tools named in the policy. The daemon's own
+	// process is always allowed.
+	AllowPrograms []string
+	// CacheTTL bounds how long a verdict is reused. Zero selects DefaultCacheTTL.
+	CacheTTL time.Duration
+	// IsolateInterval is the minimum time between two Sink.Isolate calls (and denial
+	// notifications) for the same file. Zero selects DefaultIsolateInterval.
+	IsolateInterval time.Duration
+	// MaxConcurrent bounds the Decider calls in flight; events beyond it get Fallback at
+	// once. Zero selects 64.
+	MaxConcurrent int
+	// TempSuffixes and TempPrefixes name in-progress downloads, which the browser
+	// reopens while it writes them; opens of those are allowed. Nil selects
+	// DefaultTempSuffixes and DefaultTempPrefixes.
+	TempSuffixes []string
+	TempPrefixes []string
+	// Logger receives diagnostics. Nil discards them.
+	Logger *slog.Logger
+}
+
+// GateStats are counters of a Gate's answers.
+type GateStats struct {
+	Events    uint64 // permission events read
+	Allowed   uint64 // answered FAN_ALLOW
+	Denied    uint64 // answered FAN_DENY
+	CacheHits uint64 // answered from the verdict cache
+	Fallbacks uint64 // answered with Fallback
+}
+
+// Gate answers fanotify permission events for the files of a set of directories.
+type Gate struct {
+	cfg      GateConfig
+	f        *os.File // the fanotify group; closing it lets the kernel allow everything pending
+	fd       int
+	audit    bool // the group was created with FAN_ENABLE_AUDIT
+	self     int32
+	allow    map[string]bool
+	sem      chan struct{}
+	log      *slog.Logger
+	ctx      context.Context // cancelled after the group is closed
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+
+	events, allowed, denied, hits, fallbacks atomic.Uint64
+
+	mu       sync.Mutex
+	cache    map[cacheKey]cacheEntry // guarded by mu
+	isolated map[cacheKey]time.Time  // guarded by mu; last Isolate/notification per file
+	marked   map[string]bool         // guarded by mu; directories marked
+}
+
+type cacheKey struct {
+	dev, ino uint64
+	ctime    int64 // nanoseconds
+	size     int64
+}
+
+type cacheEntry struct {
+	v       Verdict
+	expires time.Time
+}
+
+// NewGate creates the fanotify group and marks cfg.Dirs. It needs CAP_SYS_ADMIN. Call Run
+// to answer events; until then (and after Run returns) nothing is blocked for long: opens
+// wait for Run or for Close.
+func NewGate(cfg GateConfig) (*Gate, error) {
+	if cfg.Decider == nil || cfg.Sink == nil {
+		return nil, errors.New("new gate: Decider and Sink are required")
+	}
+	if cfg.Deadline <= 0 {
+		cfg.Deadline = DefaultDeadline
+	}
+	if cfg.CacheTTL <= 0 {
+		cfg.CacheTTL = DefaultCacheTTL
+	}
+	if cfg.IsolateInterval <= 0 {
+		cfg.IsolateInterval = DefaultIsolateInterval
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = defaultMaxConcurrent
+	}
+	if cfg.TempSuffixes == nil {
+		cfg.TempSuffixes = DefaultTempSuffixes
+	}
+	if cfg.TempPrefixes == nil {
+		cfg.TempPrefixes = DefaultTempPrefixes
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	const initFlags = unix.FAN_CLASS_CONTENT | unix.FAN_CLOEXEC | unix.FAN_NONBLOCK
+	const eventFlags = unix.O_RDONLY | unix.O_CLOEXEC | unix.O_LARGEFILE
+	audit := true
+	fd, err := unix.FanotifyInit(initFlags|unix.FAN_ENABLE_AUDIT, eventFlags)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EPERM) {
+		audit = false
+		fd, err = unix.FanotifyInit(initFlags, eventFlags)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("new gate: fanotify_init: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	g := &Gate{
+		cfg:      cfg,
+		f:        os.NewFile(uintptr(fd), "fanotify"),
+		fd:       fd,
+		audit:    audit,
+		self:     int32(os.Getpid()),
+		allow:    make(map[string]bool, len(cfg.AllowPrograms)),
+		sem:      make(chan struct{}, cfg.MaxConcurrent),
+		log:      log,
+		ctx:      ctx,
+		cancel:   cancel,
+		cache:    make(map[cacheKey]cacheEntry),
+		isolated: make(map[cacheKey]time.Time),
+		marked:   make(map[string]bool),
+	}
+	for _, p := range cfg.AllowPrograms {
+		g.allow[filepath.Clean(p)] = true
+	}
+	for _, d := range cfg.Dirs {
+		if err := g.addTree(d); err != nil {
+			g.Close()
+			return nil, fmt.Errorf("new gate: %w", err)
+		}
+	}
+	return g, nil
+}
+
+// Audit reports whether denials are sent to the audit log (FAN_ENABLE_AUDIT was accepted).
+func (g *Gate) Audit() bool { return g.audit }
+
+func (g *Gate) addTree(dir string) error {
+	if g.cfg.NoRecursive {
+		return g.AddDir(dir)
+	}
+	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if p == dir {
+				return err
+			}
+			return nil
+		}
+		if !d.IsDir() {
+			return nil
+		}
+		if err := g.AddDir(p); err != nil && p == dir {
+			return err
+		}
+		return nil
+	})
+}
+
+// AddDir marks one more directory: opens and execs of its direct children are gated.
+func (g *Gate) AddDir(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return fmt.Errorf("mark %s: %w", dir, err)
+	}
+	g.mu.Lock()
+	done := g.marked[abs]
+	g.mu.Unlock()
+	if done {
+		return nil
+	}
+	err = unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR|unix.FAN_MARK_DONT_FOLLOW,
+		gateMask, unix.AT_FDCWD, abs)
+	if err != nil {
+		return fmt.Errorf("mark %s: %w", abs, err)
+	}
+	g.mu.Lock()
+	g.marked[abs] = true
+	g.mu.Unlock()
+	return nil
+}
+
+// Invalidate forgets every cached verdict, for example after the policy was reloaded.
+func (g *Gate) Invalidate() {
+	g.mu.Lock()
+	clear(g.cache)
+	g.mu.Unlock()
+}
+
+// Stats returns the Gate's counters.
+func (g *Gate) Stats() GateStats {
+	return GateStats{
+		Events:    g.events.Load(),
+		Allowed:   g.allowed.Load(),
+		Denied:    g.denied.Load(),
+		CacheHits: g.hits.Load(),
+		Fallbacks: g.fallbacks.Load(),
+	}
+}
+
+// Close closes the fanotify group, so that the kernel allows every pending open and asks
+// no more, then cancels the decisions in flight. It is safe to call more than once.
+func (g *Gate) Close() error {
+	var err error
+	g.stopOnce.Do(func() {
+		err = g.f.Close()
+		g.cancel()
+	})
+	return err
+}
+
+// Run answers permission events until ctx is cancelled, then closes the Gate, waits for
+// the decisions in flight and returns nil. It returns an error if reading events fails.
+func (g *Gate) Run(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() { g.Close() })
+	defer stop()
+	defer g.wg.Wait()
+	defer g.Close()
+	buf := make([]byte, 64*unix.FAN_EVENT_METADATA_LEN)
+	for {
+		n, err := g.f.Read(buf)
+		if err != nil {
+			if errors.Is(err, os.ErrClosed) || g.ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+				continue
+			}
+			return fmt.Errorf("gate: read fanotify: %w", err)
+		}
+		evs, err := parseEvents(buf[:n])
+		for _, ev := range evs {
+			g.handle(ev)
+		}
+		if err != nil {
+			g.log.Error("gate: malformed fanotify events", "err", err)
+		}
+	}
+}
+
+// permEvent is one fanotify event as read from the group.
+type permEvent struct {
+	mask uint64
+	fd   int32
+	pid  int32
+}
+
+// parseEvents decodes the fanotify_event_metadata records in buf. It returns the events
+// decoded before any malformed record and an error describing it.
+func parseEvents(buf []byte) ([]permEvent, error) {
+	var evs []permEvent
+	for len(buf) > 0 {
+		if len(buf) < unix.FAN_EVENT_METADATA_LEN {
+			return evs, fmt.Errorf("short event: %d bytes", len(buf))
+		}
+		n := binary.NativeEndian.Uint32(buf[0:4])
+		vers := buf[4]
+		metaLen := binary.NativeEndian.Uint16(buf[6:8])
+		if vers != unix.FANOTIFY_METADATA_VERSION {
+			return evs, fmt.Errorf("event version %d, want %d", vers, unix.FANOTIFY_METADATA_VERSION)
+		}
+		if n < unix.FAN_EVENT_METADATA_LEN || uint64(n) > uint64(len(buf)) ||
+			metaLen < unix.FAN_EVENT_METADATA_LEN || uint32(metaLen) > n {
+			return evs, fmt.Errorf("bad event length %d (metadata %d) in %d bytes", n, metaLen, len(buf))
+		}
+		evs = append(evs, permEvent{
+			mask: binary.NativeEndian.Uint64(buf[8:16]),
+			fd:   int32(binary.NativeEndian.Uint32(buf[16:20])),
+			pid:  int32(binary.NativeEndian.Uint32(buf[20:24])),
+		})
+		buf = buf[n:]
+	}
+	return evs, nil
+}
+
+// handle answers ev, from the cache on the read goroutine when it can, else by starting a
+// decision that answers before the deadline.
+func (g *Gate) handle(ev permEvent) {
+	if ev.fd < 0 {
+		if ev.mask&unix.FAN_Q_OVERFLOW != 0 {
+			g.log.Warn("gate: fanotify queue overflow")
+		}
+		return
+	}
+	fd := int(ev.fd)
+	if ev.mask&(unix.FAN_OPEN_PERM|unix.FAN_OPEN_EXEC_PERM) == 0 {
+		unix.Close(fd)
+		return
+	}
+	g.events.Add(1)
+	start := time.Now()
+	if ev.pid == g.self {
+		g.respond(fd, true)
+		return
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		g.fallback(fd, "stat", err)
+		return
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size == 0 {
+		g.respond(fd, true) // no content to protect
+		return
+	}
+	key := cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}
+	v, cached := g.lookup(key, start)
+	if cached && v.Action == ActionTrust {
+		g.hits.Add(1)
+		g.respond(fd, true)
+		return
+	}
+	var program string
+	if len(g.allow) > 0 || cached {
+		program = exeOf(int(ev.pid))
+		if g.allow[program] {
+			g.respond(fd, true)
+			return
+		}
+	}
+	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	if err != nil {
+		g.fallback(fd, "readlink", err)
+		return
+	}
+	fi := FileInfo{
+		Path:    path,
+		Trigger: TriggerOpen,
+		Dev:     st.Dev,
+		Ino:     st.Ino,
+		Size:    st.Size,
+		Mode:    fileMode(st.Mode),
+		UID:     st.Uid,
+		Ctime:   time.Unix(st.Ctim.Unix()),
+		PID:     int(ev.pid),
+		Program: program,
+	}
+	if ev.mask&unix.FAN_OPEN_EXEC_PERM != 0 {
+		fi.Trigger = TriggerExec
+	}
+	if cached {
+		g.hits.Add(1)
+		g.respond(fd, false)
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.afterDeny(key, fi, v)
+		}()
+		return
+	}
+	if isTempName(path, g.cfg.TempSuffixes, g.cfg.TempPrefixes) {
+		g.respond(fd, true) // an in-progress download, reopened by its browser
+		return
+	}
+	select {
+	case g.sem <- struct{}{}:
+	default:
+		g.fallback(fd, "decide", errors.New("too many decisions in flight"))
+		return
+	}
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		g.decide(fd, key, fi, start)
+	}()
+}
+
+// decide asks the Decider for fi and answers fd before the deadline counted from start.
+// The semaphore slot taken by handle is released when the Decider returns.
+func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time) {
+	if fi.Program == "" {
+		fi.Program = exeOf(fi.PID)
+	}
+	var err error
+	if fi.OriginURL, err = fgetxattr(fd, XattrOriginURL); err == nil {
+		fi.ReferrerURL, err = fgetxattr(fd, XattrReferrerURL)
+	}
+	if err != nil {
+		g.log.Debug("gate: read origin", "path", fi.Path, "err", err)
+	}
+	if fi.ObservedOrigin, _ = fgetxattr(fd, XattrOrigin); fi.ObservedOrigin == "" {
+		fi.ObservedOrigin = "dir:" + filepath.Dir(fi.Path)
+	}
+	type result struct {
+		v   Verdict
+		err error
+	}
+	done := make(chan result, 1)
+	dctx, cancel := context.WithDeadline(g.ctx, start.Add(g.cfg.Deadline))
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		defer func() { <-g.sem }()
+		defer cancel()
+		v, err := g.cfg.Decider.Decide(dctx, fi)
+		if err == nil {
+			if !v.Action.Valid() {
+				v.Action = ActionDeny
+			}
+			g.store(key, v) // a late verdict still serves the next open
+		}
+		done <- result{v, err}
+	}()
+	timer := time.NewTimer(time.Until(start.Add(g.cfg.Deadline)))
+	defer timer.Stop()
+	select {
+	case r := <-done:
+		if r.err != nil {
+			g.fallback(fd, "decide", r.err)
+			return
+		}
+		if r.v.Action == ActionTrust {
+			g.respond(fd, true)
+			return
+		}
+		g.respond(fd, false)
+		g.afterDeny(key, fi, r.v)
+	case <-timer.C:
+		g.fallback(fd, "decide", context.DeadlineExceeded)
+	}
+}
+
+// afterDeny starts the isolation (for ActionIsolate) and tells the owner, at most once per
+// file per IsolateInterval.
+func (g *Gate) afterDeny(key cacheKey, fi FileInfo, v Verdict) {
+	now := time.Now()
+	g.mu.Lock()
+	last, ok := g.isolated[key]
+	if ok && now.Sub(last) < g.cfg.IsolateInterval {
+		g.mu.Unlock()
+		return
+	}
+	if len(g.isolated) >= maxCacheEntries {
+		clear(g.isolated)
+	}
+	g.isolated[key] = now
+	g.mu.Unlock()
+	msg := fmt.Sprintf("%s was not opened on the host: %s (%s)", filepath.Base(fi.Path), v.Action, v.Reason)
+	if v.Action == ActionIsolate {
+		msg = fmt.Sprintf("%s is untrusted: opening it in a micro VM (%s)", filepath.Base(fi.Path), v.Reason)
+		g.cfg.Sink.Isolate(g.ctx, fi, v)
+	}
+	g.log.Info("gate: open denied", "path", fi.Path, "pid", fi.PID, "program", fi.Program,
+		"action", v.Action, "rule", v.Rule)
+	g.cfg.Sink.Notify(Event{Kind: EventDenied, Time: now, File: fi, Verdict: v, Message: msg})
+}
+
+func (g *Gate) lookup(key cacheKey, now time.Time) (Verdict, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	e, ok := g.cache[key]
+	if !ok || now.After(e.expires) {
+		return Verdict{}, false
+	}
+	return e.v, true
+}
+
+func (g *Gate) store(key cacheKey, v Verdict) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.cache) >= maxCacheEntries {
+		clear(g.cache)
+	}
+	g.cache[key] = cacheEntry{v: v, expires: time.Now().Add(g.cfg.CacheTTL)}
+}
+
+func (g *Gate) fallback(fd int, what string, err error) {
+	g.fallbacks.Add(1)
+	g.log.Warn("gate: answering with fallback", "fallback", g.cfg.Fallback, "step", what, "err", err)
+	g.respond(fd, g.cfg.Fallback == ActionTrust)
+}
+
+// respond answers the permission event of fd and closes fd.
+func (g *Gate) respond(fd int, allow bool) {
+	defer unix.Close(fd)
+	resp := uint32(unix.FAN_ALLOW)
+	if allow {
+		g.allowed.Add(1)
+	} else {
+		g.denied.Add(1)
+		resp = unix.FAN_DENY
+		if g.audit {
+			resp |= unix.FAN_AUDIT
+		}
+	}
+	var b [8]byte
+	binary.NativeEndian.PutUint32(b[0:4], uint32(int32(fd)))
+	binary.NativeEndian.PutUint32(b[4:8], resp)
+	if _, err := g.f.Write(b[:]); err != nil && !errors.Is(err, os.ErrClosed) {
+		g.log.Error("gate: answer fanotify event", "err", err)
+	}
+}
+
+// isTempName reports whether the base name of p marks an in-progress download.
+func isTempName(p string, suffixes, prefixes []string) bool {
+	base := filepath.Base(p)
+	for _, s := range suffixes {
+		if len(base) >= len(s) && base[len(base)-len(s):] == s {
+			return true
+		}
+	}
+	for _, s := range prefixes {
+		if len(base) >= len(s) && base[:len(s)] == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,388 @@
+package interception
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// requireFanotify skips the test unless this process may create fanotify permission groups.
+func requireFanotify(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("fanotify permission events need root (CAP_SYS_ADMIN)")
+	}
+	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC, unix.O_RDONLY)
+	if err != nil {
+		t.Skipf("fanotify_init(FAN_CLASS_CONTENT) refused: %v", err)
+	}
+	unix.Close(fd)
+}
+
+// startGate runs a Gate until the test ends and returns it with the function that stops it.
+func startGate(t testing.TB, cfg GateConfig) (*Gate, func()) {
+	t.Helper()
+	g, err := NewGate(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- g.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}
+	t.Cleanup(stop)
+	return g, stop
+}
+
+// writeFiles creates the named files in dir, each containing its own name.
+func writeFiles(t testing.TB, dir string, names ...string) {
+	t.Helper()
+	for _, n := range names {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("content of "+n+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// catFile runs the real cat on path and returns its output and error.
+func catFile(path string) (string, error) {
+	var out, errb bytes.Buffer
+	cmd := exec.Command("cat", path)
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return errb.String(), err
+	}
+	return out.String(), nil
+}
+
+func TestGateOpens(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, "evil.pdf", "trusted.txt", "denied.bin")
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: sink})
+
+	tests := []struct {
+		name      string
+		wantOK    bool
+		isolation int // Isolate calls expected after the opens
+	}{
+		{"evil.pdf", false, 1},
+		{"trusted.txt", true, 0},
+		{"denied.bin", false, 0},
+		{"evil.pdf", false, 1}, // again: answered from the cache, no second isolation
+	}
+	for _, tt := range tests {
+		p := filepath.Join(dir, tt.name)
+		out, err := catFile(p)
+		if tt.wantOK {
+			if err != nil || out != "content of "+tt.name+"\n" {
+				t.Errorf("cat %s = %q, %v; want its content", tt.name, out, err)
+			}
+		} else if err == nil || !strings.Contains(out, "Operation not permitted") {
+			t.Errorf("cat %s = %q, %v; want EPERM", tt.name, out, err)
+		}
+		waitFor(t, 5*time.Second, "isolations of "+tt.name, func() bool { return sink.isolations(p) == tt.isolation })
+	}
+	// Each file was decided once; the repeated open came from the cache.
+	n := map[string]int{}
+	for _, c := range dec.callsFor() {
+		n[filepath.Base(c.Path)]++
+		if c.Program != "/usr/bin/cat" && c.Program != "/bin/cat" {
+			t.Errorf("opener program %q, want cat", c.Program)
+		}
+		if c.PID == 0 || c.Trigger != TriggerOpen {
+			t.Errorf("decision input %+v lacks PID or trigger", c)
+		}
+	}
+	for _, name := range []string{"evil.pdf", "trusted.txt", "denied.bin"} {
+		if n[name] != 1 {
+			t.Errorf("%s decided %d times, want 1", name, n[name])
+		}
+	}
+	if got := sink.eventCount(EventDenied); got != 2 {
+		t.Errorf("%d denial events, want 2 (evil.pdf once per interval, denied.bin)", got)
+	}
+	st := g.Stats()
+	if st.Denied < 3 || st.Allowed < 1 || st.CacheHits < 1 {
+		t.Errorf("stats %+v", st)
+	}
+	// A changed file is a different cache key: writing it (as this process, which is
+	// never gated) and reading it again asks the Decider anew.
+	writeFiles(t, dir, "trusted.txt")
+	if err := os.WriteFile(filepath.Join(dir, "trusted.txt"), []byte("longer new content\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := catFile(filepath.Join(dir, "trusted.txt")); err != nil || out != "longer new content\n" {
+		t.Errorf("cat of rewritten trusted file = %q, %v", out, err)
+	}
+	n = map[string]int{}
+	for _, c := range dec.callsFor() {
+		n[filepath.Base(c.Path)]++
+	}
+	if n["trusted.txt"] != 2 {
+		t.Errorf("rewritten file decided %d times in all, want 2", n["trusted.txt"])
+	}
+}
+
+func TestGateExec(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	bin, err := os.ReadFile("/bin/true")
+	if err != nil {
+		t.Skipf("no /bin/true: %v", err)
+	}
+	for _, name := range []string{"evil-true", "trusted-true"} {
+		if err := os.WriteFile(filepath.Join(dir, name), bin, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: sink})
+	err = exec.Command(filepath.Join(dir, "evil-true")).Run()
+	if !errors.Is(err, syscall.EPERM) {
+		t.Errorf("exec of untrusted program: %v, want EPERM", err)
+	}
+	if err := exec.Command(filepath.Join(dir, "trusted-true")).Run(); err != nil {
+		t.Errorf("exec of trusted program: %v", err)
+	}
+	calls := dec.callsFor()
+	if len(calls) == 0 || calls[0].Trigger != TriggerExec {
+		t.Errorf("first decision %+v, want trigger exec", calls)
+	}
+	waitFor(t, 5*time.Second, "isolation", func() bool { return sink.isolations(filepath.Join(dir, "evil-true")) == 1 })
+}
+
+func TestGateAllowedOpener(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, "evil.pdf")
+	cat, err := filepath.EvalSymlinks("/bin/cat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &recordingSink{}
+	startGate(t, GateConfig{Dirs: []string{dir}, Decider: &nameDecider{}, Sink: sink, AllowPrograms: []string{cat}})
+	p := filepath.Join(dir, "evil.pdf")
+	// First through the Decider path, then through the cached-deny path.
+	for range 2 {
+		if out, err := catFile(p); err != nil || out != "content of evil.pdf\n" {
+			t.Errorf("allow-listed cat = %q, %v", out, err)
+		}
+	}
+	if err := exec.Command("head", "-c1", p).Run(); err == nil {
+		t.Error("head (not allow-listed) opened the untrusted file")
+	}
+	if out, err := catFile(p); err != nil || out != "content of evil.pdf\n" {
+		t.Errorf("allow-listed cat after a cached deny = %q, %v", out, err)
+	}
+}
+
+// TestGateOwnProcess checks the daemon's own opens are never gated nor decided.
+func TestGateOwnProcess(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, "evil.pdf")
+	dec := &nameDecider{}
+	startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: &recordingSink{}})
+	if b, err := os.ReadFile(filepath.Join(dir, "evil.pdf")); err != nil || string(b) != "content of evil.pdf\n" {
+		t.Errorf("own read = %q, %v", b, err)
+	}
+	if n := len(dec.callsFor()); n != 0 {
+		t.Errorf("own open decided %d times", n)
+	}
+}
+
+// slowDecider answers after delay, ignoring its context, and counts its calls.
+type slowDecider struct {
+	delay time.Duration
+	calls atomic.Int32
+}
+
+func (d *slowDecider) Decide(context.Context, FileInfo) (Verdict, error) {
+	d.calls.Add(1)
+	time.Sleep(d.delay)
+	return Verdict{Action: ActionTrust}, nil
+}
+
+func TestGateDeadlineFallback(t *testing.T) {
+	requireFanotify(t)
+	for _, tt := range []struct {
+		fallback Action
+		wantOK   bool
+	}{
+		{"", false},
+		{ActionDeny, false},
+		{ActionTrust, true},
+	} {
+		t.Run("fallback="+string(tt.fallback), func(t *testing.T) {
+			dir := t.TempDir()
+			writeFiles(t, dir, "slow.bin")
+			dec := &slowDecider{delay: time.Second}
+			g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: &recordingSink{},
+				Deadline: 100 * time.Millisecond, Fallback: tt.fallback})
+			out, err := catFile(filepath.Join(dir, "slow.bin"))
+			if ok := err == nil; ok != tt.wantOK {
+				t.Errorf("cat with fallback %q: %q, %v; want success %v", tt.fallback, out, err, tt.wantOK)
+			}
+			if st := g.Stats(); st.Fallbacks != 1 {
+				t.Errorf("stats %+v, want one fallback", st)
+			}
+		})
+	}
+}
+
+// TestGateStopUnblocks stops the Gate while cat is blocked in open() waiting for a
+// decision: closing the group must let the kernel allow the open.
+func TestGateStopUnblocks(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, "evil.pdf")
+	called := make(chan struct{}, 1)
+	dec := DeciderFunc(func(ctx context.Context, _ FileInfo) (Verdict, error) {
+		called <- struct{}{}
+		<-ctx.Done()
+		return Verdict{}, ctx.Err()
+	})
+	// The fallback is deny: if Stop answered the pending event instead of closing the
+	// group, cat would fail.
+	_, stop := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: &recordingSink{},
+		Deadline: time.Minute, Fallback: ActionDeny})
+	var out bytes.Buffer
+	cmd := exec.Command("cat", filepath.Join(dir, "evil.pdf"))
+	cmd.Stdout = &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case <-called:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the Decider was never asked")
+	}
+	select {
+	case err := <-exited:
+		t.Fatalf("cat returned before the gate stopped: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	stop()
+	select {
+	case err := <-exited:
+		if err != nil || out.String() != "content of evil.pdf\n" {
+			t.Errorf("cat after stop = %q, %v; want the content", out.String(), err)
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("cat still blocked 10s after the gate stopped")
+	}
+}
+
+// TestWatcherAndGate wires a Watcher to a Gate as the daemon does: a download into a
+// subdirectory created after the start is decided once and then cannot be opened.
+func TestWatcherAndGate(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	requireUserXattr(t, dir)
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: sink})
+	startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec, Sink: sink,
+		OnDir: func(d string) {
+			if err := g.AddDir(d); err != nil {
+				t.Errorf("AddDir: %v", err)
+			}
+		}})
+	sub := filepath.Join(dir, "new")
+	if err := os.Mkdir(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	p := filepath.Join(sub, "invoice.pdf")
+	writeChunks(t, p+".part", bytes.Repeat([]byte("x"), 1<<16), 4, 10*time.Millisecond)
+	if err := os.Rename(p+".part", p); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "download decision", func() bool { return sink.eventCount(EventDownload) == 1 })
+	if out, err := catFile(p); err == nil || !strings.Contains(out, "Operation not permitted") {
+		t.Errorf("cat of isolated download = %q, %v; want EPERM", out, err)
+	}
+	rec, err := ReadRecord(p)
+	if err != nil || rec.Verdict != ActionIsolate {
+		t.Errorf("record %+v, %v", rec, err)
+	}
+	// One isolation when the download completed, one when cat tried to open it: the
+	// Watcher and the Gate each start one per file, the Gate at most once per interval.
+	waitFor(t, 5*time.Second, "isolations", func() bool { return sink.isolations(p) == 2 })
+}
+
+func TestParseEvents(t *testing.T) {
+	ev := func(n uint32, vers byte, meta uint16, mask uint64, fd, pid int32) []byte {
+		b := make([]byte, 24)
+		putEvent(b, n, vers, meta, mask, fd, pid)
+		return b
+	}
+	good := ev(24, unix.FANOTIFY_METADATA_VERSION, 24, unix.FAN_OPEN_PERM, 7, 1234)
+	tests := []struct {
+		name    string
+		buf     []byte
+		want    int
+		wantErr bool
+	}{
+		{"one", good, 1, false},
+		{"two", append(append([]byte{}, good...), good...), 2, false},
+		{"empty", nil, 0, false},
+		{"short", good[:20], 0, true},
+		{"bad version", ev(24, 1, 24, 0, 1, 1), 0, true},
+		{"length too small", ev(8, unix.FANOTIFY_METADATA_VERSION, 24, 0, 1, 1), 0, true},
+		{"length past buffer", ev(48, unix.FANOTIFY_METADATA_VERSION, 24, 0, 1, 1), 0, true},
+		{"good then garbage", append(append([]byte{}, good...), 1, 2, 3), 1, true},
+	}
+	for _, tt := range tests {
+		evs, err := parseEvents(tt.buf)
+		if len(evs) != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("%s: %d events, err %v; want %d, error %v", tt.name, len(evs), err, tt.want, tt.wantErr)
+		}
+	}
+	evs, _ := parseEvents(good)
+	if evs[0] != (permEvent{mask: unix.FAN_OPEN_PERM, fd: 7, pid: 1234}) {
+		t.Errorf("decoded %+v", evs[0])
+	}
+}
+
+func FuzzParseEvents(f *testing.F) {
+	b := make([]byte, 48)
+	putEvent(b, 24, unix.FANOTIFY_METADATA_VERSION, 24, unix.FAN_OPEN_PERM, 3, 1)
+	putEvent(b[24:], 24, unix.FANOTIFY_METADATA_VERSION, 24, unix.FAN_OPEN_EXEC_PERM, 4, 2)
+	f.Add(b)
+	f.Add(b[:30])
+	f.Fuzz(func(t *testing.T, buf []byte) {
+		evs, err := parseEvents(buf)
+		if err == nil && len(evs)*unix.FAN_EVENT_METADATA_LEN > len(buf) {
+			t.Fatalf("%d events from %d bytes", len(evs), len(buf))
+		}
+	})
+}
