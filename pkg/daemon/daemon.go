@@ -1,0 +1,314 @@
+// Package daemon is isolatord: it decides with the trust policy what to do with the files
+// users open, runs the isolated ones in micro VMs as tasks, and serves the local API
+// (HTTP over a unix socket, caller identity from SO_PEERCRED) that isoctl speaks.
+//
+// A Daemon is made by New from a Config and runs until its context ends with Serve. It
+// depends on a Decider (the policy) and a Runner (the micro VM) through small interfaces, so
+// the policy engine and the VM can be replaced in tests of the queue and the API; Main wires
+// the real ones.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/isolator-dev/isolator/pkg/api"
+	"github.com/isolator-dev/isolator/pkg/broker"
+)
+
+// Version is the daemon's version string.
+const Version = "0.1.0"
+
+// Handler says how to isolate a file: which guest image and program, with which limits.
+type Handler struct {
+	Name           string
+	Image          string // guest image name, looked up as <image-dir>/<Image>.img
+	Program        string
+	Args           []string // may contain {input} (the guest path of the file) and {output}
+	Memory         int64
+	Timeout        time.Duration
+	MaxOutputBytes int64
+	MaxOutputFiles int
+}
+
+// DecideRequest is what the daemon asks the policy about one file.
+type DecideRequest struct {
+	Path   string // resolved absolute path
+	User   string
+	UID    int
+	Groups []string
+	Home   string
+	Opener string
+}
+
+// Decision is the policy's answer.
+type Decision struct {
+	api.Decision
+	Handler *Handler // set when Action is isolate
+}
+
+// Decider is the trust policy as the daemon sees it.
+type Decider interface {
+	Decide(ctx context.Context, req *DecideRequest) (*Decision, error)
+	// Version identifies the policy in force, for status and audit records.
+	Version() string
+}
+
+// Reloader is implemented by Deciders that can reread their policy on SIGHUP.
+type Reloader interface {
+	Reload() error
+}
+
+// Job is one handler run.
+type Job struct {
+	Task      string
+	Handler   Handler
+	Input     string // host path of a private snapshot of the file, readable by the daemon
+	InputName string // base name the guest sees under /input
+	Stdout    io.Writer
+	Stderr    io.Writer
+	// Started is called once the micro VM exists and the program is about to run; the
+	// daemon measures spawn latency with it. Runners that cannot tell may not call it.
+	Started func()
+}
+
+// RunResult is the outcome of a Job.
+type RunResult struct {
+	ExitCode int
+	Signal   int
+	TimedOut bool
+	Killed   bool
+	Reason   string
+	Outputs  []api.File
+	Rejected []api.Rejected
+	Stats    api.VMStats
+}
+
+// Runner runs jobs in micro VMs. Run returns when the guest ended or ctx was cancelled
+// (the VM is then killed and Result.Killed set); an error means the VM could not run.
+type Runner interface {
+	Run(ctx context.Context, job *Job) (*RunResult, error)
+}
+
+// Config configures a Daemon.
+type Config struct {
+	Socket          string          // API socket path
+	StateDir        string          // audit log, task history, staging; created 0700
+	MaxConcurrent   int             // micro VMs at once; default 4
+	Queue           int             // tasks waiting for a slot at most; default 32
+	QueueWait       time.Duration   // how long an open waits for queue space before it is refused; default 10s
+	ShutdownTimeout time.Duration   // how long running tasks may finish at shutdown; default 10s
+	MaxInputBytes   int64           // largest file accepted for isolation; default 1 GiB
+	Decider         Decider         // required
+	Runner          Runner          // required
+	Images          func() []string // names of the available guest images, for status; optional
+	Logger          *slog.Logger    // default slog.Default()
+}
+
+// Daemon is a running isolatord.
+type Daemon struct {
+	cfg     Config
+	log     *slog.Logger
+	audit   *Audit
+	store   *store
+	metrics *metrics
+	started time.Time
+
+	runSlots   chan struct{}  // a token per running VM
+	queueSlots chan struct{}  // a token per queued task
+	stopping   chan struct{}  // closed when shutdown starts
+	wg         sync.WaitGroup // task goroutines
+
+	mu          sync.Mutex
+	tasks       map[string]*task         // guarded by mu
+	peakRunning int                      // guarded by mu
+	peakQueued  int                      // guarded by mu
+	running     int                      // guarded by mu
+	queued      int                      // guarded by mu
+	subscribers map[chan api.Event]*Peer // guarded by mu; /v1/events listeners
+	stopOnce    sync.Once
+}
+
+// task is the daemon's record of one task.
+type task struct {
+	created time.Time
+	cancel  context.CancelCauseFunc // nil once finished
+	stream  *broker.Stream          // guarded by Daemon.mu; nil once the logs are saved
+	done    chan struct{}           // closed when the task ends; nil for history
+
+	// t is guarded by Daemon.mu; copies are handed out.
+	t api.Task
+}
+
+// Errors the daemon returns.
+var (
+	ErrBusy         = errors.New("isolatord is busy")
+	ErrShuttingDown = errors.New("isolatord is shutting down")
+	ErrNotFound     = errors.New("no such task")
+)
+
+// New prepares a daemon: the state directory, the audit log and the task history. Tasks
+// that were queued or running when a previous daemon died are marked killed.
+func New(cfg Config) (*Daemon, error) {
+	if cfg.Decider == nil || cfg.Runner == nil {
+		return nil, errors.New("daemon: Config.Decider and Config.Runner are required")
+	}
+	if cfg.StateDir == "" {
+		return nil, errors.New("daemon: Config.StateDir is required")
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = 4
+	}
+	if cfg.Queue <= 0 {
+		cfg.Queue = 32
+	}
+	if cfg.QueueWait <= 0 {
+		cfg.QueueWait = 10 * time.Second
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 10 * time.Second
+	}
+	if cfg.MaxInputBytes <= 0 {
+		cfg.MaxInputBytes = 1 << 30
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("daemon: state dir: %w", err)
+	}
+	st, err := newStore(cfg.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(cfg.StateDir, "staging"), 0o700); err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	au, err := OpenAudit(filepath.Join(cfg.StateDir, "audit.log"))
+	if err != nil {
+		return nil, fmt.Errorf("daemon: %w", err)
+	}
+	d := &Daemon{
+		cfg:         cfg,
+		log:         cfg.Logger,
+		audit:       au,
+		store:       st,
+		metrics:     newMetrics(),
+		started:     time.Now(),
+		runSlots:    make(chan struct{}, cfg.MaxConcurrent),
+		queueSlots:  make(chan struct{}, cfg.Queue),
+		stopping:    make(chan struct{}),
+		tasks:       make(map[string]*task),
+		subscribers: make(map[chan api.Event]*Peer),
+	}
+	d.loadHistory()
+	return d, nil
+}
+
+func (d *Daemon) loadHistory() {
+	tasks, errs := d.store.loadAll()
+	for _, err := range errs {
+		d.log.Warn("skipping unreadable task history", "err", err)
+	}
+	var killed int
+	for _, t := range tasks {
+		if !t.State.Final() {
+			t.State = api.StateKilled
+			t.Reason = "daemon restarted"
+			if t.Finished.IsZero() {
+				t.Finished = time.Now()
+			}
+			killed++
+			if err := d.store.saveTask(t); err != nil {
+				d.log.Error("cannot update task history", "task", t.ID, "err", err)
+			}
+			d.auditTask(t)
+		}
+		d.tasks[t.ID] = &task{created: t.Created, t: *t}
+	}
+	// Staged inputs of tasks that will never run.
+	os.RemoveAll(filepath.Join(d.cfg.StateDir, "staging"))
+	os.MkdirAll(filepath.Join(d.cfg.StateDir, "staging"), 0o700)
+	if len(tasks) > 0 {
+		d.log.Info("task history loaded", "tasks", len(tasks), "killed_by_restart", killed)
+	}
+}
+
+// Reload reopens the audit log and rereads the policy when the Decider can.
+func (d *Daemon) Reload() error {
+	var errs []error
+	if err := d.audit.Reopen(); err != nil {
+		errs = append(errs, err)
+	}
+	if r, ok := d.cfg.Decider.(Reloader); ok {
+		if err := r.Reload(); err != nil {
+			errs = append(errs, fmt.Errorf("policy: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// Status returns the daemon's state as p sees it.
+func (d *Daemon) Status(p *Peer) api.Status {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	st := api.Status{
+		Version:       Version,
+		PID:           os.Getpid(),
+		Started:       d.started,
+		PolicyVersion: d.cfg.Decider.Version(),
+		ActiveVMs:     d.running,
+		Queued:        d.queued,
+		MaxConcurrent: d.cfg.MaxConcurrent,
+		QueueLimit:    d.cfg.Queue,
+		PeakRunning:   d.peakRunning,
+		PeakQueued:    d.peakQueued,
+		You:           p.UID,
+	}
+	for _, t := range d.tasks {
+		if p.IsRoot() || t.t.UID == p.UID {
+			st.TasksTotal++
+		}
+	}
+	if d.cfg.Images != nil {
+		st.Images = d.cfg.Images()
+	}
+	return st
+}
+
+func (d *Daemon) auditTask(t *api.Task) {
+	rec := &AuditRecord{Event: "task", UID: t.UID, User: t.User, Path: t.File, SHA256: t.SHA256,
+		Action: string(t.Decision.Action), Rule: t.Decision.Rule, Handler: t.Handler, Task: t.ID,
+		State: string(t.State), Reason: t.Reason, PolicyVersion: t.Decision.PolicyVersion}
+	if t.State.Final() && t.State != api.StateKilled {
+		code := t.ExitCode
+		rec.ExitCode = &code
+	}
+	d.writeAudit(rec)
+}
+
+func (d *Daemon) writeAudit(rec *AuditRecord) {
+	if err := d.audit.Write(rec); err != nil {
+		d.log.Error("audit log write failed", "err", err)
+	}
+}
+
+// publish sends ev to the /v1/events subscribers allowed to see task owner uid.
+func (d *Daemon) publishLocked(ev api.Event, uid int) {
+	for ch, p := range d.subscribers {
+		if !p.IsRoot() && p.UID != uid {
+			continue
+		}
+		select {
+		case ch <- ev:
+		default: // a slow subscriber misses events rather than stalling tasks
+		}
+	}
+}

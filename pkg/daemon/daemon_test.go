@@ -1,0 +1,486 @@
+package daemon_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/isolator-dev/isolator/pkg/api"
+	"github.com/isolator-dev/isolator/pkg/client"
+	"github.com/isolator-dev/isolator/pkg/daemon"
+)
+
+// extDecider decides by file extension: .txt trusted, .exe denied, anything else isolated
+// with the "count" handler.
+type extDecider struct{}
+
+func (extDecider) Version() string { return "test-1" }
+
+func (extDecider) Decide(_ context.Context, req *daemon.DecideRequest) (*daemon.Decision, error) {
+	switch filepath.Ext(req.Path) {
+	case ".txt":
+		return &daemon.Decision{Decision: api.Decision{Action: api.ActionTrust, Rule: "text", Explanation: "text is trusted"}}, nil
+	case ".exe":
+		return &daemon.Decision{Decision: api.Decision{Action: api.ActionDeny, Rule: "exe", Explanation: "executables are denied"}}, nil
+	}
+	return &daemon.Decision{
+		Decision: api.Decision{Action: api.ActionIsolate, Rule: "other", Explanation: "isolate the rest"},
+		Handler:  &daemon.Handler{Name: "count", Image: "none", Program: "/count"},
+	}, nil
+}
+
+// countRunner stands in for the micro VM in queue tests: it reads the staged input, prints
+// its size, returns one output file, and holds each run until gate lets it go.
+type countRunner struct {
+	gate    chan struct{} // nil: no waiting
+	running atomic.Int32
+	peak    atomic.Int32
+}
+
+func (r *countRunner) Run(ctx context.Context, job *daemon.Job) (*daemon.RunResult, error) {
+	data, err := os.ReadFile(job.Input)
+	if err != nil {
+		return nil, err
+	}
+	n := r.running.Add(1)
+	defer r.running.Add(-1)
+	for {
+		p := r.peak.Load()
+		if n <= p || r.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	if job.Started != nil {
+		job.Started()
+	}
+	fmt.Fprintf(job.Stdout, "%s: %d bytes\n", job.InputName, len(data))
+	fmt.Fprintf(job.Stderr, "warning from guest\n")
+	if r.gate != nil {
+		select {
+		case <-r.gate:
+		case <-ctx.Done():
+			return &daemon.RunResult{ExitCode: 137, Killed: true, Reason: "killed"}, nil
+		}
+	}
+	return &daemon.RunResult{
+		Outputs:  []api.File{{Name: "count.txt", Mode: 0o644, Data: fmt.Appendf(nil, "%d\n", len(data))}},
+		Rejected: []api.Rejected{{Name: "link", Reason: "not a regular file"}},
+		Stats:    api.VMStats{Syscalls: 3, Denied: map[string]uint64{"socket": 1}},
+	}, nil
+}
+
+type instance struct {
+	d      *daemon.Daemon
+	c      *client.Client
+	socket string
+	state  string
+	stop   func()
+}
+
+func start(t *testing.T, cfg daemon.Config) *instance {
+	t.Helper()
+	dir := t.TempDir()
+	if cfg.StateDir == "" {
+		cfg.StateDir = filepath.Join(dir, "state")
+	}
+	if cfg.Decider == nil {
+		cfg.Decider = extDecider{}
+	}
+	if cfg.Runner == nil {
+		cfg.Runner = &countRunner{}
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	d, err := daemon.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(dir, "isolator.sock")
+	l, err := daemon.Listen(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, l) }()
+	c, err := client.Dial(sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var once sync.Once
+	in := &instance{d: d, c: c, socket: sock, state: cfg.StateDir}
+	in.stop = func() {
+		once.Do(func() {
+			c.Close()
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
+		})
+	}
+	t.Cleanup(in.stop)
+	return in
+}
+
+func writeFile(t *testing.T, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// openAll collects the events of one open.
+func openAll(c *client.Client, path string) ([]api.Event, error) {
+	var evs []api.Event
+	err := c.Open(context.Background(), api.OpenRequest{Path: path}, func(ev api.Event) error {
+		evs = append(evs, ev)
+		return nil
+	})
+	return evs, err
+}
+
+func TestOpenDecisions(t *testing.T) {
+	in := start(t, daemon.Config{})
+	dir := t.TempDir()
+	tests := []struct {
+		file, content string
+		action        api.Action
+		wantOut       string
+	}{
+		{"notes.txt", "hello", api.ActionTrust, ""},
+		{"setup.exe", "MZ", api.ActionDeny, ""},
+		{"archive.tar", "0123456789", api.ActionIsolate, "archive.tar: 10 bytes\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.file, func(t *testing.T) {
+			evs, err := openAll(in.c, writeFile(t, dir, tt.file, tt.content))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if evs[0].Type != api.EventDecision || evs[0].Decision.Action != tt.action {
+				t.Fatalf("first event %+v, want decision %s", evs[0], tt.action)
+			}
+			if tt.action != api.ActionIsolate {
+				if len(evs) != 1 {
+					t.Errorf("%d events for a %s decision, want 1", len(evs), tt.action)
+				}
+				return
+			}
+			var stdout, stderr string
+			var result *api.Event
+			for i, ev := range evs {
+				switch ev.Type {
+				case api.EventStdout:
+					stdout += string(ev.Data)
+				case api.EventStderr:
+					stderr += string(ev.Data)
+				case api.EventResult:
+					result = &evs[i]
+				}
+			}
+			if stdout != tt.wantOut || stderr != "warning from guest\n" {
+				t.Errorf("stdout %q stderr %q", stdout, stderr)
+			}
+			if result == nil || result.Task.State != api.StateDone || len(result.Results.Files) != 1 ||
+				string(result.Results.Files[0].Data) != "10\n" || result.Results.SHA256 == "" {
+				t.Fatalf("bad result event %+v", result)
+			}
+			id := result.Task.ID
+			// History: the task, its logs and results are there after the fact.
+			task, err := in.c.Task(context.Background(), id)
+			if err != nil || task.State != api.StateDone || task.Stats == nil || task.Handler != "count" {
+				t.Errorf("Task(%s) = %+v, %v", id, task, err)
+			}
+			var logged string
+			if err := in.c.Logs(context.Background(), id, false, func(ev api.Event) error {
+				if ev.Type == api.EventStdout {
+					logged += string(ev.Data)
+				}
+				return nil
+			}); err != nil || logged != tt.wantOut {
+				t.Errorf("Logs = %q, %v", logged, err)
+			}
+			res, err := in.c.Results(context.Background(), id)
+			if err != nil || len(res.Files) != 1 || res.Files[0].Name != "count.txt" {
+				t.Errorf("Results = %+v, %v", res, err)
+			}
+		})
+	}
+	// Every decision and task outcome is in the audit log.
+	audit, err := os.ReadFile(filepath.Join(in.state, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"action":"trust"`, `"action":"deny"`, `"state":"queued"`, `"state":"done"`} {
+		if !strings.Contains(string(audit), want) {
+			t.Errorf("audit log lacks %s:\n%s", want, audit)
+		}
+	}
+	metrics, err := in.c.Metrics(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`isolator_tasks_total{outcome="done"} 1`, `isolator_decisions_total{action="deny"} 1`,
+		`isolator_denied_syscalls_total{syscall="socket"} 1`, "isolator_vm_spawn_duration_seconds_count 1"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}
+
+func TestOpenErrors(t *testing.T) {
+	in := start(t, daemon.Config{})
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		path, code string
+	}{
+		{"relative/path", api.CodeBadRequest},
+		{filepath.Join(dir, "missing"), api.CodeNotFound},
+		{dir, api.CodeInternal}, // a directory is not a regular file
+	} {
+		_, err := openAll(in.c, tt.path)
+		var ae *api.Error
+		if !errors.As(err, &ae) || ae.Code != tt.code {
+			t.Errorf("open %s: %v, want code %s", tt.path, err, tt.code)
+		}
+	}
+}
+
+func TestQueueBound(t *testing.T) {
+	r := &countRunner{gate: make(chan struct{})}
+	in := start(t, daemon.Config{Runner: r, MaxConcurrent: 2, Queue: 3, QueueWait: 200 * time.Millisecond})
+	dir := t.TempDir()
+	const n = 8
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var done, busy int
+	admitted := make(chan string, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := in.c.Open(context.Background(), api.OpenRequest{Path: writeFile(t, dir, fmt.Sprintf("f%d.bin", i), "x")}, func(ev api.Event) error {
+				if ev.Type == api.EventDecision {
+					admitted <- ev.Task.ID
+				}
+				if ev.Type == api.EventResult && ev.Task.State == api.StateDone {
+					mu.Lock()
+					done++
+					mu.Unlock()
+				}
+				return nil
+			})
+			var ae *api.Error
+			if errors.As(err, &ae) && ae.Code == api.CodeBusy {
+				mu.Lock()
+				busy++
+				mu.Unlock()
+			} else if err != nil {
+				t.Errorf("open: %v", err)
+			}
+		}()
+	}
+	// 2 running + 3 queued are admitted; the other 3 are refused after QueueWait.
+	for range 5 {
+		<-admitted
+	}
+	time.Sleep(400 * time.Millisecond) // let the refusals happen before any slot frees
+	close(r.gate)
+	wg.Wait()
+	if done != 5 || busy != 3 {
+		t.Errorf("done=%d busy=%d, want 5 and 3", done, busy)
+	}
+	st, err := in.c.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PeakRunning > 2 || st.PeakQueued > 3 || r.peak.Load() > 2 {
+		t.Errorf("limits exceeded: peak running %d (runner saw %d), peak queued %d", st.PeakRunning, r.peak.Load(), st.PeakQueued)
+	}
+	if st.ActiveVMs != 0 || st.Queued != 0 {
+		t.Errorf("after the load: %d active, %d queued", st.ActiveVMs, st.Queued)
+	}
+}
+
+func TestKillAndEvents(t *testing.T) {
+	r := &countRunner{gate: make(chan struct{})}
+	in := start(t, daemon.Config{Runner: r})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	states := make(chan api.State, 16)
+	go in.c.Events(ctx, func(ev api.Event) error {
+		if ev.Type == api.EventState {
+			states <- ev.Task.State
+		}
+		return nil
+	})
+	time.Sleep(50 * time.Millisecond) // subscription registered
+	ids := make(chan string, 1)
+	openDone := make(chan []api.Event)
+	go func() {
+		var evs []api.Event
+		in.c.Open(context.Background(), api.OpenRequest{Path: writeFile(t, t.TempDir(), "slow.sh", "sleep")}, func(ev api.Event) error {
+			if ev.Type == api.EventStdout {
+				ids <- "" // running
+			}
+			evs = append(evs, ev)
+			return nil
+		})
+		openDone <- evs
+	}()
+	<-ids
+	tasks, err := in.c.Tasks(context.Background(), false)
+	if err != nil || len(tasks) != 1 || tasks[0].State != api.StateRunning {
+		t.Fatalf("Tasks = %+v, %v", tasks, err)
+	}
+	killed, err := in.c.Kill(context.Background(), tasks[0].ID)
+	if err != nil || killed.State != api.StateKilled || !strings.Contains(killed.Reason, "killed by uid") {
+		t.Fatalf("Kill = %+v, %v", killed, err)
+	}
+	evs := <-openDone
+	if last := evs[len(evs)-1]; last.Type != api.EventResult || last.Task.State != api.StateKilled {
+		t.Errorf("open stream ended with %+v", last)
+	}
+	var seen []api.State
+	for len(seen) < 3 {
+		select {
+		case s := <-states:
+			seen = append(seen, s)
+		case <-time.After(5 * time.Second):
+			t.Fatalf("events seen: %v", seen)
+		}
+	}
+	if fmt.Sprint(seen) != "[queued running killed]" {
+		t.Errorf("events %v", seen)
+	}
+	if _, err := in.c.Kill(context.Background(), "0000000000000000"); err == nil {
+		t.Error("killing a missing task succeeded")
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for range 500 {
+		if cond() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatal("condition not reached")
+}
+
+func TestRestartMarksUnfinishedKilled(t *testing.T) {
+	r := &countRunner{gate: make(chan struct{})}
+	in := start(t, daemon.Config{Runner: r})
+	go openAll(in.c, writeFile(t, t.TempDir(), "a.sh", "x"))
+	waitFor(t, func() bool { return r.running.Load() == 1 })
+	// A second daemon on the same state dir sees what a restart after a crash sees.
+	d2, err := daemon.New(daemon.Config{StateDir: in.state, Decider: extDecider{}, Runner: &countRunner{},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tasks := d2.Tasks(&daemon.Peer{UID: os.Getuid()}, true)
+	if len(tasks) != 1 || tasks[0].State != api.StateKilled || tasks[0].Reason != "daemon restarted" {
+		t.Errorf("after restart: %+v", tasks)
+	}
+	close(r.gate)
+}
+
+func TestRefusesBrowsers(t *testing.T) {
+	in := start(t, daemon.Config{})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", in.socket)
+	}}}
+	for _, h := range []string{"Origin", "Referer"} {
+		req, _ := http.NewRequest("GET", "http://localhost/v1/status", nil)
+		req.Header.Set(h, "http://evil.example")
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s header: status %d, want 403", h, resp.StatusCode)
+		}
+	}
+	req, _ := http.NewRequest("GET", "http://localhost/v1/status", nil)
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Errorf("plain request: status %d", resp.StatusCode)
+	}
+}
+
+func TestListenStaleAndLive(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "s.sock")
+	// A stale socket file: bound, then the listener gone without unlinking.
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+	l2, err := daemon.Listen(sock)
+	if err != nil {
+		t.Fatalf("Listen over a stale socket: %v", err)
+	}
+	defer l2.Close()
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o666 {
+		t.Errorf("socket mode %v, %v", fi.Mode(), err)
+	}
+	if _, err := daemon.Listen(sock); !errors.Is(err, daemon.ErrAlreadyRunning) {
+		t.Errorf("Listen over a live socket: %v, want ErrAlreadyRunning", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "plain"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := daemon.Listen(filepath.Join(dir, "plain")); err == nil {
+		t.Error("Listen replaced a regular file")
+	}
+	if _, err := client.Dial(filepath.Join(dir, "none.sock")); !errors.Is(err, client.ErrNotRunning) {
+		t.Errorf("Dial with no socket: %v", err)
+	}
+}
+
+func TestRelease(t *testing.T) {
+	in := start(t, daemon.Config{})
+	p := writeFile(t, t.TempDir(), "reviewed.sh", "echo ok\n")
+	res, err := in.c.Release(context.Background(), api.ReleaseRequest{Path: p, Reason: "reviewed"})
+	if err != nil {
+		if strings.Contains(err.Error(), "operation not supported") {
+			t.Skipf("file system without user xattrs: %v", err)
+		}
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("%x", sha256.Sum256([]byte("echo ok\n"))); res.SHA256 != want {
+		t.Errorf("sha256 %q, want %q", res.SHA256, want)
+	}
+	buf := make([]byte, 64)
+	n, err := getxattr(p, daemon.XattrVerdict, buf)
+	if err != nil || string(buf[:n]) != "trust" {
+		t.Errorf("verdict xattr %q, %v", buf[:n], err)
+	}
+	audit, _ := os.ReadFile(filepath.Join(in.state, "audit.log"))
+	if !strings.Contains(string(audit), `"event":"release"`) {
+		t.Errorf("release not audited: %s", audit)
+	}
+}

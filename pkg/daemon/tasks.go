@@ -1,0 +1,530 @@
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/isolator-dev/isolator/pkg/api"
+	"github.com/isolator-dev/isolator/pkg/broker"
+)
+
+func newTaskID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// openAsPeer opens path for reading with p's file-system identity and returns the file and
+// its resolved path. Only regular files are accepted.
+func openAsPeer(p *Peer, path string) (*os.File, string, error) {
+	if !filepath.IsAbs(path) {
+		return nil, "", fmt.Errorf("path %q is not absolute", path)
+	}
+	var f *os.File
+	err := asUser(p, func() error {
+		// O_NONBLOCK: a FIFO must not hang the daemon; it is refused below anyway.
+		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+		if err != nil {
+			return &os.PathError{Op: "open", Path: path, Err: err}
+		}
+		f = os.NewFile(uintptr(fd), path)
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, "", err
+	}
+	if !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, "", fmt.Errorf("%s is not a regular file", path)
+	}
+	real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
+	if err != nil {
+		real = filepath.Clean(path)
+	}
+	return f, real, nil
+}
+
+// inputName is the base name the guest sees: the file's own name when it is plain.
+func inputName(path string) string {
+	name := filepath.Base(path)
+	if _, err := broker.SanitizeName(name); err != nil || strings.HasPrefix(name, ".") || len(name) > 200 {
+		return "input"
+	}
+	return name
+}
+
+// decide opens and decides on req for p. The returned file is open when err is nil.
+func (d *Daemon) decide(ctx context.Context, p *Peer, req *api.OpenRequest) (*os.File, string, *Decision, error) {
+	start := time.Now()
+	f, real, err := openAsPeer(p, req.Path)
+	if err != nil {
+		return nil, "", nil, err
+	}
+	dr := &DecideRequest{Path: real, User: p.User, UID: p.UID, Groups: groupNames(p.Groups), Home: p.Home, Opener: req.Opener}
+	dec, err := d.cfg.Decider.Decide(ctx, dr)
+	if err != nil {
+		f.Close()
+		return nil, "", nil, fmt.Errorf("policy: %w", err)
+	}
+	d.metrics.decisionTime.Observe(time.Since(start).Seconds())
+	if dec.Action == api.ActionAsk {
+		// isoctl open is the user's explicit request: an "ask" verdict runs the handler
+		// when the rule names one and is refused otherwise.
+		if dec.Handler != nil {
+			dec.Action = api.ActionIsolate
+			dec.Explanation += " (ask: isolated on the user's explicit request)"
+		} else {
+			dec.Action = api.ActionDeny
+			dec.Explanation += " (ask: no handler to isolate with)"
+		}
+	}
+	if dec.Action == api.ActionIsolate && dec.Handler == nil {
+		dec.Action = api.ActionDeny
+		dec.Explanation += " (isolate rule without a handler: denied)"
+	}
+	if dec.Handler != nil {
+		dec.Decision.Handler = dec.Handler.Name
+	}
+	d.metrics.decisions.WithLabelValues(string(dec.Action)).Inc()
+	return f, real, dec, nil
+}
+
+// Open decides on req for p and, when the file is to be isolated, queues a task and streams
+// its events to emit until it ends or ctx is done (the task goes on if the client leaves).
+func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit func(api.Event) error) error {
+	select {
+	case <-d.stopping:
+		return ErrShuttingDown
+	default:
+	}
+	start := time.Now()
+	f, real, dec, err := d.decide(ctx, p, req)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+
+	var sum string
+	var staged string
+	id := newTaskID()
+	if dec.Action == api.ActionIsolate {
+		staged, sum, err = d.stage(id, f, real)
+		if err != nil {
+			return err
+		}
+	} else {
+		h := sha256.New()
+		if _, err := io.Copy(h, io.LimitReader(f, d.cfg.MaxInputBytes)); err == nil {
+			sum = hex.EncodeToString(h.Sum(nil))
+		}
+	}
+	d.writeAudit(&AuditRecord{Event: "decision", UID: p.UID, User: p.User, Path: real, SHA256: sum,
+		Action: string(dec.Action), Rule: dec.Rule, RuleFile: dec.File, RuleLine: dec.Line,
+		Explanation: dec.Explanation, PolicyVersion: dec.PolicyVersion, Handler: dec.Decision.Handler})
+	d.log.Info("decision", "uid", p.UID, "path", real, "action", dec.Action, "rule", dec.Rule)
+
+	ev := api.Event{Type: api.EventDecision, Path: real, Decision: &dec.Decision}
+	if dec.Action != api.ActionIsolate {
+		return emit(ev)
+	}
+	tk, err := d.enqueue(ctx, p, id, real, sum, staged, dec, start)
+	if err != nil {
+		os.RemoveAll(filepath.Dir(staged))
+		return err
+	}
+	d.mu.Lock()
+	snap := tk.t
+	stream := tk.stream
+	d.mu.Unlock()
+	ev.Task = &snap
+	if err := emit(ev); err != nil {
+		return err
+	}
+	return stream.Follow(ctx, func(ev api.Event) error {
+		if ev.Type == api.EventState && ev.Task != nil && ev.Task.State == api.StateQueued {
+			return nil // already sent with the decision
+		}
+		return emit(ev)
+	})
+}
+
+// stage copies the file into a private staging directory, so the guest sees exactly the
+// bytes that were decided on and hashed, whatever happens to the original afterwards.
+func (d *Daemon) stage(id string, f *os.File, real string) (string, string, error) {
+	dir := filepath.Join(d.cfg.StateDir, "staging", id)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", fmt.Errorf("stage input: %w", err)
+	}
+	path := filepath.Join(dir, inputName(real))
+	out, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", "", fmt.Errorf("stage input: %w", err)
+	}
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(out, h), io.LimitReader(f, d.cfg.MaxInputBytes+1))
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil && n > d.cfg.MaxInputBytes {
+		err = fmt.Errorf("file is larger than the %d-byte limit", d.cfg.MaxInputBytes)
+	}
+	if err != nil {
+		os.RemoveAll(dir)
+		return "", "", fmt.Errorf("stage input: %w", err)
+	}
+	return path, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// enqueue admits a task to the bounded queue, waiting up to QueueWait for room, and
+// starts its goroutine.
+func (d *Daemon) enqueue(ctx context.Context, p *Peer, id, real, sum, staged string, dec *Decision, start time.Time) (*task, error) {
+	select {
+	case d.queueSlots <- struct{}{}:
+	default:
+		timer := time.NewTimer(d.cfg.QueueWait)
+		defer timer.Stop()
+		select {
+		case d.queueSlots <- struct{}{}:
+		case <-timer.C:
+			d.metrics.refused.Inc()
+			d.mu.Lock()
+			running, queued := d.running, d.queued
+			d.mu.Unlock()
+			return nil, fmt.Errorf("%w: %d micro VMs running and %d tasks queued (limits %d and %d) for %v; try again later",
+				ErrBusy, running, queued, d.cfg.MaxConcurrent, d.cfg.Queue, d.cfg.QueueWait)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-d.stopping:
+			return nil, ErrShuttingDown
+		}
+	}
+	h := dec.Handler
+	tctx, cancel := context.WithCancelCause(context.Background())
+	tk := &task{
+		created: start,
+		cancel:  cancel,
+		stream:  broker.NewStream(0),
+		done:    make(chan struct{}),
+		t: api.Task{ID: id, UID: p.UID, User: p.User, File: real, SHA256: sum, Decision: dec.Decision,
+			Handler: h.Name, Image: h.Image, State: api.StateQueued, Created: start},
+	}
+	d.mu.Lock()
+	d.tasks[id] = tk
+	d.queued++
+	d.peakQueued = max(d.peakQueued, d.queued)
+	d.metrics.queued.Set(float64(d.queued))
+	snap := tk.t
+	d.mu.Unlock()
+	if err := d.store.saveTask(&snap); err != nil {
+		d.log.Error("task history", "err", err)
+	}
+	d.auditTask(&snap)
+	d.changed(tk)
+	job := &Job{Task: id, Handler: *h, Input: staged, InputName: filepath.Base(staged),
+		Stdout: tk.stream.Writer(api.EventStdout), Stderr: tk.stream.Writer(api.EventStderr)}
+	d.wg.Add(1)
+	go d.run(tctx, tk, job)
+	return tk, nil
+}
+
+// changed announces tk's current state on its stream and to event subscribers.
+func (d *Daemon) changed(tk *task) {
+	d.mu.Lock()
+	snap := tk.t
+	stream := tk.stream
+	ev := api.Event{Type: api.EventState, Time: time.Now(), Task: &snap}
+	d.publishLocked(ev, snap.UID)
+	d.mu.Unlock()
+	if stream != nil {
+		stream.Append(ev)
+	}
+}
+
+func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
+	defer d.wg.Done()
+	defer os.RemoveAll(filepath.Dir(job.Input))
+	defer tk.cancel(nil)
+
+	var res *RunResult
+	var runErr error
+	gotSlot := false
+	select {
+	case d.runSlots <- struct{}{}:
+		gotSlot = true
+	case <-ctx.Done():
+	}
+	<-d.queueSlots
+	d.mu.Lock()
+	d.queued--
+	d.metrics.queued.Set(float64(d.queued))
+	d.mu.Unlock()
+	if gotSlot && ctx.Err() != nil {
+		<-d.runSlots
+		gotSlot = false
+	}
+
+	if gotSlot {
+		slot := time.Now()
+		d.mu.Lock()
+		d.running++
+		d.peakRunning = max(d.peakRunning, d.running)
+		d.metrics.activeVMs.Set(float64(d.running))
+		tk.t.State = api.StateRunning
+		tk.t.Started = slot
+		snap := tk.t
+		d.mu.Unlock()
+		d.store.saveTask(&snap)
+		d.changed(tk)
+		job.Started = func() { d.metrics.spawnTime.Observe(time.Since(slot).Seconds()) }
+		res, runErr = d.cfg.Runner.Run(ctx, job)
+		<-d.runSlots
+		d.mu.Lock()
+		d.running--
+		d.metrics.activeVMs.Set(float64(d.running))
+		d.mu.Unlock()
+	}
+
+	d.mu.Lock()
+	t := &tk.t
+	t.Finished = time.Now()
+	switch {
+	case runErr != nil && ctx.Err() == nil:
+		t.State = api.StateFailed
+		t.Reason = runErr.Error()
+	case ctx.Err() != nil || (res != nil && res.Killed):
+		t.State = api.StateKilled
+		t.Reason = "killed"
+		if c := context.Cause(ctx); c != nil && !errors.Is(c, context.Canceled) {
+			t.Reason = c.Error()
+		} else if res != nil && res.Reason != "" {
+			t.Reason = res.Reason
+		}
+	default:
+		t.State = api.StateDone
+	}
+	var results *api.Results
+	if res != nil {
+		t.ExitCode, t.Signal, t.TimedOut = res.ExitCode, res.Signal, res.TimedOut
+		if res.Reason != "" && t.Reason == "" {
+			t.Reason = res.Reason
+		}
+		stats := res.Stats
+		t.Stats = &stats
+		t.Rejected = res.Rejected
+		for _, o := range res.Outputs {
+			t.Outputs = append(t.Outputs, o.Name)
+		}
+		results = &api.Results{Task: t.ID, SHA256: t.SHA256, Handler: t.Handler, Files: res.Outputs, Rejected: res.Rejected}
+		for name, n := range res.Stats.Denied {
+			d.metrics.deniedSyscalls.WithLabelValues(name).Add(float64(n))
+		}
+	}
+	snap := *t
+	d.mu.Unlock()
+
+	if results != nil {
+		if err := d.store.saveResults(results); err != nil {
+			d.log.Error("results not saved", "task", snap.ID, "err", err)
+		}
+	}
+	if err := d.store.saveTask(&snap); err != nil {
+		d.log.Error("task history", "err", err)
+	}
+	d.auditTask(&snap)
+	d.metrics.tasks.WithLabelValues(string(snap.State)).Inc()
+	d.metrics.openToResult.Observe(time.Since(snap.Created).Seconds())
+	d.log.Info("task finished", "task", snap.ID, "uid", snap.UID, "state", snap.State, "exit", snap.ExitCode, "reason", snap.Reason)
+
+	d.changed(tk)
+	tk.stream.Append(api.Event{Type: api.EventResult, Task: &snap, Results: results})
+	var logs []api.Event
+	for _, ev := range tk.stream.Events() {
+		if ev.Type == api.EventStdout || ev.Type == api.EventStderr || ev.Type == api.EventNotice {
+			logs = append(logs, ev)
+		}
+	}
+	if err := d.store.saveLogs(snap.ID, logs); err != nil {
+		d.log.Error("logs not saved", "task", snap.ID, "err", err)
+	}
+	tk.stream.Close()
+	d.mu.Lock()
+	tk.stream = nil
+	tk.cancel = nil
+	d.mu.Unlock()
+	close(tk.done)
+}
+
+// lookup returns the task id if p may see it.
+func (d *Daemon) lookup(p *Peer, id string) (*task, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	tk, ok := d.tasks[id]
+	if !ok || (!p.IsRoot() && tk.t.UID != p.UID) {
+		// A task of another user is reported exactly like a missing one.
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	return tk, nil
+}
+
+// Task returns a copy of task id if p may see it.
+func (d *Daemon) Task(p *Peer, id string) (api.Task, error) {
+	tk, err := d.lookup(p, id)
+	if err != nil {
+		return api.Task{}, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return tk.t, nil
+}
+
+// Tasks lists the tasks p may see, oldest first. all is honoured for root only: other
+// users always see their own tasks.
+func (d *Daemon) Tasks(p *Peer, all bool) []api.Task {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []api.Task
+	for _, tk := range d.tasks {
+		if tk.t.UID == p.UID || (p.IsRoot() && all) {
+			out = append(out, tk.t)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if !out[i].Created.Equal(out[j].Created) {
+			return out[i].Created.Before(out[j].Created)
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// Kill stops task id on behalf of p and waits until it has ended.
+func (d *Daemon) Kill(ctx context.Context, p *Peer, id string) (api.Task, error) {
+	tk, err := d.lookup(p, id)
+	if err != nil {
+		return api.Task{}, err
+	}
+	d.mu.Lock()
+	cancel, done := tk.cancel, tk.done
+	d.mu.Unlock()
+	if cancel != nil {
+		cancel(fmt.Errorf("killed by uid %d", p.UID))
+		d.writeAudit(&AuditRecord{Event: "kill", UID: p.UID, User: p.User, Task: id})
+	}
+	if done != nil {
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return api.Task{}, ctx.Err()
+		}
+	}
+	return d.Task(p, id)
+}
+
+// Logs calls fn with the output events of task id, following a running task to its end
+// when follow is set.
+func (d *Daemon) Logs(ctx context.Context, p *Peer, id string, follow bool, fn func(api.Event) error) error {
+	tk, err := d.lookup(p, id)
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	stream := tk.stream
+	d.mu.Unlock()
+	keep := func(ev api.Event) error {
+		if ev.Type == api.EventStdout || ev.Type == api.EventStderr || ev.Type == api.EventNotice {
+			return fn(ev)
+		}
+		return nil
+	}
+	if stream != nil {
+		if follow {
+			return stream.Follow(ctx, keep)
+		}
+		for _, ev := range stream.Events() {
+			if err := keep(ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	evs, err := d.store.loadLogs(id)
+	if err != nil {
+		return err
+	}
+	for _, ev := range evs {
+		if err := keep(ev); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Results returns the output files of task id.
+func (d *Daemon) Results(p *Peer, id string) (*api.Results, error) {
+	tk, err := d.lookup(p, id)
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	state := tk.t.State
+	d.mu.Unlock()
+	if !state.Final() {
+		return nil, fmt.Errorf("task %s is still %s", id, state)
+	}
+	r, err := d.store.loadResults(id)
+	if errors.Is(err, os.ErrNotExist) {
+		return &api.Results{Task: id}, nil
+	}
+	return r, err
+}
+
+// shutdown cancels queued tasks, lets running ones finish until the deadline, then kills
+// them and waits for them to end.
+func (d *Daemon) shutdown(deadline time.Duration) {
+	d.stopOnce.Do(func() { close(d.stopping) })
+	d.mu.Lock()
+	for _, tk := range d.tasks {
+		if tk.cancel != nil && tk.t.State == api.StateQueued {
+			tk.cancel(errors.New("daemon shutting down"))
+		}
+	}
+	d.mu.Unlock()
+	done := make(chan struct{})
+	go func() { d.wg.Wait(); close(done) }()
+	timer := time.NewTimer(deadline)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return
+	case <-timer.C:
+	}
+	d.mu.Lock()
+	n := 0
+	for _, tk := range d.tasks {
+		if tk.cancel != nil {
+			tk.cancel(fmt.Errorf("daemon shutting down: not finished within %v", deadline))
+			n++
+		}
+	}
+	d.mu.Unlock()
+	d.log.Warn("shutdown deadline reached: killing running tasks", "tasks", n)
+	<-done
+}
