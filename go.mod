@@ -5,6 +5,7 @@ go 1.26.0
 require (
 	github.com/bytedance/gopkg v0.1.4
 	github.com/fsnotify/fsnotify v1.10.1
+	github.com/gabriel-vasile/mimetype v1.4.16
 	github.com/prometheus/client_golang v1.25.0
 	github.com/spf13/cobra v1.10.2
 	golang.org/x/arch v0.33.0

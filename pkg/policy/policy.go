@@ -74,20 +74,21 @@ const (
 // its resource limits. Handlers are immutable once loaded; do not modify a Handler taken
 // from a Decision.
 type Handler struct {
-	Name    string   // name the rules refer to it by
-	Image   string   // guest image name; the daemon opens <image-dir>/<Image>.img
-	Program string   // guest path of the program, e.g. /usr/bin/pdftotext
-	Args    []string // arguments after argv[0], with {input}, {output}, {name}, {stem} placeholders
-	Env     []string // environment, "KEY=value"
+	Name    string   `json:"name"`              // name the rules refer to it by
+	Image   string   `json:"image"`             // guest image name; the daemon opens <image-dir>/<Image>.img
+	Program string   `json:"program"`           // guest path of the program, e.g. /usr/bin/pdftotext, or "{input}" to run the input itself
+	Args    []string `json:"args,omitempty"`    // arguments after argv[0], with {input}, {output}, {name}, {stem} placeholders
+	Env     []string `json:"env,omitempty"`     // environment, "KEY=value"
+	Summary string   `json:"summary,omitempty"` // the handler's description
 
-	Memory         int64         // guest memory cap in bytes; 0 means the VM default
-	Timeout        time.Duration // wall-clock limit; 0 means the VM default (none)
-	MaxOutputBytes int64         // bound on bytes returned; 0 means the VM default
-	MaxOutputFiles int           // bound on files returned; 0 means the VM default
-	Returns        []Output      // what comes back to the user, in this order
+	Memory         int64         `json:"memory,omitempty"`           // guest memory cap in bytes; 0 means the VM default
+	Timeout        time.Duration `json:"timeout_ns,omitempty"`       // wall-clock limit; 0 means the VM default (none)
+	MaxOutputBytes int64         `json:"max_output_bytes,omitempty"` // bound on bytes returned; 0 means the VM default
+	MaxOutputFiles int           `json:"max_output_files,omitempty"` // bound on files returned; 0 means the VM default
+	Returns        []Output      `json:"returns"`                    // what comes back to the user, in this order
 
-	File string // policy file that defined the handler
-	Line int    // line of the definition
+	File string `json:"file"` // policy file that defined the handler
+	Line int    `json:"line"` // line of the definition
 }
 
 // Guest paths the placeholders in Handler.Args expand to.
@@ -116,6 +117,15 @@ func (h *Handler) ExpandArgs(name string) []string {
 		out[i] = r.Replace(a)
 	}
 	return out
+}
+
+// ExpandProgram returns the guest path of the program for an input file whose base name
+// inside the guest is name: Program, or /input/<name> when Program is "{input}".
+func (h *Handler) ExpandProgram(name string) string {
+	if h.Program == "{input}" {
+		return GuestInputDir + "/" + name
+	}
+	return h.Program
 }
 
 // Decision is the result of evaluating a policy for a Request.

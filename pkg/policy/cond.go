@@ -1,0 +1,381 @@
+package policy
+
+import (
+	"net/url"
+	"path"
+	"regexp"
+	"strconv"
+	"strings"
+)
+
+// evalCtx is the state of one decision: the request, derived keys computed once, and
+// content facts computed lazily.
+type evalCtx struct {
+	req    *Request
+	cache  *FactCache
+	path   string // cleaned absolute path
+	base   string // base name
+	exts   []string
+	extBuf [8]string
+
+	facts   facts
+	ctChain []string
+	sum     string
+
+	origin, referrer originInfo
+	err              error // first error computing a fact
+}
+
+func (e *evalCtx) fail(err error) {
+	if e.err == nil {
+		e.err = err
+	}
+}
+
+// extensions returns the lower-case extensions of a base name, longest last:
+// "Report.Tar.GZ" has "gz" and "tar.gz". A leading dot (".bashrc") does not start one.
+func extensions(base string, buf []string) []string {
+	lower := strings.ToLower(base)
+	for i := len(lower) - 1; i > 0 && len(buf) < cap(buf); i-- {
+		if lower[i] == '.' && i+1 < len(lower) {
+			buf = append(buf, lower[i+1:])
+		}
+	}
+	return buf
+}
+
+// originInfo is a parsed origin or referrer URL.
+type originInfo struct {
+	done    bool
+	present bool
+	raw     string
+	scheme  string
+	host    string // lower case, without port and trailing dot
+}
+
+func parseOrigin(raw string) originInfo {
+	o := originInfo{done: true, raw: raw, present: raw != ""}
+	if raw == "" {
+		return o
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return o
+	}
+	o.scheme = strings.ToLower(u.Scheme)
+	o.host = strings.TrimSuffix(strings.ToLower(u.Hostname()), ".")
+	return o
+}
+
+func (e *evalCtx) getOrigin(referrer bool) *originInfo {
+	if referrer {
+		if !e.referrer.done {
+			e.referrer = parseOrigin(e.req.Referrer)
+		}
+		return &e.referrer
+	}
+	if !e.origin.done {
+		e.origin = parseOrigin(e.req.Origin)
+	}
+	return &e.origin
+}
+
+// inDomain reports whether host is domain or one of its subdomains.
+func inDomain(host, domain string) bool {
+	if host == domain {
+		return true
+	}
+	return len(host) > len(domain) && strings.HasSuffix(host, domain) && host[len(host)-len(domain)-1] == '.'
+}
+
+// condKind names a condition type; it is what Matched descriptions and shadowing
+// analysis are keyed by.
+type condKind string
+
+const (
+	kindPath        condKind = "path"
+	kindPathRegex   condKind = "path_regex"
+	kindName        condKind = "name"
+	kindExtension   condKind = "extension"
+	kindContentType condKind = "content_type"
+	kindSize        condKind = "size"
+	kindSHA256      condKind = "sha256"
+	kindUser        condKind = "user"
+	kindGroup       condKind = "group"
+	kindOpener      condKind = "opener"
+	kindPresent     condKind = "present"
+	kindURLRegex    condKind = "url_regex"
+	kindHost        condKind = "host"
+	kindDomain      condKind = "domain"
+	kindScheme      condKind = "scheme"
+)
+
+// cond is one compiled condition of a rule: a list of alternatives of one kind, of which
+// one must match.
+type cond struct {
+	kind     condKind
+	referrer bool     // origin conditions: about the referrer rather than the origin
+	keys     []string // normalized alternatives, for shadowing analysis and the index
+	descs    []string // description of each alternative for Decision.Matched
+
+	globs   []*glob
+	regexps []*regexp.Regexp
+	set     map[string]int // key -> index into descs
+	lists   []*hashList    // sha256: named lists
+	min     int64
+	max     int64 // -1: no upper bound
+	present bool
+}
+
+type hashList struct {
+	name   string
+	file   string
+	line   int
+	hashes map[string]struct{}
+}
+
+// eval reports whether the condition holds, and a description of what matched.
+func (c *cond) eval(e *evalCtx) (string, bool) {
+	switch c.kind {
+	case kindPath:
+		for i, g := range c.globs {
+			if g.match(e.path, e.req.Home) {
+				return c.descs[i], true
+			}
+		}
+	case kindPathRegex:
+		for i, re := range c.regexps {
+			if re.MatchString(e.path) {
+				return c.descs[i], true
+			}
+		}
+	case kindName:
+		for i, k := range c.keys {
+			if ok, _ := path.Match(k, e.base); ok {
+				return c.descs[i], true
+			}
+		}
+	case kindExtension:
+		for _, x := range e.exts {
+			if i, ok := c.set[x]; ok {
+				return c.descs[i], true
+			}
+		}
+	case kindContentType:
+		chain, ok := e.contentType()
+		if !ok {
+			return "", false
+		}
+		for _, t := range chain {
+			if i, ok := c.set[t]; ok {
+				return c.descs[i] + " (sniffed " + chain[0] + ")", true
+			}
+			if j := strings.IndexByte(t, '/'); j > 0 {
+				if i, ok := c.set[t[:j]+"/*"]; ok {
+					return c.descs[i] + " (sniffed " + chain[0] + ")", true
+				}
+			}
+		}
+	case kindSize:
+		n, ok := e.size()
+		if ok && n >= c.min && (c.max < 0 || n <= c.max) {
+			return c.descs[0] + " (" + strconv.FormatInt(n, 10) + " bytes)", true
+		}
+	case kindSHA256:
+		sum, ok := e.sha256()
+		if !ok {
+			return "", false
+		}
+		if i, ok := c.set[sum]; ok {
+			return c.descs[i], true
+		}
+		for _, l := range c.lists {
+			if _, ok := l.hashes[sum]; ok {
+				return "sha256 " + sum + " in list " + strconv.Quote(l.name), true
+			}
+		}
+	case kindUser:
+		if i, ok := c.set[e.req.User]; ok && e.req.User != "" {
+			return c.descs[i], true
+		}
+		if i, ok := c.set["#"+strconv.Itoa(e.req.UID)]; ok {
+			return c.descs[i], true
+		}
+	case kindGroup:
+		for _, g := range e.req.Groups {
+			if i, ok := c.set[g]; ok {
+				return c.descs[i], true
+			}
+		}
+	case kindOpener:
+		if e.req.Opener == "" {
+			return "", false
+		}
+		op := path.Clean(e.req.Opener)
+		for i, g := range c.globs {
+			if g.match(op, e.req.Home) {
+				return c.descs[i], true
+			}
+		}
+	case kindPresent:
+		o := e.getOrigin(c.referrer)
+		if o.present == c.present {
+			return c.descs[0], true
+		}
+	case kindURLRegex:
+		o := e.getOrigin(c.referrer)
+		if !o.present {
+			return "", false
+		}
+		for i, re := range c.regexps {
+			if re.MatchString(o.raw) {
+				return c.descs[i], true
+			}
+		}
+	case kindHost:
+		o := e.getOrigin(c.referrer)
+		if o.host == "" {
+			return "", false
+		}
+		for i, k := range c.keys {
+			if ok, _ := path.Match(k, o.host); ok {
+				return c.descs[i], true
+			}
+		}
+	case kindDomain:
+		o := e.getOrigin(c.referrer)
+		if o.host == "" {
+			return "", false
+		}
+		for i, k := range c.keys {
+			if inDomain(o.host, k) {
+				return c.descs[i], true
+			}
+		}
+	case kindScheme:
+		o := e.getOrigin(c.referrer)
+		if i, ok := c.set[o.scheme]; ok && o.present {
+			return c.descs[i], true
+		}
+	}
+	return "", false
+}
+
+// covers reports whether every value a matches is certainly matched by c (conservative:
+// false when unsure). It is the basis of the shadowed-rule warning.
+func (c *cond) covers(a *cond) bool {
+	if c.kind != a.kind || c.referrer != a.referrer {
+		return false
+	}
+	switch c.kind {
+	case kindSize:
+		return c.min <= a.min && (c.max < 0 || (a.max >= 0 && a.max <= c.max))
+	case kindPresent:
+		return c.present == a.present
+	case kindSHA256:
+		if len(c.lists) > 0 || len(a.lists) > 0 {
+			return false
+		}
+	case kindPath, kindOpener:
+		for _, ag := range a.globs {
+			ok := false
+			for _, cg := range c.globs {
+				if globCovers(cg, ag) {
+					ok = true
+					break
+				}
+			}
+			if !ok {
+				return false
+			}
+		}
+		return true
+	case kindDomain:
+		for _, ak := range a.keys {
+			ok := false
+			for _, ck := range c.keys {
+				if inDomain(ak, ck) {
+					ok = true
+					break
+				}
+			}
+			if !ok {
+				return false
+			}
+		}
+		return true
+	case kindContentType:
+		for _, ak := range a.keys {
+			ok := false
+			for _, ck := range c.keys {
+				if ck == ak || (strings.HasSuffix(ck, "/*") && strings.HasPrefix(ak, strings.TrimSuffix(ck, "*"))) {
+					ok = true
+					break
+				}
+			}
+			if !ok {
+				return false
+			}
+		}
+		return true
+	}
+	// Sets of plain keys: a's alternatives must be a subset of c's (or c has "*").
+	for _, ak := range a.keys {
+		ok := false
+		for _, ck := range c.keys {
+			if ck == ak || (c.kind == kindName && ck == "*") {
+				ok = true
+				break
+			}
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// globCovers reports whether glob c certainly matches everything a matches: the same
+// pattern, a literal path c matches, or c is "<prefix>/**" and a lies under prefix.
+func globCovers(c, a *glob) bool {
+	if c.home != a.home {
+		return false
+	}
+	if slicesEqual(c.segs, a.segs) {
+		return true
+	}
+	n := len(c.segs)
+	if n > 0 && c.segs[n-1] == "**" {
+		if n-1 > len(a.segs) {
+			return false
+		}
+		for i := 0; i < n-1; i++ {
+			if !c.literal[i] || !a.literal[i] || c.segs[i] != a.segs[i] {
+				if !(!c.literal[i] && c.segs[i] == "*" && a.segs[i] != "**") {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	allLit := true
+	for _, l := range a.literal {
+		allLit = allLit && l
+	}
+	if allLit {
+		return matchSegs(c.segs, c.literal, strings.Join(a.segs, "/"))
+	}
+	return false
+}
+
+func slicesEqual(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,227 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+)
+
+// Policy is a compiled, validated policy. It is immutable once loaded and safe for
+// concurrent use by any number of goroutines.
+type Policy struct {
+	version        string
+	files          []string // display names in evaluation order
+	rules          []*rule
+	handlers       map[string]*Handler
+	lists          map[string]*hashList
+	def            defaultAction // nothing matched, origin not untrusted
+	untrusted      defaultAction // nothing matched, origin untrusted
+	trustedDomains []string
+	idx            *index
+	cache          *FactCache
+	warnings       []Issue
+	failReason     string // non-empty for a fail-closed policy
+}
+
+// ErrBadRequest is returned by Decide for a request it cannot evaluate.
+var ErrBadRequest = errors.New("bad policy request")
+
+// FailClosed returns a policy that denies every file, saying why. A Store holds it until a
+// valid policy has been loaded.
+func FailClosed(reason string) *Policy {
+	return &Policy{
+		version:    "fail-closed",
+		failReason: reason,
+		handlers:   map[string]*Handler{},
+		lists:      map[string]*hashList{},
+		idx:        buildIndex(nil),
+		cache:      NewFactCache(1),
+		def:        defaultAction{action: ActionDeny},
+		untrusted:  defaultAction{action: ActionDeny},
+	}
+}
+
+// Version is a content hash identifying the policy: the same files give the same version.
+func (p *Policy) Version() string { return p.version }
+
+// Files returns the policy files in evaluation order.
+func (p *Policy) Files() []string { return append([]string(nil), p.files...) }
+
+// Warnings returns the warnings found while loading (for example shadowed rules).
+func (p *Policy) Warnings() []Issue { return append([]Issue(nil), p.warnings...) }
+
+// NumRules returns the number of rules.
+func (p *Policy) NumRules() int { return len(p.rules) }
+
+// Handler returns the handler with the given name.
+func (p *Policy) Handler(name string) (*Handler, bool) {
+	h, ok := p.handlers[name]
+	return h, ok
+}
+
+// FailClosedReason returns why the policy denies everything, or "" for a loaded policy.
+func (p *Policy) FailClosedReason() string { return p.failReason }
+
+// Decide evaluates the policy for req: rules in order, first match wins; if none matches,
+// the untrusted-origin default for a file with an untrusted origin, the default otherwise.
+// Content facts (size, SHA-256, content type) are read from the file only when a rule
+// that needs them is reached, and cached. An error (the file cannot be read when a rule
+// needs its content, or a bad request) means no decision; callers must then not trust the
+// file.
+func (p *Policy) Decide(req *Request) (*Decision, error) {
+	if req == nil || req.Path == "" || !path.IsAbs(req.Path) {
+		return nil, fmt.Errorf("%w: path must be absolute", ErrBadRequest)
+	}
+	e := evalCtx{req: req, cache: p.cache, path: path.Clean(req.Path)}
+	e.base = path.Base(e.path)
+	e.exts = extensions(e.base, e.extBuf[:0])
+	if p.failReason != "" {
+		return &Decision{
+			Action:        ActionDeny,
+			Rule:          RuleFailClosed,
+			Explanation:   "deny: no valid policy is in force (" + p.failReason + "), so nothing is trusted",
+			PolicyVersion: p.version,
+		}, nil
+	}
+	var matched [8]string
+	var cs candidates
+	p.idx.init(&cs, &e)
+	for i := p.idx.next(&cs, &e); i >= 0; i = p.idx.next(&cs, &e) {
+		r := p.rules[i]
+		m, ok := r.eval(&e, matched[:0])
+		if e.err != nil {
+			return nil, e.err
+		}
+		if ok {
+			return p.decision(r, m, &e), nil
+		}
+	}
+	if e.err != nil {
+		return nil, e.err
+	}
+	return p.defaultDecision(&e), nil
+}
+
+// eval reports whether the rule matches, appending what matched to m.
+func (r *rule) eval(e *evalCtx, m []string) ([]string, bool) {
+	for _, c := range r.match {
+		d, ok := c.eval(e)
+		if !ok {
+			return nil, false
+		}
+		m = append(m, d)
+	}
+	if len(r.unless) > 0 {
+		all := true
+		for _, c := range r.unless {
+			if _, ok := c.eval(e); !ok {
+				all = false
+				break
+			}
+		}
+		if all {
+			return nil, false
+		}
+		m = append(m, "unless-conditions did not all hold")
+	}
+	return m, true
+}
+
+func (p *Policy) decision(r *rule, m []string, e *evalCtx) *Decision {
+	d := &Decision{
+		Action: r.action, Handler: r.handler, Rule: r.name, File: r.file, Line: r.line,
+		PolicyVersion: p.version,
+	}
+	if len(m) > 0 {
+		d.Matched = append([]string(nil), m...)
+	}
+	var b strings.Builder
+	b.Grow(128)
+	b.WriteString(string(r.action))
+	if r.handler != nil {
+		b.WriteString(" with handler ")
+		b.WriteString(r.handler.Name)
+	}
+	b.WriteString(": rule ")
+	b.WriteString(r.name)
+	b.WriteString(" at ")
+	b.WriteString(r.file)
+	b.WriteByte(':')
+	b.WriteString(strconv.Itoa(r.line))
+	if len(m) == 0 {
+		b.WriteString(" matches every file")
+	} else {
+		b.WriteString(" matched ")
+		for i, s := range m {
+			if i > 0 {
+				b.WriteString(", ")
+			}
+			b.WriteString(s)
+		}
+	}
+	if r.description != "" {
+		b.WriteString(" (")
+		b.WriteString(r.description)
+		b.WriteByte(')')
+	}
+	d.Explanation = b.String()
+	return d
+}
+
+// UntrustedOrigin reports whether a file with this origin (or, without one, referrer)
+// counts as coming from an untrusted origin: it has one and its host is not in the
+// policy's default.trusted_domains.
+func (p *Policy) UntrustedOrigin(origin, referrer string) bool {
+	o := parseOrigin(origin)
+	if !o.present {
+		o = parseOrigin(referrer)
+	}
+	return p.untrustedOrigin(&o)
+}
+
+func (p *Policy) untrustedOrigin(o *originInfo) bool {
+	if !o.present {
+		return false
+	}
+	if o.host == "" {
+		return true
+	}
+	for _, d := range p.trustedDomains {
+		if inDomain(o.host, d) {
+			return false
+		}
+	}
+	return true
+}
+
+func (p *Policy) defaultDecision(e *evalCtx) *Decision {
+	o := e.getOrigin(false)
+	which := "origin"
+	if !o.present {
+		o = e.getOrigin(true)
+		which = "referrer"
+	}
+	def, rule := p.def, RuleDefault
+	var why string
+	if p.untrustedOrigin(o) {
+		def, rule = p.untrusted, RuleUntrustedDefault
+		why = "no rule matched and the file's " + which + " " + o.raw + " is not a trusted domain"
+	} else if o.present {
+		why = "no rule matched; the file's " + which + " is in a trusted domain"
+	} else {
+		why = "no rule matched and the file has no recorded origin"
+	}
+	d := &Decision{Action: def.action, Handler: def.handler, Rule: rule, File: def.file, Line: def.line, PolicyVersion: p.version}
+	where := "built-in default"
+	if def.file != "" {
+		where = def.file + ":" + strconv.Itoa(def.line)
+	}
+	h := ""
+	if def.handler != nil {
+		h = " with handler " + def.handler.Name
+	}
+	d.Explanation = string(def.action) + h + ": " + why + " (" + rule + " at " + where + ")"
+	return d
+}

@@ -1,0 +1,251 @@
+package policy
+
+import (
+	"path"
+	"sort"
+	"strings"
+)
+
+// The index makes a decision cost about the number of rules that could match a request
+// rather than the number of rules. Every rule is filed under exactly one dimension, the
+// cheapest and most selective condition it has whose every alternative is a plain key:
+//
+//	extension   the extension ("pdf")
+//	name        a literal base name ("setup.exe")
+//	domain      an origin domain or literal origin host
+//	path        the literal directory prefix of its path globs ("/usr", "~/Downloads")
+//	ctype       a content type or "major/*" (needs the sniffed type)
+//	sha256      a digest (needs the file's hash)
+//
+// or, lacking one, in the unindexed list. For a request, the candidate rules are the
+// buckets of its keys in every dimension plus the unindexed list, visited in rule order;
+// the first candidate that fully matches wins. That is the same answer as trying every
+// rule in order, because a rule not among the candidates has a condition the request
+// fails. Content dimensions are lazy: until the fact is known, all rules filed under the
+// dimension are candidates, so no file is read before a rule that needs it is reached.
+type index struct {
+	unindexed []int32
+	ext       map[string][]int32
+	name      map[string][]int32
+	domain    map[string][]int32
+	path      map[string][]int32
+	ctype     map[string][]int32
+	ctypeAll  []int32
+	sha       map[string][]int32
+	shaAll    []int32
+}
+
+func buildIndex(rules []*rule) *index {
+	x := &index{
+		ext: map[string][]int32{}, name: map[string][]int32{}, domain: map[string][]int32{},
+		path: map[string][]int32{}, ctype: map[string][]int32{}, sha: map[string][]int32{},
+	}
+	for _, r := range rules {
+		i := int32(r.index)
+		if !x.file(r, i) {
+			x.unindexed = append(x.unindexed, i)
+		}
+	}
+	return x
+}
+
+func addUnique(m map[string][]int32, k string, i int32) {
+	l := m[k]
+	if len(l) > 0 && l[len(l)-1] == i {
+		return
+	}
+	m[k] = append(l, i)
+}
+
+func (x *index) file(r *rule, i int32) bool {
+	find := func(k condKind) *cond {
+		for _, c := range r.match {
+			if c.kind == k && !c.referrer {
+				return c
+			}
+		}
+		return nil
+	}
+	if c := find(kindExtension); c != nil {
+		for _, k := range c.keys {
+			addUnique(x.ext, k, i)
+		}
+		return true
+	}
+	if c := find(kindName); c != nil && allLiteral(c.keys) {
+		for _, k := range c.keys {
+			addUnique(x.name, k, i)
+		}
+		return true
+	}
+	if c := find(kindDomain); c != nil {
+		for _, k := range c.keys {
+			addUnique(x.domain, k, i)
+		}
+		return true
+	}
+	if c := find(kindHost); c != nil && allLiteral(c.keys) {
+		for _, k := range c.keys {
+			addUnique(x.domain, k, i)
+		}
+		return true
+	}
+	if c := find(kindPath); c != nil {
+		deep := true
+		for _, g := range c.globs {
+			deep = deep && g.prefix != "/" && g.prefix != "~"
+		}
+		if deep {
+			for _, g := range c.globs {
+				addUnique(x.path, g.prefix, i)
+			}
+			return true
+		}
+	}
+	if c := find(kindContentType); c != nil {
+		for _, k := range c.keys {
+			addUnique(x.ctype, k, i)
+		}
+		x.ctypeAll = append(x.ctypeAll, i)
+		return true
+	}
+	if c := find(kindSHA256); c != nil {
+		for _, k := range c.keys {
+			addUnique(x.sha, k, i)
+		}
+		for _, l := range c.lists {
+			for k := range l.hashes {
+				addUnique(x.sha, k, i)
+			}
+		}
+		x.shaAll = append(x.shaAll, i)
+		return true
+	}
+	return false
+}
+
+func allLiteral(keys []string) bool {
+	for _, k := range keys {
+		if strings.ContainsAny(k, `*?[\`) {
+			return false
+		}
+	}
+	return true
+}
+
+// cursor walks one sorted candidate list.
+type cursor struct {
+	list []int32
+	pos  int
+}
+
+// candidates yields candidate rule indices in increasing order.
+type candidates struct {
+	curs    []cursor
+	buf     [24]cursor
+	ctLazy  int // index in curs of the lazy content-type cursor, or -1
+	shaLazy int
+	last    int32
+}
+
+func (cs *candidates) add(l []int32) int {
+	if len(l) == 0 {
+		return -1
+	}
+	cs.curs = append(cs.curs, cursor{list: l})
+	return len(cs.curs) - 1
+}
+
+// init collects the candidate lists for the request.
+func (x *index) init(cs *candidates, e *evalCtx) {
+	cs.curs = cs.buf[:0]
+	cs.last = -1
+	cs.ctLazy, cs.shaLazy = -1, -1
+	cs.add(x.unindexed)
+	for _, ext := range e.exts {
+		cs.add(x.ext[ext])
+	}
+	cs.add(x.name[e.base])
+	if len(x.domain) > 0 {
+		o := e.getOrigin(false)
+		for h := o.host; h != ""; {
+			cs.add(x.domain[h])
+			i := strings.IndexByte(h, '.')
+			if i < 0 {
+				break
+			}
+			h = h[i+1:]
+		}
+	}
+	if len(x.path) > 0 {
+		for d := e.path; ; d = path.Dir(d) {
+			cs.add(x.path[d])
+			if d == "/" {
+				break
+			}
+		}
+		if home := strings.TrimSuffix(e.req.Home, "/"); home != "" && strings.HasPrefix(e.path, home+"/") {
+			for d := e.path; len(d) >= len(home); d = path.Dir(d) {
+				cs.add(x.path["~"+d[len(home):]])
+			}
+		}
+	}
+	if len(x.ctypeAll) > 0 {
+		if e.req.ContentType != "" {
+			x.addCtype(cs, e)
+		} else {
+			cs.ctLazy = cs.add(x.ctypeAll)
+		}
+	}
+	if len(x.shaAll) > 0 {
+		if e.req.SHA256 != "" {
+			sum, _ := e.sha256()
+			cs.add(x.sha[sum])
+		} else {
+			cs.shaLazy = cs.add(x.shaAll)
+		}
+	}
+}
+
+func (x *index) addCtype(cs *candidates, e *evalCtx) {
+	chain, ok := e.contentType()
+	if !ok {
+		return
+	}
+	for _, t := range chain {
+		cs.add(x.ctype[t])
+		if j := strings.IndexByte(t, '/'); j > 0 {
+			cs.add(x.ctype[t[:j]+"/*"])
+		}
+	}
+}
+
+// next returns the next candidate rule index, or -1.
+func (x *index) next(cs *candidates, e *evalCtx) int32 {
+	// Once a lazy fact is known, replace the catch-all list by the precise buckets.
+	if cs.ctLazy >= 0 && e.ctChain != nil {
+		cs.curs[cs.ctLazy].list = nil
+		cs.ctLazy = -1
+		x.addCtype(cs, e)
+	}
+	if cs.shaLazy >= 0 && e.sum != "" {
+		cs.curs[cs.shaLazy].list = nil
+		cs.shaLazy = -1
+		cs.add(x.sha[e.sum])
+	}
+	best := int32(-1)
+	for i := range cs.curs {
+		c := &cs.curs[i]
+		if len(c.list)-c.pos > 8 && c.list[c.pos] <= cs.last {
+			c.pos += sort.Search(len(c.list)-c.pos, func(j int) bool { return c.list[c.pos+j] > cs.last })
+		}
+		for c.pos < len(c.list) && c.list[c.pos] <= cs.last {
+			c.pos++
+		}
+		if c.pos < len(c.list) && (best < 0 || c.list[c.pos] < best) {
+			best = c.list[c.pos]
+		}
+	}
+	cs.last = best
+	return best
+}

@@ -1,0 +1,326 @@
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"math"
+	"regexp"
+	"strconv"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// The raw structs below hold one decoded policy file before validation and compilation.
+
+type rawFile struct {
+	name     string // path shown in messages
+	base     string // base name, the ordering key
+	version  int
+	def      *rawDefault
+	handlers []*rawHandler
+	lists    []*rawList
+	rules    []*rawRule
+}
+
+type rawDefault struct {
+	line, col        int
+	action           *sval
+	handler          *sval
+	untrustedAction  *sval
+	untrustedHandler *sval
+	trustedDomains   []sval
+}
+
+type rawHandler struct {
+	name, image, program sval
+	description          string
+	args, env            []sval
+	memory               int64
+	timeout              time.Duration
+	maxOutputBytes       int64
+	maxOutputFiles       int
+	returns              []sval
+}
+
+type rawList struct {
+	name   sval
+	sha256 []sval
+	files  []sval
+}
+
+type rawRule struct {
+	line, col   int
+	name        sval
+	description string
+	action      sval
+	handler     *sval
+	match       *rawCond
+	unless      *rawCond
+}
+
+type rawCond struct {
+	line, col   int
+	path        []sval
+	pathRegex   []sval
+	name        []sval
+	extension   []sval
+	contentType []sval
+	sizeMin     *int64
+	sizeMax     *int64
+	sizeLine    int
+	sizeCol     int
+	sha256      []sval
+	sha256List  []sval
+	origin      *rawOrigin
+	referrer    *rawOrigin
+	user        []sval
+	group       []sval
+	opener      []sval
+}
+
+type rawOrigin struct {
+	present  *bool
+	urlRegex []sval
+	host     []sval
+	domain   []sval
+	scheme   []sval
+}
+
+var yamlLineRE = regexp.MustCompile(`line (\d+)`)
+
+// parseFile decodes one policy file, appending problems to issues.
+func parseFile(name, base string, data []byte, issues *[]Issue) *rawFile {
+	d := &decoder{file: name, issues: issues}
+	f := &rawFile{name: name, base: base}
+	if len(data) > MaxFileSize {
+		d.add(1, 1, false, "file is %d bytes, more than the limit of %d", len(data), MaxFileSize)
+		return f
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	if err := dec.Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return f // an empty file is a valid, empty policy (it can mask a shipped file)
+		}
+		line := 1
+		if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ = strconv.Atoi(m[1])
+		}
+		d.add(line, 1, false, "invalid YAML: %v", err)
+		return f
+	}
+	var extra yaml.Node
+	if err := dec.Decode(&extra); err == nil {
+		d.add(extra.Line, extra.Column, false, "a policy file holds one YAML document; found a second one")
+	} else if !errors.Is(err, io.EOF) {
+		d.add(1, 1, false, "invalid YAML: %v", err)
+	}
+	if expandedSize(&doc, 0, maxNodes, map[*yaml.Node]int{}) > maxNodes {
+		d.add(1, 1, false, "document expands to more than %d YAML nodes or is nested deeper than %d (alias bomb?)", maxNodes, maxDepth)
+		return f
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode {
+		if len(root.Content) == 0 {
+			return f
+		}
+		root = root.Content[0]
+	}
+	if root.Kind == yaml.ScalarNode && root.ShortTag() == "!!null" {
+		return f
+	}
+	d.fields(root, "the policy file", map[string]func(k, v *yaml.Node){
+		"version": func(k, v *yaml.Node) {
+			if n, ok := d.integer(v, "version", 1, 1); ok {
+				f.version = int(n)
+			}
+		},
+		"default":  func(k, v *yaml.Node) { f.def = d.defaults(k, v) },
+		"handlers": func(k, v *yaml.Node) { f.handlers = d.handlers(v) },
+		"lists":    func(k, v *yaml.Node) { f.lists = d.lists(v) },
+		"rules": func(k, v *yaml.Node) {
+			v = deref(v)
+			if v.Kind != yaml.SequenceNode {
+				d.errorf(v, "rules must be a list, not %s", nodeKind(v))
+				return
+			}
+			for _, c := range v.Content {
+				if r := d.rule(c); r != nil {
+					f.rules = append(f.rules, r)
+				}
+			}
+		},
+	})
+	return f
+}
+
+func (d *decoder) optStr(v *yaml.Node, what string) *sval {
+	if s, ok := d.str(v, what); ok {
+		return &s
+	}
+	return nil
+}
+
+func (d *decoder) defaults(k, v *yaml.Node) *rawDefault {
+	def := &rawDefault{line: k.Line, col: k.Column}
+	d.fields(v, "default", map[string]func(k, v *yaml.Node){
+		"action":            func(k, v *yaml.Node) { def.action = d.optStr(v, "default.action") },
+		"handler":           func(k, v *yaml.Node) { def.handler = d.optStr(v, "default.handler") },
+		"untrusted_action":  func(k, v *yaml.Node) { def.untrustedAction = d.optStr(v, "default.untrusted_action") },
+		"untrusted_handler": func(k, v *yaml.Node) { def.untrustedHandler = d.optStr(v, "default.untrusted_handler") },
+		"trusted_domains":   func(k, v *yaml.Node) { def.trustedDomains = d.strs(v, "default.trusted_domains") },
+	})
+	return def
+}
+
+// namedMapping iterates over a mapping of names to definitions.
+func (d *decoder) namedMapping(v *yaml.Node, what string, fn func(name sval, v *yaml.Node)) {
+	v = deref(v)
+	if v.Kind != yaml.MappingNode {
+		d.errorf(v, "%s must be a mapping of names to definitions, not %s", what, nodeKind(v))
+		return
+	}
+	seen := map[string]bool{}
+	for i := 0; i+1 < len(v.Content); i += 2 {
+		name, ok := d.str(v.Content[i], what+" names")
+		if !ok {
+			continue
+		}
+		if seen[name.s] {
+			d.add(name.line, name.col, false, "duplicate %s name %q", what, name.s)
+			continue
+		}
+		seen[name.s] = true
+		fn(name, v.Content[i+1])
+	}
+}
+
+func (d *decoder) handlers(v *yaml.Node) []*rawHandler {
+	var out []*rawHandler
+	d.namedMapping(v, "handler", func(name sval, v *yaml.Node) {
+		h := &rawHandler{name: name}
+		w := "handler " + strconv.Quote(name.s)
+		d.fields(v, w, map[string]func(k, v *yaml.Node){
+			"image":   func(k, v *yaml.Node) { h.image, _ = d.str(v, w+" image") },
+			"program": func(k, v *yaml.Node) { h.program, _ = d.str(v, w+" program") },
+			"description": func(k, v *yaml.Node) {
+				s, _ := d.str(v, w+" description")
+				h.description = s.s
+			},
+			"args": func(k, v *yaml.Node) {
+				if vv := deref(v); vv.Kind == yaml.SequenceNode && len(vv.Content) == 0 {
+					return // an explicit empty list is fine for arguments
+				}
+				h.args = d.strs(v, w+" args")
+			},
+			"env":     func(k, v *yaml.Node) { h.env = d.strs(v, w+" env") },
+			"memory":  func(k, v *yaml.Node) { h.memory, _ = d.size(v, w+" memory") },
+			"timeout": func(k, v *yaml.Node) { h.timeout, _ = d.duration(v, w+" timeout") },
+			"max_output_bytes": func(k, v *yaml.Node) {
+				h.maxOutputBytes, _ = d.size(v, w+" max_output_bytes")
+			},
+			"max_output_files": func(k, v *yaml.Node) {
+				n, _ := d.integer(v, w+" max_output_files", 0, math.MaxInt32)
+				h.maxOutputFiles = int(n)
+			},
+			"returns": func(k, v *yaml.Node) { h.returns = d.strs(v, w+" returns") },
+		})
+		out = append(out, h)
+	})
+	return out
+}
+
+func (d *decoder) lists(v *yaml.Node) []*rawList {
+	var out []*rawList
+	d.namedMapping(v, "list", func(name sval, v *yaml.Node) {
+		l := &rawList{name: name}
+		w := "list " + strconv.Quote(name.s)
+		d.fields(v, w, map[string]func(k, v *yaml.Node){
+			"sha256": func(k, v *yaml.Node) { l.sha256 = d.strs(v, w+" sha256") },
+			"files":  func(k, v *yaml.Node) { l.files = d.strs(v, w+" files") },
+		})
+		out = append(out, l)
+	})
+	return out
+}
+
+func (d *decoder) rule(n *yaml.Node) *rawRule {
+	n = deref(n)
+	r := &rawRule{line: n.Line, col: n.Column}
+	d.fields(n, "rule", map[string]func(k, v *yaml.Node){
+		"name": func(k, v *yaml.Node) { r.name, _ = d.str(v, "rule name") },
+		"description": func(k, v *yaml.Node) {
+			s, _ := d.str(v, "rule description")
+			r.description = s.s
+		},
+		"action":  func(k, v *yaml.Node) { r.action, _ = d.str(v, "rule action") },
+		"handler": func(k, v *yaml.Node) { r.handler = d.optStr(v, "rule handler") },
+		"match":   func(k, v *yaml.Node) { r.match = d.cond(k, v, "match") },
+		"unless":  func(k, v *yaml.Node) { r.unless = d.cond(k, v, "unless") },
+	})
+	if n.Kind != yaml.MappingNode {
+		return nil
+	}
+	if r.name.s == "" {
+		d.errorf(n, "rule has no name")
+	}
+	if r.action.s == "" {
+		d.errorf(n, "rule %q has no action", r.name.s)
+	}
+	return r
+}
+
+func (d *decoder) cond(k, v *yaml.Node, what string) *rawCond {
+	c := &rawCond{line: k.Line, col: k.Column}
+	d.fields(v, what, map[string]func(k, v *yaml.Node){
+		"path":         func(k, v *yaml.Node) { c.path = d.strs(v, what+".path") },
+		"path_regex":   func(k, v *yaml.Node) { c.pathRegex = d.strs(v, what+".path_regex") },
+		"name":         func(k, v *yaml.Node) { c.name = d.strs(v, what+".name") },
+		"extension":    func(k, v *yaml.Node) { c.extension = d.strs(v, what+".extension") },
+		"content_type": func(k, v *yaml.Node) { c.contentType = d.strs(v, what+".content_type") },
+		"sha256":       func(k, v *yaml.Node) { c.sha256 = d.strs(v, what+".sha256") },
+		"sha256_list":  func(k, v *yaml.Node) { c.sha256List = d.strs(v, what+".sha256_list") },
+		"user":         func(k, v *yaml.Node) { c.user = d.strs(v, what+".user") },
+		"group":        func(k, v *yaml.Node) { c.group = d.strs(v, what+".group") },
+		"opener":       func(k, v *yaml.Node) { c.opener = d.strs(v, what+".opener") },
+		"origin":       func(k, v *yaml.Node) { c.origin = d.origin(v, what+".origin") },
+		"referrer":     func(k, v *yaml.Node) { c.referrer = d.origin(v, what+".referrer") },
+		"size": func(k, v *yaml.Node) {
+			c.sizeLine, c.sizeCol = k.Line, k.Column
+			d.fields(v, what+".size", map[string]func(k, v *yaml.Node){
+				"min": func(k, v *yaml.Node) {
+					if n, ok := d.size(v, what+".size.min"); ok {
+						c.sizeMin = &n
+					}
+				},
+				"max": func(k, v *yaml.Node) {
+					if n, ok := d.size(v, what+".size.max"); ok {
+						c.sizeMax = &n
+					}
+				},
+			})
+			if c.sizeMin != nil && c.sizeMax != nil && *c.sizeMin > *c.sizeMax {
+				d.errorf(k, "%s.size: min %d is larger than max %d", what, *c.sizeMin, *c.sizeMax)
+			}
+		},
+	})
+	return c
+}
+
+func (d *decoder) origin(v *yaml.Node, what string) *rawOrigin {
+	o := &rawOrigin{}
+	d.fields(v, what, map[string]func(k, v *yaml.Node){
+		"present": func(k, v *yaml.Node) {
+			if b, ok := d.boolean(v, what+".present"); ok {
+				o.present = &b
+			}
+		},
+		"url_regex": func(k, v *yaml.Node) { o.urlRegex = d.strs(v, what+".url_regex") },
+		"host":      func(k, v *yaml.Node) { o.host = d.strs(v, what+".host") },
+		"domain":    func(k, v *yaml.Node) { o.domain = d.strs(v, what+".domain") },
+		"scheme":    func(k, v *yaml.Node) { o.scheme = d.strs(v, what+".scheme") },
+	})
+	return o
+}

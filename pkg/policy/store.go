@@ -1,0 +1,233 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+)
+
+// DefaultDir is where administrators put policy files.
+const DefaultDir = "/etc/isolator/policies.d"
+
+// DefaultDebounce is how long Watch waits after the last change in the directory before
+// reloading, so that an editor's burst of events leads to one reload.
+const DefaultDebounce = 150 * time.Millisecond
+
+// ShippedLabel names the embedded shipped defaults in messages and Decision.File.
+const ShippedLabel = "<shipped>"
+
+// StoreConfig configures a Store.
+type StoreConfig struct {
+	// Dir is the administrator's policy directory on the host, e.g. DefaultDir; "" for
+	// none. A missing directory counts as empty.
+	Dir string
+	// Defaults are the shipped default policy files (policies.FS), layered under Dir as
+	// LoadConfig.Sources describes; nil for none.
+	Defaults fs.FS
+	// OnReload, if set, is called after every load attempt, including the first in
+	// NewStore, in order, from the goroutine that loaded. It must not block for long.
+	OnReload func(ReloadResult)
+	// Debounce overrides DefaultDebounce.
+	Debounce time.Duration
+	// Cache is shared by every policy the store loads; nil creates one.
+	Cache *FactCache
+}
+
+// ReloadResult reports one load attempt.
+type ReloadResult struct {
+	Time     time.Time
+	Duration time.Duration // time spent loading and compiling
+	Version  string        // version of the policy in force after the attempt
+	Previous string        // version in force before it
+	Changed  bool          // a new policy was installed
+	Err      error         // why the attempt failed (a *ValidationErrors for a bad policy); the previous policy stays
+	Warnings []Issue       // warnings of the new policy
+}
+
+// Store holds the policy in force. Current is a single atomic load, so an evaluation
+// always sees one whole policy; a reload compiles the new policy completely before
+// swapping it in, and an invalid policy never replaces a valid one. Until a valid policy
+// has been loaded, Current is a fail-closed policy that denies everything.
+type Store struct {
+	cfg StoreConfig
+	cur atomic.Pointer[Policy]
+
+	mu   sync.Mutex   // serializes reloads
+	last ReloadResult // guarded by mu
+}
+
+// NewStore returns a Store holding the policy loaded from cfg. A policy that fails to load
+// is not an error here (the daemon must still start, fail-closed): the outcome is passed
+// to OnReload and available from Last. NewStore fails only if cfg names no policy source.
+func NewStore(cfg StoreConfig) (*Store, error) {
+	if cfg.Dir == "" && cfg.Defaults == nil {
+		return nil, errors.New("policy: store needs a policy directory or shipped defaults")
+	}
+	if cfg.Debounce <= 0 {
+		cfg.Debounce = DefaultDebounce
+	}
+	if cfg.Cache == nil {
+		cfg.Cache = NewFactCache(0)
+	}
+	s := &Store{cfg: cfg}
+	s.cur.Store(FailClosed("no policy loaded yet"))
+	s.Reload()
+	return s, nil
+}
+
+// Current returns the policy in force. It never returns nil.
+func (s *Store) Current() *Policy { return s.cur.Load() }
+
+// Last returns the result of the latest load attempt.
+func (s *Store) Last() ReloadResult {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+// Sources returns the policy sources the store loads, shipped defaults first.
+func (s *Store) Sources() []Source {
+	var srcs []Source
+	if s.cfg.Defaults != nil {
+		srcs = append(srcs, Source{FS: s.cfg.Defaults, Dir: ".", Label: ShippedLabel})
+	}
+	if s.cfg.Dir != "" {
+		if _, err := os.Stat(s.cfg.Dir); !errors.Is(err, fs.ErrNotExist) {
+			srcs = append(srcs, Source{FS: os.DirFS(s.cfg.Dir), Dir: ".", Label: s.cfg.Dir})
+		}
+	}
+	return srcs
+}
+
+// Reload loads the policy now (the daemon calls it on SIGHUP) and installs it if it is
+// valid and differs from the one in force.
+func (s *Store) Reload() ReloadResult {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	start := time.Now()
+	prev := s.cur.Load()
+	r := ReloadResult{Time: start, Previous: prev.Version(), Version: prev.Version()}
+	p, err := LoadWith(LoadConfig{Sources: s.Sources(), Cache: s.cfg.Cache})
+	r.Duration = time.Since(start)
+	if err != nil {
+		r.Err = err
+	} else {
+		r.Warnings = p.Warnings()
+		if p.Version() != prev.Version() {
+			s.cur.Store(p)
+			r.Version, r.Changed = p.Version(), true
+		}
+	}
+	s.last = r
+	if s.cfg.OnReload != nil {
+		s.cfg.OnReload(r)
+	}
+	return r
+}
+
+// Watch reloads the policy whenever the directory changes, until ctx is done; then it
+// returns nil. It notices files written in place, editors that write a new file and rename
+// it over the old one (vim, sed -i), a symlink swapped to point at a new directory
+// (configuration management), the directory being created, removed or replaced, and edits
+// to the targets of symlinked policy files. Changes are picked up DefaultDebounce after
+// the last event. Watch returns an error only if it cannot watch at all.
+func (s *Store) Watch(ctx context.Context) error {
+	if s.cfg.Dir == "" {
+		<-ctx.Done()
+		return nil
+	}
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("policy: watching %s: %w", s.cfg.Dir, err)
+	}
+	defer w.Close()
+	dir := filepath.Clean(s.cfg.Dir)
+	parent := filepath.Dir(dir)
+	if err := w.Add(parent); err != nil {
+		return fmt.Errorf("policy: watching %s: %w", parent, err)
+	}
+	watched := map[string]bool{parent: true}
+	resync := func() {
+		want := watchDirs(dir)
+		want[parent] = true
+		for d := range watched {
+			if !want[d] {
+				_ = w.Remove(d) // may already be gone with the directory
+				delete(watched, d)
+			}
+		}
+		for d := range want {
+			if !watched[d] && w.Add(d) == nil {
+				watched[d] = true
+			}
+		}
+	}
+	resync()
+	// A change may have happened between the load in NewStore and the first watch.
+	s.Reload()
+
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	schedule := func() { timer.Reset(s.cfg.Debounce) }
+	for {
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil
+		case ev, ok := <-w.Events:
+			if !ok {
+				return nil
+			}
+			if filepath.Dir(ev.Name) == parent && ev.Name != dir && !watched[ev.Name] {
+				continue // a sibling of the policy directory
+			}
+			schedule()
+		case err, ok := <-w.Errors:
+			if !ok {
+				return nil
+			}
+			if errors.Is(err, fsnotify.ErrEventOverflow) {
+				schedule() // events were lost: reload to be sure
+			}
+		case <-timer.C:
+			resync()
+			s.Reload()
+		}
+	}
+}
+
+// watchDirs returns the directories whose changes can change the policy in dir: dir
+// itself, the directory it resolves to if it is a symlink, and the directories of the
+// targets of symlinked policy files.
+func watchDirs(dir string) map[string]bool {
+	out := map[string]bool{}
+	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
+		return out
+	}
+	out[dir] = true
+	if target, err := filepath.EvalSymlinks(dir); err == nil {
+		out[target] = true
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return out
+	}
+	for _, e := range ents {
+		if e.Type()&fs.ModeSymlink == 0 || !strings.HasSuffix(e.Name(), ".yaml") {
+			continue
+		}
+		if t, err := filepath.EvalSymlinks(filepath.Join(dir, e.Name())); err == nil {
+			out[filepath.Dir(t)] = true
+		}
+	}
+	return out
+}
