@@ -271,11 +271,11 @@ func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
 		gotSlot = true
 	case <-ctx.Done():
 	}
-	<-d.queueSlots
 	d.mu.Lock()
 	d.queued--
 	d.metrics.queued.Set(float64(d.queued))
 	d.mu.Unlock()
+	<-d.queueSlots
 	if gotSlot && ctx.Err() != nil {
 		<-d.runSlots
 		gotSlot = false
@@ -295,11 +295,11 @@ func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
 		d.changed(tk)
 		job.Started = func() { d.metrics.spawnTime.Observe(time.Since(slot).Seconds()) }
 		res, runErr = d.cfg.Runner.Run(ctx, job)
-		<-d.runSlots
 		d.mu.Lock()
 		d.running--
 		d.metrics.activeVMs.Set(float64(d.running))
 		d.mu.Unlock()
+		<-d.runSlots
 	}
 
 	d.mu.Lock()
