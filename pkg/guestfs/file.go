@@ -85,7 +85,7 @@ func (fl *file) readable() error {
 	if err := fl.usable(); err != nil {
 		return err
 	}
-	if fl.flags&unix.O_ACCMODE == unix.O_WRONLY {
+	if acc := fl.flags & unix.O_ACCMODE; acc != unix.O_RDONLY && acc != unix.O_RDWR {
 		return unix.EBADF
 	}
 	if isDir(fl.n) {
@@ -98,7 +98,7 @@ func (fl *file) writable() error {
 	if err := fl.usable(); err != nil {
 		return err
 	}
-	if fl.flags&unix.O_ACCMODE == unix.O_RDONLY {
+	if acc := fl.flags & unix.O_ACCMODE; acc != unix.O_WRONLY && acc != unix.O_RDWR {
 		return unix.EBADF
 	}
 	return nil
@@ -414,7 +414,8 @@ func (fl *file) Truncate(size int64) error {
 		return wrap("ftruncate", fl.path, err)
 	}
 	m, ok := fl.n.(*memNode)
-	if !ok || !m.isReg() || fl.flags&unix.O_ACCMODE == unix.O_RDONLY || size < 0 {
+	acc := fl.flags & unix.O_ACCMODE
+	if !ok || !m.isReg() || (acc != unix.O_WRONLY && acc != unix.O_RDWR) || size < 0 {
 		return wrap("ftruncate", fl.path, unix.EINVAL)
 	}
 	f := fl.fs

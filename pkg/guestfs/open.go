@@ -26,10 +26,9 @@ func (f *FS) open(dir, path string, flags int, mode uint32) (*file, error) {
 	if flags&unix.O_PATH != 0 {
 		flags &= unix.O_PATH | unix.O_DIRECTORY | unix.O_NOFOLLOW | unix.O_CLOEXEC
 	}
+	// O_ACCMODE (3) as the access mode needs read and write permission and allows neither
+	// read nor write, as on Linux.
 	acc := flags & unix.O_ACCMODE
-	if acc == unix.O_ACCMODE {
-		return nil, unix.EINVAL
-	}
 	if flags&unix.O_TMPFILE == unix.O_TMPFILE {
 		return nil, unix.EOPNOTSUPP
 	}
