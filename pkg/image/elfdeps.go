@@ -324,15 +324,15 @@ func ldsoConfDirs(name string) ([]string, error) {
 			return err
 		}
 		defer f.Close()
-		d, includes := parseLdsoConf(bufio.NewScanner(f), path.Dir(name))
-		for _, dir := range d {
-			if !seen[dir] {
-				seen[dir] = true
-				dirs = append(dirs, dir)
+		for _, it := range parseLdsoConf(bufio.NewScanner(f), path.Dir(name)) {
+			if !it.include {
+				if !seen[it.path] {
+					seen[it.path] = true
+					dirs = append(dirs, it.path)
+				}
+				continue
 			}
-		}
-		for _, pattern := range includes {
-			matches, err := filepath.Glob(pattern)
+			matches, err := filepath.Glob(it.path)
 			if err != nil {
 				continue // a malformed pattern matches nothing, as in ldconfig
 			}
@@ -351,10 +351,18 @@ func ldsoConfDirs(name string) ([]string, error) {
 	return dirs, nil
 }
 
+// ldsoItem is one directory or include pattern of an ld.so.conf file.
+type ldsoItem struct {
+	include bool   // path is a glob pattern of files to read
+	path    string // absolute and clean directory, or absolute pattern
+}
+
 // parseLdsoConf parses ld.so.conf lines: '#' starts a comment, "include PATTERN" names
 // further files (relative patterns are relative to base), "hwcap" lines are ignored, and
-// every other word is a directory. Directories are returned clean; relative ones are dropped.
-func parseLdsoConf(sc *bufio.Scanner, base string) (dirs, includes []string) {
+// every other word is a directory. Items are returned in file order; directories are made
+// clean and relative ones are dropped.
+func parseLdsoConf(sc *bufio.Scanner, base string) []ldsoItem {
+	var items []ldsoItem
 	for sc.Scan() {
 		line, _, _ := strings.Cut(sc.Text(), "#")
 		fields := strings.FieldsFunc(line, func(r rune) bool {
@@ -369,7 +377,7 @@ func parseLdsoConf(sc *bufio.Scanner, base string) (dirs, includes []string) {
 				if !path.IsAbs(p) {
 					p = path.Join(base, p)
 				}
-				includes = append(includes, p)
+				items = append(items, ldsoItem{include: true, path: p})
 			}
 			continue
 		case "hwcap":
@@ -377,9 +385,9 @@ func parseLdsoConf(sc *bufio.Scanner, base string) (dirs, includes []string) {
 		}
 		for _, d := range fields {
 			if path.IsAbs(d) && strings.IndexByte(d, 0) < 0 {
-				dirs = append(dirs, path.Clean(d))
+				items = append(items, ldsoItem{path: path.Clean(d)})
 			}
 		}
 	}
-	return dirs, includes
+	return items
 }

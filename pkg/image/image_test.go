@@ -915,51 +915,69 @@ func FuzzLoad(f *testing.F) {
 	f.Add(validRaw().fixOffsets().encode())
 	f.Add([]byte(magic))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		im, err := Load(bytes.NewReader(b), int64(len(b)))
-		if err != nil {
-			if !errors.Is(err, ErrCorrupt) {
-				t.Fatalf("error not wrapping ErrCorrupt: %v", err)
+		checkLoad(t, b)
+		// Most mutations only break the header checksum; fix it up so the fuzzer also
+		// explores the structural checks behind it.
+		if len(b) >= headerSize {
+			if n := binary.LittleEndian.Uint64(b[32:]); n <= uint64(len(b)-headerSize) {
+				b = slices.Clone(b)
+				h := sha256.New()
+				h.Write(b[:hdrSumOff])
+				h.Write(b[headerSize : headerSize+int(n)])
+				h.Sum(b[hdrSumOff:hdrSumOff])
+				checkLoad(t, b)
 			}
-			return
-		}
-		// Whatever loads must be self-consistent.
-		n := 0
-		err = im.Walk(func(e *Entry) error {
-			n++
-			if !validPath(e.Path) {
-				return fmt.Errorf("invalid path %q", e.Path)
-			}
-			if got, err := im.Lookup(e.Path); err != nil || got != e {
-				return fmt.Errorf("Lookup(%q) = %v, %v", e.Path, got, err)
-			}
-			switch {
-			case e.IsDir():
-				if _, err := im.ReadDir(e.Path); err != nil {
-					return err
-				}
-			case e.IsSymlink():
-				if e.Target == "" || int64(len(e.Target)) != e.Size {
-					return fmt.Errorf("%s: bad symlink", e.Path)
-				}
-			default:
-				r, err := im.Open(e)
-				if err != nil {
-					return err
-				}
-				got, err := io.ReadAll(r)
-				if err != nil || int64(len(got)) != e.Size {
-					return fmt.Errorf("%s: read %d of %d bytes: %v", e.Path, len(got), e.Size, err)
-				}
-			}
-			return nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n != im.Len() || n == 0 {
-			t.Fatalf("walked %d of %d entries", n, im.Len())
 		}
 	})
+}
+
+// checkLoad loads b and checks that it either fails with ErrCorrupt or yields a
+// self-consistent image.
+func checkLoad(t *testing.T, b []byte) {
+	im, err := Load(bytes.NewReader(b), int64(len(b)))
+	if err != nil {
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("error not wrapping ErrCorrupt: %v", err)
+		}
+		return
+	}
+	// Whatever loads must be self-consistent.
+	n := 0
+	err = im.Walk(func(e *Entry) error {
+		n++
+		if !validPath(e.Path) {
+			return fmt.Errorf("invalid path %q", e.Path)
+		}
+		if got, err := im.Lookup(e.Path); err != nil || got != e {
+			return fmt.Errorf("Lookup(%q) = %v, %v", e.Path, got, err)
+		}
+		switch {
+		case e.IsDir():
+			if _, err := im.ReadDir(e.Path); err != nil {
+				return err
+			}
+		case e.IsSymlink():
+			if e.Target == "" || int64(len(e.Target)) != e.Size {
+				return fmt.Errorf("%s: bad symlink", e.Path)
+			}
+		default:
+			r, err := im.Open(e)
+			if err != nil {
+				return err
+			}
+			got, err := io.ReadAll(r)
+			if err != nil || int64(len(got)) != e.Size {
+				return fmt.Errorf("%s: read %d of %d bytes: %v", e.Path, len(got), e.Size, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != im.Len() || n == 0 {
+		t.Fatalf("walked %d of %d entries", n, im.Len())
+	}
 }
 
 func BenchmarkLoad(b *testing.B) {
