@@ -32,6 +32,8 @@ type Handler struct {
 	Image          string // guest image name, looked up as <image-dir>/<Image>.img
 	Program        string
 	Args           []string // may contain {input} (the guest path of the file) and {output}
+	Env            []string
+	Returns        []string // what comes back: "files", "stdout", "stderr"
 	Memory         int64
 	Timeout        time.Duration
 	MaxOutputBytes int64

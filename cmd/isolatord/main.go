@@ -1,0 +1,17 @@
+// Command isolatord is Isolator's daemon: it decides with the trust policy what to do with
+// the files users open and runs the untrusted ones in throwaway micro VMs. See
+// docs/DAEMON.md and package daemon.
+package main
+
+import (
+	"os"
+
+	"github.com/isolator-dev/isolator/pkg/daemon"
+	"github.com/isolator-dev/isolator/pkg/vmrunner"
+)
+
+func main() {
+	os.Exit(daemon.Main(os.Args[1:], os.Stderr, func(images *daemon.Images) daemon.Runner {
+		return vmrunner.New(vmrunner.Config{Image: images.Get})
+	}))
+}

@@ -1,0 +1,119 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/isolator-dev/isolator/pkg/image"
+)
+
+// Images finds guest images by name in a directory, as <dir>/<name>.img, and keeps the
+// ones in use open. It is safe for concurrent use.
+type Images struct {
+	dir string
+
+	mu   sync.Mutex
+	open map[string]*image.Image // guarded by mu
+}
+
+var validImageName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// NewImages returns the image set of dir.
+func NewImages(dir string) *Images {
+	return &Images{dir: dir, open: make(map[string]*image.Image)}
+}
+
+// Get returns the open image called name.
+func (im *Images) Get(name string) (*image.Image, error) {
+	if !validImageName.MatchString(name) {
+		return nil, fmt.Errorf("bad image name %q", name)
+	}
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	if img, ok := im.open[name]; ok {
+		return img, nil
+	}
+	img, err := image.Open(filepath.Join(im.dir, name+".img"))
+	if err != nil {
+		return nil, fmt.Errorf("guest image %q: %w", name, err)
+	}
+	im.open[name] = img
+	return img, nil
+}
+
+// Names lists the images in the directory.
+func (im *Images) Names() []string {
+	ents, _ := os.ReadDir(im.dir)
+	var names []string
+	for _, e := range ents {
+		if n, ok := strings.CutSuffix(e.Name(), ".img"); ok && validImageName.MatchString(n) {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Forget drops the cached images, so that rebuilt image files are picked up (on SIGHUP).
+// Images in use by running micro VMs stay open until the daemon exits.
+func (im *Images) Forget() {
+	im.mu.Lock()
+	defer im.mu.Unlock()
+	im.open = make(map[string]*image.Image)
+}
+
+// DefaultImages are the guest images the shipped policies use, built from host programs
+// when missing.
+var DefaultImages = map[string][]string{
+	"busybox":   {"/usr/bin/busybox"},
+	"documents": {"/usr/bin/pdftotext", "/usr/bin/pdftoppm", "/usr/bin/busybox"},
+}
+
+// EnsureImages builds each image of want that is missing from dir, from the host programs
+// it lists, and logs what it did. An image whose programs are not installed is skipped
+// with a warning; the handlers that need it then fail with a clear error.
+func EnsureImages(dir string, want map[string][]string, log *slog.Logger) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("image dir: %w", err)
+	}
+	names := make([]string, 0, len(want))
+	for n := range want {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var errs []error
+	for _, name := range names {
+		path := filepath.Join(dir, name+".img")
+		if _, err := os.Stat(path); err == nil {
+			continue
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+			continue
+		}
+		var missing []string
+		for _, p := range want[name] {
+			if _, err := os.Stat(p); err != nil {
+				missing = append(missing, p)
+			}
+		}
+		if len(missing) > 0 {
+			log.Warn("guest image not built: host programs missing", "image", name, "missing", missing)
+			continue
+		}
+		rep, err := image.BuildFile(path, image.BuildConfig{Programs: want[name]})
+		if err != nil {
+			errs = append(errs, fmt.Errorf("build image %s: %w", name, err))
+			continue
+		}
+		log.Info("built missing guest image from host programs", "image", name, "path", path, "programs", want[name], "entries", rep.Entries, "bytes", rep.Bytes, "digest", rep.Digest)
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,262 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/isolator-dev/isolator/pkg/policy"
+	"github.com/isolator-dev/isolator/policies"
+)
+
+// Defaults of the system service.
+const (
+	DefaultSocket    = "/run/isolator/isolator.sock"
+	DefaultStateDir  = "/var/lib/isolator"
+	DefaultPolicyDir = "/etc/isolator/policies.d"
+	DefaultConfig    = "/etc/isolator/isolatord.yaml"
+)
+
+// FileConfig is the YAML configuration file. Unknown keys are errors.
+type FileConfig struct {
+	Socket          string        `yaml:"socket"`
+	StateDir        string        `yaml:"state_dir"`
+	PolicyDir       string        `yaml:"policy_dir"`
+	ImageDir        string        `yaml:"image_dir"`
+	LogLevel        string        `yaml:"log_level"`
+	MaxConcurrent   int           `yaml:"max_concurrent"`
+	Queue           int           `yaml:"queue"`
+	QueueWait       time.Duration `yaml:"queue_wait"`
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	MaxInputBytes   int64         `yaml:"max_input_bytes"`
+	BuildImages     *bool         `yaml:"build_images"` // build missing default images at start; default true
+}
+
+// LoadFileConfig reads a configuration file strictly: unknown keys and trailing documents
+// are errors.
+func LoadFileConfig(path string) (*FileConfig, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var fc FileConfig
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&fc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%s: only one YAML document is allowed", path)
+	}
+	return &fc, nil
+}
+
+// RunnerFactory makes the micro VM runner from the daemon's images.
+type RunnerFactory func(images *Images) Runner
+
+// Main is isolatord: it parses args, loads the configuration, and runs the daemon until
+// SIGINT or SIGTERM; SIGHUP reloads the policy and reopens the audit log. It returns the
+// process exit code.
+func Main(args []string, stderr io.Writer, newRunner RunnerFactory) int {
+	// Signals first, so that a signal during start-up is not lost.
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+
+	if err := run(ctx, args, stderr, hup, newRunner); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "isolatord: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+type options struct {
+	config          string
+	socket          string
+	stateDir        string
+	policyDir       string
+	imageDir        string
+	logLevel        string
+	maxConcurrent   int
+	queue           int
+	queueWait       time.Duration
+	shutdownTimeout time.Duration
+	noBuildImages   bool
+}
+
+func parseOptions(args []string, stderr io.Writer) (*options, error) {
+	o := &options{}
+	fs := flag.NewFlagSet("isolatord", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.StringVar(&o.config, "config", "", "YAML configuration file (default "+DefaultConfig+" when it exists)")
+	fs.StringVar(&o.socket, "socket", DefaultSocket, "API socket path")
+	fs.StringVar(&o.stateDir, "state-dir", DefaultStateDir, "state directory: audit log, task history, staging")
+	fs.StringVar(&o.policyDir, "policy-dir", DefaultPolicyDir, "administrator's policy directory, layered over the shipped defaults")
+	fs.StringVar(&o.imageDir, "image-dir", "", "guest image directory (default <state-dir>/images)")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	fs.IntVar(&o.maxConcurrent, "max-concurrent", 4, "micro VMs running at once")
+	fs.IntVar(&o.queue, "queue", 32, "tasks waiting for a micro VM at most")
+	fs.DurationVar(&o.queueWait, "queue-wait", 10*time.Second, "how long a request waits for queue space before it is refused")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long running tasks may finish at shutdown")
+	fs.BoolVar(&o.noBuildImages, "no-build-images", false, "do not build missing default guest images at start")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %q", fs.Args())
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	path := o.config
+	if path == "" {
+		if _, err := os.Stat(DefaultConfig); err == nil {
+			path = DefaultConfig
+		}
+	}
+	if path == "" {
+		return o, nil
+	}
+	fc, err := LoadFileConfig(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	// Flags override the file.
+	str := func(flagName string, dst *string, v string) {
+		if v != "" && !set[flagName] {
+			*dst = v
+		}
+	}
+	str("socket", &o.socket, fc.Socket)
+	str("state-dir", &o.stateDir, fc.StateDir)
+	str("policy-dir", &o.policyDir, fc.PolicyDir)
+	str("image-dir", &o.imageDir, fc.ImageDir)
+	str("log-level", &o.logLevel, fc.LogLevel)
+	if fc.MaxConcurrent > 0 && !set["max-concurrent"] {
+		o.maxConcurrent = fc.MaxConcurrent
+	}
+	if fc.Queue > 0 && !set["queue"] {
+		o.queue = fc.Queue
+	}
+	if fc.QueueWait > 0 && !set["queue-wait"] {
+		o.queueWait = fc.QueueWait
+	}
+	if fc.ShutdownTimeout > 0 && !set["shutdown-timeout"] {
+		o.shutdownTimeout = fc.ShutdownTimeout
+	}
+	if fc.BuildImages != nil && !*fc.BuildImages && !set["no-build-images"] {
+		o.noBuildImages = true
+	}
+	return o, nil
+}
+
+func parseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	err := l.UnmarshalText([]byte(strings.ToUpper(s)))
+	return l, err
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Signal, newRunner RunnerFactory) error {
+	o, err := parseOptions(args, stderr)
+	if err != nil {
+		return err
+	}
+	level, err := parseLevel(o.logLevel)
+	if err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if o.imageDir == "" {
+		o.imageDir = filepath.Join(o.stateDir, "images")
+	}
+
+	// Start-up, in dependency order; shutdown runs in reverse.
+	store, err := policy.NewStore(policy.StoreConfig{
+		Dir:      o.policyDir,
+		Defaults: policies.FS(),
+		OnReload: func(r policy.ReloadResult) {
+			switch {
+			case r.Err != nil:
+				log.Error("policy rejected; the last good policy stays in force", "version", r.Version, "err", r.Err)
+			case r.Changed:
+				log.Info("policy loaded", "version", r.Version, "took", r.Duration, "warnings", len(r.Warnings))
+			}
+		},
+	})
+	if err != nil {
+		return err
+	}
+	images := NewImages(o.imageDir)
+	if !o.noBuildImages {
+		if err := EnsureImages(o.imageDir, DefaultImages, log); err != nil {
+			log.Error("building default guest images", "err", err)
+		}
+	}
+	d, err := New(Config{
+		Socket: o.socket, StateDir: o.stateDir, MaxConcurrent: o.maxConcurrent, Queue: o.queue,
+		QueueWait: o.queueWait, ShutdownTimeout: o.shutdownTimeout,
+		Decider: NewPolicyDecider(store), Runner: newRunner(images), Images: images.Names, Logger: log,
+	})
+	if err != nil {
+		return err
+	}
+	l, err := Listen(o.socket)
+	if err != nil {
+		return err
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	watchDone := make(chan struct{})
+	go func() {
+		defer close(watchDone)
+		if err := store.Watch(watchCtx); err != nil {
+			log.Error("policy hot reload disabled", "err", err)
+		}
+	}()
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				Notify(reloadingState())
+				log.Info("SIGHUP: reloading policy, reopening audit log, forgetting cached images")
+				images.Forget()
+				if err := d.Reload(); err != nil {
+					log.Error("reload", "err", err)
+				}
+				Notify("READY=1")
+			}
+		}
+	}()
+	log.Info("isolatord ready", "socket", o.socket, "state_dir", o.stateDir, "policy_dir", o.policyDir,
+		"image_dir", o.imageDir, "policy", store.Current().Version(), "max_concurrent", o.maxConcurrent, "queue", o.queue)
+	if err := Notify("READY=1\nSTATUS=serving on " + o.socket); err != nil {
+		log.Warn("sd_notify", "err", err)
+	}
+	go func() {
+		<-ctx.Done()
+		Notify("STOPPING=1")
+	}()
+	serveErr := d.Serve(ctx, l)
+	stopWatch()
+	<-watchDone
+	log.Info("isolatord stopped")
+	return serveErr
+}

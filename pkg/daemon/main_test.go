@@ -1,0 +1,97 @@
+package daemon
+
+import (
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestNotify(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "notify")
+	c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	t.Setenv("NOTIFY_SOCKET", sock)
+	for _, msg := range []string{"READY=1", reloadingState(), "STOPPING=1"} {
+		if err := Notify(msg); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 256)
+		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		n, err := c.Read(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(buf[:n]) != msg {
+			t.Errorf("got %q, want %q", buf[:n], msg)
+		}
+	}
+	if !strings.Contains(reloadingState(), "MONOTONIC_USEC=") {
+		t.Error("RELOADING=1 without MONOTONIC_USEC")
+	}
+	t.Setenv("NOTIFY_SOCKET", "")
+	if err := Notify("READY=1"); err != nil {
+		t.Errorf("Notify outside systemd: %v", err)
+	}
+	t.Setenv("NOTIFY_SOCKET", "relative")
+	if err := Notify("READY=1"); err == nil {
+		t.Error("Notify to a relative NOTIFY_SOCKET succeeded")
+	}
+}
+
+func TestOptions(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, s string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good.yaml", "socket: /tmp/x.sock\nstate_dir: /tmp/state\nmax_concurrent: 7\nqueue_wait: 3s\nlog_level: debug\nbuild_images: false\n")
+	tests := []struct {
+		name    string
+		args    []string
+		check   func(*options) bool
+		wantErr string
+	}{
+		{"defaults", []string{"--config", write("empty.yaml", "")}, func(o *options) bool {
+			return o.socket == DefaultSocket && o.maxConcurrent == 4 && o.queue == 32
+		}, ""},
+		{"file", []string{"--config", good}, func(o *options) bool {
+			return o.socket == "/tmp/x.sock" && o.stateDir == "/tmp/state" && o.maxConcurrent == 7 &&
+				o.queueWait == 3*time.Second && o.logLevel == "debug" && o.noBuildImages
+		}, ""},
+		{"flags override file", []string{"--config", good, "--socket", "/s", "--max-concurrent", "2"}, func(o *options) bool {
+			return o.socket == "/s" && o.maxConcurrent == 2 && o.stateDir == "/tmp/state"
+		}, ""},
+		{"typo", []string{"--config", write("typo.yaml", "sockett: /x\n")}, nil, "field sockett not found"},
+		{"wrong type", []string{"--config", write("type.yaml", "queue: many\n")}, nil, "cannot unmarshal"},
+		{"two documents", []string{"--config", write("two.yaml", "queue: 1\n---\nqueue: 2\n")}, nil, "one YAML document"},
+		{"missing file", []string{"--config", filepath.Join(dir, "none.yaml")}, nil, "no such file"},
+		{"stray argument", []string{"extra"}, nil, "unexpected arguments"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			o, err := parseOptions(tt.args, io.Discard)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tt.check(o) {
+				t.Errorf("options %+v", o)
+			}
+		})
+	}
+}

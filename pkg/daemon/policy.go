@@ -1,0 +1,57 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/isolator-dev/isolator/pkg/api"
+	"github.com/isolator-dev/isolator/pkg/policy"
+)
+
+// PolicyDecider adapts a policy.Store, the hot-reloaded trust policy, to Decider.
+type PolicyDecider struct {
+	store *policy.Store
+}
+
+var (
+	_ Decider  = (*PolicyDecider)(nil)
+	_ Reloader = (*PolicyDecider)(nil)
+)
+
+// NewPolicyDecider returns a Decider that evaluates the policy store's current policy.
+func NewPolicyDecider(store *policy.Store) *PolicyDecider { return &PolicyDecider{store: store} }
+
+// Decide evaluates the policy in force for req, reading the file's recorded origin.
+func (p *PolicyDecider) Decide(_ context.Context, req *DecideRequest) (*Decision, error) {
+	origin, referrer, _ := policy.ReadOrigin(req.Path) // no xattrs means no recorded origin
+	pd, err := p.store.Current().Decide(&policy.Request{
+		Path: req.Path, User: req.User, UID: req.UID, Groups: req.Groups, Home: req.Home,
+		Opener: req.Opener, Origin: origin, Referrer: referrer,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d := &Decision{Decision: api.Decision{
+		Action: api.Action(pd.Action), Rule: pd.Rule, File: pd.File, Line: pd.Line,
+		Matched: pd.Matched, Explanation: pd.Explanation, PolicyVersion: pd.PolicyVersion,
+	}}
+	if h := pd.Handler; h != nil {
+		d.Handler = &Handler{Name: h.Name, Image: h.Image, Program: h.Program, Args: h.Args, Env: h.Env,
+			Memory: h.Memory, Timeout: h.Timeout, MaxOutputBytes: h.MaxOutputBytes, MaxOutputFiles: h.MaxOutputFiles}
+		for _, o := range h.Returns {
+			d.Handler.Returns = append(d.Handler.Returns, string(o))
+		}
+	}
+	return d, nil
+}
+
+// Version is the content hash of the policy in force.
+func (p *PolicyDecider) Version() string { return p.store.Current().Version() }
+
+// Reload rereads the policy; an invalid one is reported and the last good one stays.
+func (p *PolicyDecider) Reload() error {
+	if r := p.store.Reload(); r.Err != nil {
+		return fmt.Errorf("policy reload rejected, keeping %s: %w", r.Version, r.Err)
+	}
+	return nil
+}
