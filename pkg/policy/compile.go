@@ -56,7 +56,7 @@ type compiler struct {
 	usedHandler map[string]bool
 	lists       map[string]*hashList
 	usedList    map[string]bool
-	fileOf      map[*rawFile]*policyFile
+	hadErrors   bool // errors were found before defaults were resolved
 }
 
 func (c *compiler) errAt(file string, line, col int, format string, args ...any) {
@@ -93,6 +93,9 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 		}
 	}
 
+	for _, is := range c.issues {
+		c.hadErrors = c.hadErrors || !is.Warning
+	}
 	// Defaults: later files override field by field; trusted domains accumulate.
 	p.def = defaultAction{action: builtinAction}
 	p.untrusted = defaultAction{action: builtinUntrustedAction}
@@ -203,6 +206,9 @@ func (c *compiler) defaultHandler(d *defaultAction, s *sval, file, hkey, akey st
 	if d.action != ActionIsolate {
 		return nil
 	}
+	if s == nil && c.hadErrors {
+		return nil // a broken file may be the one that sets the handler; do not guess
+	}
 	if s == nil {
 		f, line := d.file, d.line
 		if f == "" {
@@ -267,7 +273,7 @@ func (c *compiler) handler(rf *rawFile, rh *rawHandler) {
 		h.Env = append(h.Env, e.s)
 	}
 	if rh.memory != 0 && rh.memory < 1<<20 {
-		c.errAt(f, name.line, name.col, "handler %q: memory %d is less than 1MiB", name.s, rh.memory)
+		c.errAt(f, rh.memoryLine, rh.memoryCol, "handler %q: memory %d is less than 1MiB", name.s, rh.memory)
 	}
 	seen := map[Output]bool{}
 	for _, r := range rh.returns {
@@ -556,7 +562,7 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 			}
 			add(k)
 		}
-		if len(out) == n && o.raw.present == nil {
+		if len(out) == n && o.raw.keys == 0 {
 			c.errAt(f, rc.line, rc.col, "%s has no conditions", w)
 		}
 	}

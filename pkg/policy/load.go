@@ -152,10 +152,16 @@ func sortIssues(issues []Issue, files []*policyFile) {
 	for i, f := range files {
 		order[f.name] = i + 1
 	}
+	rank := func(f string) int { // files that are not policy files (hash lists) go last
+		if o, ok := order[f]; ok {
+			return o
+		}
+		return len(files) + 1
+	}
 	sort.SliceStable(issues, func(i, j int) bool {
 		a, b := issues[i], issues[j]
-		if order[a.File] != order[b.File] {
-			return order[a.File] < order[b.File]
+		if rank(a.File) != rank(b.File) {
+			return rank(a.File) < rank(b.File)
 		}
 		if a.File != b.File {
 			return a.File < b.File

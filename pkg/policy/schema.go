@@ -38,6 +38,8 @@ type rawHandler struct {
 	description          string
 	args, env            []sval
 	memory               int64
+	memoryLine           int
+	memoryCol            int
 	timeout              time.Duration
 	maxOutputBytes       int64
 	maxOutputFiles       int
@@ -81,6 +83,7 @@ type rawCond struct {
 }
 
 type rawOrigin struct {
+	keys     int // keys written, valid or not
 	present  *bool
 	urlRegex []sval
 	host     []sval
@@ -215,8 +218,11 @@ func (d *decoder) handlers(v *yaml.Node) []*rawHandler {
 				}
 				h.args = d.strs(v, w+" args")
 			},
-			"env":     func(k, v *yaml.Node) { h.env = d.strs(v, w+" env") },
-			"memory":  func(k, v *yaml.Node) { h.memory, _ = d.size(v, w+" memory") },
+			"env": func(k, v *yaml.Node) { h.env = d.strs(v, w+" env") },
+			"memory": func(k, v *yaml.Node) {
+				h.memory, _ = d.size(v, w+" memory")
+				h.memoryLine, h.memoryCol = deref(v).Line, deref(v).Column
+			},
 			"timeout": func(k, v *yaml.Node) { h.timeout, _ = d.duration(v, w+" timeout") },
 			"max_output_bytes": func(k, v *yaml.Node) {
 				h.maxOutputBytes, _ = d.size(v, w+" max_output_bytes")
@@ -311,6 +317,9 @@ func (d *decoder) cond(k, v *yaml.Node, what string) *rawCond {
 
 func (d *decoder) origin(v *yaml.Node, what string) *rawOrigin {
 	o := &rawOrigin{}
+	if vv := deref(v); vv.Kind == yaml.MappingNode {
+		o.keys = len(vv.Content) / 2
+	}
 	d.fields(v, what, map[string]func(k, v *yaml.Node){
 		"present": func(k, v *yaml.Node) {
 			if b, ok := d.boolean(v, what+".present"); ok {

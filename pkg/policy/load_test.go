@@ -1,0 +1,343 @@
+package policy
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// TestValidation loads broken policies and checks that every problem is reported with
+// its position. Each case's want lists "line:col: substring" for every error, in order.
+func TestValidation(t *testing.T) {
+	const handlers = `handlers:
+  h:
+    image: busybox
+    program: /usr/bin/busybox
+    args: [cat, "{input}"]
+default: {handler: h, action: ask}
+`
+	tests := []struct {
+		name  string
+		files map[string]string
+		want  []string // "file:line:col: substring" of every error, in order
+		warn  []string // substrings of warnings
+	}{
+		{
+			name: "typo in a key, with a suggestion",
+			files: map[string]string{"a.yaml": handlers + `rules:
+  - name: r
+    acton: trust
+`},
+			want: []string{`a.yaml:8:5: rule "r" has no action`, `a.yaml:9:5: unknown key "acton" in rule (did you mean "action"?)`},
+		},
+		{
+			name: "wrong types",
+			files: map[string]string{"a.yaml": handlers + `rules:
+  - name: r
+    action: [trust]
+    match:
+      size: {min: lots}
+      extension: {pdf: true}
+      origin: {present: maybe}
+`},
+			want: []string{
+				"a.yaml:8:5: rule \"r\" has no action",
+				"a.yaml:9:13: rule action must be a string, not a list",
+				"a.yaml:11:19: match.size.min must be a size",
+				"a.yaml:12:18: match.extension must be a list of strings, not a mapping",
+				"a.yaml:13:25: match.origin.present must be true or false",
+			},
+		},
+		{
+			name: "bad glob, regex, content type and domain",
+			files: map[string]string{"a.yaml": handlers + `rules:
+  - name: r
+    action: deny
+    match:
+      path: ["/tmp/[x", "relative/**", "/a/b**c"]
+      path_regex: ["(unclosed"]
+      content_type: [pdf]
+      origin: {domain: ["exa mple.com"]}
+`},
+			want: []string{
+				"a.yaml:11:14: match.path: pattern \"/tmp/[x\"",
+				"a.yaml:11:25: match.path: pattern \"relative/**\" must be absolute",
+				"a.yaml:11:40: ** must be a whole path segment",
+				"a.yaml:12:20: bad path regex \"(unclosed\"",
+				"a.yaml:13:22: match.content_type: \"pdf\" is not a MIME type",
+				"a.yaml:14:25: match.origin.domain: bad domain",
+			},
+		},
+		{
+			name: "unknown handler, handler on trust, isolate without handler",
+			files: map[string]string{"a.yaml": handlers + `rules:
+  - name: r1
+    action: isolate
+    handler: hh
+  - name: r2
+    action: trust
+    handler: h
+  - name: r3
+    action: isolate
+`},
+			want: []string{
+				`a.yaml:10:14: unknown handler "hh" (did you mean "h"?)`,
+				`a.yaml:13:14: rule "r2": handler is only used with action isolate`,
+				`a.yaml:15:13: rule "r3": action isolate needs a handler`,
+			},
+		},
+		{
+			name: "duplicate rule names across files, duplicate keys",
+			files: map[string]string{
+				"10-a.yaml": handlers + "rules:\n  - {name: same, action: deny, match: {extension: [exe]}}\n",
+				"20-b.yaml": "rules:\n  - name: same\n    action: trust\n    action: deny\n    match: {extension: [txt]}\n",
+			},
+			want: []string{
+				`20-b.yaml:2:11: duplicate rule name "same" (first defined at`,
+				`20-b.yaml:4:5: duplicate key "action" in rule`,
+			},
+		},
+		{
+			name: "shadowed rules are warnings, not errors",
+			files: map[string]string{"a.yaml": handlers + `rules:
+  - name: all-downloads
+    action: isolate
+    handler: h
+    match: {path: ["~/Downloads/**"]}
+  - name: pdf-downloads
+    action: trust
+    match: {path: ["~/Downloads/*.pdf"], content_type: [application/pdf]}
+  - name: anything
+    action: ask
+  - name: never
+    action: trust
+    match: {extension: [txt]}
+`},
+			warn: []string{
+				`rule "pdf-downloads" can never match: rule "all-downloads"`,
+				`rule "never" can never match: rule "anything"`,
+			},
+		},
+		{
+			name:  "alias bomb",
+			files: map[string]string{"a.yaml": aliasBomb()},
+			want:  []string{"a.yaml:1:1: document expands to more than"},
+		},
+		{
+			name:  "oversized file",
+			files: map[string]string{"a.yaml": "# " + strings.Repeat("x", MaxFileSize) + "\n"},
+			want:  []string{"a.yaml:1:1: file is larger than the limit"},
+		},
+		{
+			name:  "invalid YAML syntax",
+			files: map[string]string{"a.yaml": handlers + "rules:\n  - name: [unclosed\n"},
+			want:  []string{"a.yaml:7:1: invalid YAML"},
+		},
+		{
+			name: "handler problems",
+			files: map[string]string{"a.yaml": `default: {action: deny, untrusted_action: deny}
+handlers:
+  bad:
+    image: ../etc/x
+    program: usr/bin/x
+    args: ["{inptu}"]
+    memory: 10
+    timeout: soon
+    returns: [everything]
+rules:
+  - {name: r, action: isolate, handler: bad}
+`},
+			want: []string{
+				`a.yaml:4:12: handler "bad": image "../etc/x" must be a plain image name`,
+				`a.yaml:5:14: program "usr/bin/x" must be a clean absolute guest path`,
+				`a.yaml:6:12: unknown placeholder {inptu}`,
+				`a.yaml:7:13: handler "bad": memory 10 is less than 1MiB`,
+				`a.yaml:8:14: handler "bad" timeout must be a duration`,
+				`a.yaml:9:15: unknown returns value "everything"`,
+			},
+		},
+		{
+			name:  "isolate default needs a handler",
+			files: map[string]string{"a.yaml": "rules: []\n"},
+			want: []string{
+				"a.yaml:1:1: default.action is isolate (the built-in default) but no policy file sets default.handler",
+				"a.yaml:1:1: default.untrusted_action is isolate (the built-in default) but no policy file sets default.untrusted_handler",
+			},
+		},
+		{
+			name: "bad hash list file",
+			files: map[string]string{
+				"a.yaml": handlers + "lists:\n  l: {files: [l.txt, ../x]}\nrules:\n  - {name: r, action: deny, match: {sha256_list: [l, m]}}\n",
+				"l.txt":  "# comment\n\nnot-a-hash\n",
+			},
+			want: []string{
+				"a.yaml:8:22: list \"l\": file \"../x\" must be a relative path",
+				"a.yaml:10:54: unknown list \"m\"",
+				"l.txt:3:1: not a SHA-256 digest",
+			},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeFiles(t, dir, tt.files)
+			p, err := loadDir(t, dir)
+			var issues []Issue
+			if len(tt.want) == 0 {
+				if err != nil {
+					t.Fatalf("unexpected errors:\n%v", err)
+				}
+				issues = p.Warnings()
+			} else {
+				var ve *ValidationErrors
+				if !errors.As(err, &ve) {
+					t.Fatalf("Load = %v, want *ValidationErrors", err)
+				}
+				errs := ve.Errors()
+				if len(errs) != len(tt.want) {
+					t.Fatalf("got %d errors, want %d:\n%v", len(errs), len(tt.want), err)
+				}
+				for i, w := range tt.want {
+					pos, msg, _ := strings.Cut(w, ": ")
+					if got := strings.TrimPrefix(errs[i].String(), dir+"/"); !strings.HasPrefix(got, pos+": ") || !strings.Contains(got, msg) {
+						t.Errorf("error %d:\n got %s\nwant %s", i, got, w)
+					}
+				}
+				issues = ve.Warnings()
+			}
+			for _, w := range tt.warn {
+				found := false
+				for _, is := range issues {
+					found = found || (is.Warning && strings.Contains(is.Msg, w))
+				}
+				if !found {
+					t.Errorf("no warning containing %q in %v", w, issues)
+				}
+			}
+		})
+	}
+}
+
+func aliasBomb() string {
+	var b strings.Builder
+	b.WriteString("a: &a [x, x, x, x, x, x, x, x, x, x]\n")
+	prev := "a"
+	for i := 0; i < 8; i++ {
+		name := fmt.Sprintf("b%d", i)
+		fmt.Fprintf(&b, "%s: &%s [*%s, *%s, *%s, *%s, *%s, *%s, *%s, *%s, *%s, *%s]\n", name, name, prev, prev, prev, prev, prev, prev, prev, prev, prev, prev)
+		prev = name
+	}
+	return b.String()
+}
+
+func TestEmptyDirFailsClosed(t *testing.T) {
+	_, err := loadDir(t, t.TempDir())
+	if !errors.Is(err, ErrNoPolicy) {
+		t.Fatalf("empty directory: %v, want ErrNoPolicy", err)
+	}
+}
+
+func TestShippedPolicyIsValid(t *testing.T) {
+	p := loadWithShipped(t, t.TempDir())
+	for _, w := range p.Warnings() {
+		t.Errorf("shipped policy warning: %s", w)
+	}
+	if p.NumRules() < 10 {
+		t.Errorf("shipped policy has %d rules", p.NumRules())
+	}
+}
+
+// TestMasking checks that a site file with the name of a shipped one replaces it.
+func TestMasking(t *testing.T) {
+	site := t.TempDir()
+	writeFiles(t, site, map[string]string{"30-system.yaml": ""})
+	p := loadWithShipped(t, site)
+	d, err := p.Decide(&Request{Path: "/usr/share/doc/x", SHA256: strings.Repeat("0", 64), ContentType: "text/plain"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Rule == "trust-system" {
+		t.Fatalf("masked shipped file still decides: %+v", d)
+	}
+	for _, f := range p.Files() {
+		if strings.HasSuffix(f, "30-system.yaml") && !strings.HasPrefix(f, site) {
+			t.Errorf("shipped 30-system.yaml still loaded: %v", p.Files())
+		}
+	}
+}
+
+// TestNormalizedRoundTrip checks that `policy show` output is itself a policy that
+// decides the same way.
+func TestNormalizedRoundTrip(t *testing.T) {
+	site := t.TempDir()
+	writeFiles(t, site, map[string]string{"45-x.yaml": `
+default: {trusted_domains: [corp.example]}
+rules:
+  - name: sized
+    action: ask
+    match: {size: {min: 1KiB, max: 2MB}, user: ["1000", bob], group: [staff], name: ["*.{doc,xls}"]}
+    unless: {referrer: {host: ["*.corp.example"], scheme: [https], url_regex: ["^https://"]}}
+`})
+	p := loadWithShipped(t, site)
+	out, err := p.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"all.yaml": string(out)})
+	q, err := loadDir(t, dir)
+	if err != nil {
+		t.Fatalf("normalized policy does not load: %v\n%s", err, out)
+	}
+	if q.NumRules() != p.NumRules() {
+		t.Fatalf("normalized policy has %d rules, want %d", q.NumRules(), p.NumRules())
+	}
+	out2, err := q.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	strip := func(b []byte) string { // comments name the files, lines and version
+		var keep []string
+		for _, l := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(strings.TrimSpace(l), "#") {
+				keep = append(keep, l)
+			}
+		}
+		return strings.Join(keep, "\n")
+	}
+	if strip(out) != strip(out2) {
+		t.Errorf("normalizing twice differs:\n%s\n---\n%s", out, out2)
+	}
+	reqs := []Request{
+		{Path: "/home/bob/Downloads/a.doc", Home: "/home/bob", User: "bob", Groups: []string{"staff"}, Size: 4096, SHA256: strings.Repeat("1", 64), ContentType: "application/msword"},
+		{Path: "/home/bob/Downloads/a.doc", Home: "/home/bob", UID: 1000, Groups: []string{"staff"}, Size: 4096, Referrer: "https://x.corp.example/", SHA256: strings.Repeat("1", 64), ContentType: "text/plain"},
+		{Path: "/usr/bin/x", SHA256: strings.Repeat("1", 64), ContentType: "application/x-executable"},
+		{Path: "/srv/x.pdf", Origin: "https://corp.example/x", SHA256: strings.Repeat("1", 64), ContentType: "application/pdf"},
+	}
+	for _, r := range reqs {
+		d1, err1 := p.Decide(&r)
+		d2, err2 := q.Decide(&r)
+		if err1 != nil || err2 != nil || d1.Rule != d2.Rule || d1.Action != d2.Action {
+			t.Errorf("%s: original %+v %v, normalized %+v %v", r.Path, d1, err1, d2, err2)
+		}
+	}
+}
+
+func TestSymlinkedPolicyFiles(t *testing.T) {
+	real := t.TempDir()
+	writeFiles(t, real, map[string]string{"site.yaml": "default: {action: deny, untrusted_action: deny}\n"})
+	dir := t.TempDir()
+	if err := os.Symlink(filepath.Join(real, "site.yaml"), filepath.Join(dir, "10-site.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	p, err := loadDir(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Files()) != 1 {
+		t.Fatalf("files %v", p.Files())
+	}
+}
