@@ -223,8 +223,3 @@ func (f *FS) Usage() (bytes int64, files int) {
 	defer f.mu.RUnlock()
 	return f.usedBytes, f.usedFiles
 }
-
-// errno wraps a unix.Errno with the operation and guest path it came from.
-func errno(op, p string, e unix.Errno) error {
-	return &os.PathError{Op: op, Path: p, Err: e}
-}

@@ -149,3 +149,5 @@ func writeFile(t testing.TB, f *FS, p, data string) {
 		t.Fatalf("write %s: %d, %v", p, n, err)
 	}
 }
+
+func asErrno(err error, e *unix.Errno) bool { return errors.As(err, e) }

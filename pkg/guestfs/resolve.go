@@ -69,19 +69,6 @@ func (w *walk) path() string {
 	return b.String()
 }
 
-// dirPath returns the canonical guest path of w.dir().
-func (w *walk) dirPath() string {
-	var b strings.Builder
-	for _, e := range w.stack[1:] {
-		b.WriteByte('/')
-		b.WriteString(e.name)
-	}
-	if b.Len() == 0 {
-		return "/"
-	}
-	return b.String()
-}
-
 // resolve looks up p, relative to the directory dir unless p is absolute. f.mu must be
 // held, for writing if write is set; resolve may drop and retake it while calling
 // Config.FDPath. A missing last component is not an error: w.node is nil and w.dir() is
