@@ -33,15 +33,15 @@ type elfObject struct {
 
 // readELF parses the x86-64 ELF file at p.
 func readELF(p string) (*elfObject, error) {
-	f, err := elf.Open(p)
+	osf, err := os.Open(p)
 	if err != nil {
-		var fe *elf.FormatError
-		if errors.As(err, &fe) {
-			return nil, fmt.Errorf("%s: %w: %v", p, ErrNotELF, err)
-		}
 		return nil, fmt.Errorf("%s: %w", p, unwrapPathErr(err))
 	}
-	defer f.Close()
+	defer osf.Close()
+	f, err := elf.NewFile(osf)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w: %v", p, ErrNotELF, err)
+	}
 	if f.Class != elf.ELFCLASS64 || f.Machine != elf.EM_X86_64 {
 		return nil, fmt.Errorf("%s: %w: %v %v", p, ErrNotELF, f.Class, f.Machine)
 	}

@@ -578,6 +578,8 @@ func TestBuildErrors(t *testing.T) {
 	dir := t.TempDir()
 	text := filepath.Join(dir, "script.txt")
 	os.WriteFile(text, []byte("#!/bin/sh\necho not an ELF\n"), 0o755)
+	tiny := filepath.Join(dir, "tiny")
+	os.WriteFile(tiny, []byte("\x7fEL"), 0o755)
 
 	// A copy of sha256sum whose DT_NEEDED names a library that exists nowhere.
 	orig, err := os.ReadFile(sha256sum)
@@ -600,6 +602,8 @@ func TestBuildErrors(t *testing.T) {
 			func(err error) bool { return errors.Is(err, fs.ErrNotExist) }, "not found"},
 		{"not ELF", BuildConfig{Programs: []string{text}},
 			func(err error) bool { return errors.Is(err, ErrNotELF) }, "script.txt"},
+		{"tiny file", BuildConfig{Programs: []string{tiny}},
+			func(err error) bool { return errors.Is(err, ErrNotELF) }, "tiny"},
 		{"directory as program", BuildConfig{Programs: []string{dir}},
 			func(err error) bool { return errors.Is(err, ErrNotELF) }, dir},
 		{"missing library", BuildConfig{Programs: []string{broken}},

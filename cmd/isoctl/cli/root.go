@@ -35,7 +35,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetErr(stderr)
 	root.PersistentFlags().StringVar(&g.socket, "socket", defaultSocket(), "path of the isolatord API socket")
 	root.AddCommand(
-	// Commands are added here, one constructor per file.
+		// Commands are added here, one constructor per file.
+		newImageCmd(),
 	)
 	return root
 }
