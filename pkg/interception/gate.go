@@ -64,6 +64,9 @@ type GateConfig struct {
 	// DefaultTempSuffixes and DefaultTempPrefixes.
 	TempSuffixes []string
 	TempPrefixes []string
+	// NoIgnoreMarks disables the kernel-side fast path for trusted files (see ignoreOpens);
+	// every open then reaches the Gate and is answered from its cache.
+	NoIgnoreMarks bool
 	// Logger receives diagnostics. Nil discards them.
 	Logger *slog.Logger
 }
@@ -82,7 +85,9 @@ type Gate struct {
 	cfg      GateConfig
 	f        *os.File // the fanotify group; closing it lets the kernel allow everything pending
 	fd       int
-	audit    bool // the group was created with FAN_ENABLE_AUDIT
+	audit    bool        // the group was created with FAN_ENABLE_AUDIT
+	evict    atomic.Bool // FAN_MARK_EVICTABLE is accepted for ignore marks
+	noIgnore atomic.Bool // ignore marks failed once; stop trying
 	self     int32
 	allow    map[string]bool
 	sem      chan struct{}
@@ -167,6 +172,8 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 		isolated: make(map[cacheKey]time.Time),
 		marked:   make(map[string]bool),
 	}
+	g.evict.Store(true)
+	g.noIgnore.Store(cfg.NoIgnoreMarks)
 	for _, p := range cfg.AllowPrograms {
 		g.allow[filepath.Clean(p)] = true
 	}
@@ -226,11 +233,79 @@ func (g *Gate) AddDir(dir string) error {
 	return nil
 }
 
-// Invalidate forgets every cached verdict, for example after the policy was reloaded.
-func (g *Gate) Invalidate() {
+// Invalidate forgets every cached verdict, for example after the policy was reloaded. It
+// flushes the group's inode marks, which drops the ignore marks of trusted files, and marks
+// the directories again; opens in between (microseconds) are not gated.
+func (g *Gate) Invalidate() error {
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	clear(g.cache)
-	g.mu.Unlock()
+	if err := unix.FanotifyMark(g.fd, unix.FAN_MARK_FLUSH, 0, unix.AT_FDCWD, ""); err != nil {
+		return fmt.Errorf("invalidate: flush marks: %w", err)
+	}
+	var errs []error
+	for dir := range g.marked {
+		err := unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR|unix.FAN_MARK_DONT_FOLLOW,
+			gateMask, unix.AT_FDCWD, dir)
+		if err != nil {
+			delete(g.marked, dir)
+			errs = append(errs, fmt.Errorf("invalidate: mark %s: %w", dir, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// ignoreOpens adds an ignore mark for FAN_OPEN_PERM to the trusted file open as fd, so the
+// kernel stops asking about its opens: a cached trusted open then costs nothing in user
+// space. The kernel clears the ignore mark when the file is modified (the mark is added
+// without FAN_MARK_IGNORED_SURV_MODIFY), and evicts it with the inode (FAN_MARK_EVICTABLE).
+// Executions keep being asked (FAN_OPEN_EXEC_PERM is not ignored) so that a changed mode
+// or name is seen by the Decider through the cache key. If the file changed between the
+// decision and the mark, the mark is removed again.
+func (g *Gate) ignoreOpens(fd int, key cacheKey) {
+	if g.noIgnore.Load() {
+		return
+	}
+	flags := uint(unix.FAN_MARK_ADD | unix.FAN_MARK_IGNORED_MASK)
+	if g.evict.Load() {
+		err := unix.FanotifyMark(g.fd, flags|unix.FAN_MARK_EVICTABLE, unix.FAN_OPEN_PERM, fd, "")
+		if err == nil {
+			g.recheck(fd, key)
+			return
+		}
+		if !errors.Is(err, unix.EINVAL) {
+			g.ignoreFailed(err)
+			return
+		}
+		g.evict.Store(false) // kernel older than 5.19
+	}
+	if err := unix.FanotifyMark(g.fd, flags, unix.FAN_OPEN_PERM, fd, ""); err != nil {
+		g.ignoreFailed(err)
+		return
+	}
+	g.recheck(fd, key)
+}
+
+func (g *Gate) recheck(fd int, key cacheKey) {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err == nil &&
+		(cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}) == key {
+		return
+	}
+	err := unix.FanotifyMark(g.fd, unix.FAN_MARK_REMOVE|unix.FAN_MARK_IGNORED_MASK, unix.FAN_OPEN_PERM, fd, "")
+	if err != nil && !errors.Is(err, unix.ENOENT) {
+		g.log.Error("gate: remove ignore mark of changed file", "err", err)
+	}
+}
+
+func (g *Gate) ignoreFailed(err error) {
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EPERM) || errors.Is(err, unix.EINVAL) {
+		if !g.noIgnore.Swap(true) {
+			g.log.Warn("gate: ignore marks unavailable; trusted opens are answered from the cache", "err", err)
+		}
+		return
+	}
+	g.log.Debug("gate: ignore mark", "err", err)
 }
 
 // Stats returns the Gate's counters.
@@ -352,6 +427,9 @@ func (g *Gate) handle(ev permEvent) {
 	v, cached := g.lookup(key, start)
 	if cached && v.Action == ActionTrust {
 		g.hits.Add(1)
+		if ev.mask&unix.FAN_OPEN_PERM != 0 {
+			g.ignoreOpens(fd, key) // the earlier ignore mark was evicted or cleared
+		}
 		g.respond(fd, true)
 		return
 	}
@@ -455,6 +533,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time) {
 			return
 		}
 		if r.v.Action == ActionTrust {
+			g.ignoreOpens(fd, key)
 			g.respond(fd, true)
 			return
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -385,4 +386,96 @@ func FuzzParseEvents(f *testing.F) {
 			t.Fatalf("%d events from %d bytes", len(evs), len(buf))
 		}
 	})
+}
+
+// contentDecider trusts files whose content starts with "TRUSTED" and isolates the others.
+// It reads the file through its path as the daemon's policy would (the daemon's own opens
+// are not gated).
+type contentDecider struct{ calls atomic.Int32 }
+
+func (d *contentDecider) Decide(_ context.Context, f FileInfo) (Verdict, error) {
+	d.calls.Add(1)
+	b, err := os.ReadFile(f.Path)
+	if err != nil {
+		return Verdict{}, err
+	}
+	if bytes.HasPrefix(b, []byte("TRUSTED")) {
+		return Verdict{Action: ActionTrust, Rule: "content"}, nil
+	}
+	return Verdict{Action: ActionIsolate, Rule: "content"}, nil
+}
+
+// TestGateTrustedThenModified checks, with and without ignore marks, that repeated opens of
+// a trusted file are decided once, and that modifying the file in place takes the trust
+// away: the next open is decided again and denied.
+func TestGateTrustedThenModified(t *testing.T) {
+	requireFanotify(t)
+	for _, noIgnore := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoIgnoreMarks=%v", noIgnore), func(t *testing.T) {
+			dir := t.TempDir()
+			p := filepath.Join(dir, "doc.txt")
+			if err := os.WriteFile(p, []byte("TRUSTED text\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			dec := &contentDecider{}
+			g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: &recordingSink{}, NoIgnoreMarks: noIgnore})
+			for range 5 {
+				if out, err := catFile(p); err != nil || out != "TRUSTED text\n" {
+					t.Fatalf("cat of trusted file = %q, %v", out, err)
+				}
+			}
+			if n := dec.calls.Load(); n != 1 {
+				t.Errorf("trusted file decided %d times, want 1", n)
+			}
+			st := g.Stats()
+			// Five opens by cat and one by the Decider itself (answered at once as the
+			// Gate's own process).
+			wantEvents := uint64(6)
+			if !noIgnore {
+				wantEvents = 2 // the ignore mark keeps cat's later opens in the kernel
+			}
+			if st.Events != wantEvents {
+				t.Errorf("%d permission events for 5 opens, want %d", st.Events, wantEvents)
+			}
+			// Overwrite in place with content of the same size: only the modification
+			// itself can take the trust away.
+			f, err := os.OpenFile(p, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.WriteAt([]byte("EVIL!!!"), 0); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			if out, err := catFile(p); err == nil {
+				t.Errorf("cat of modified file = %q, want EPERM", out)
+			}
+			if n := dec.calls.Load(); n != 2 {
+				t.Errorf("decided %d times in all, want 2", n)
+			}
+		})
+	}
+}
+
+func TestGateInvalidate(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, "trusted.txt", "evil.pdf")
+	dec := &nameDecider{}
+	g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: &recordingSink{}})
+	for range 2 {
+		if _, err := catFile(filepath.Join(dir, "trusted.txt")); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.Invalidate(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(dec.callsFor()); n != 2 {
+		t.Errorf("decided %d times across two invalidations, want 2", n)
+	}
+	// The directory is still gated after the flush.
+	if out, err := catFile(filepath.Join(dir, "evil.pdf")); err == nil {
+		t.Errorf("cat of untrusted file after Invalidate = %q, want EPERM", out)
+	}
 }
