@@ -1,0 +1,338 @@
+package microvm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/isolator-dev/isolator/pkg/guestfs"
+	"github.com/isolator-dev/isolator/pkg/kvmhv"
+)
+
+// Defaults for Config's zero values.
+const (
+	DefaultMemory         = 256 << 20
+	DefaultMaxVCPUs       = 16
+	DefaultScratchBytes   = 64 << 20
+	DefaultMaxOutputBytes = 64 << 20
+	DefaultMaxOutputFiles = 256
+	DefaultDir            = "/work"
+)
+
+// ErrInvalidConfig is wrapped by errors for a Config that cannot describe a micro VM.
+var ErrInvalidConfig = errors.New("invalid micro VM config")
+
+// guestPID is the process ID the guest sees for itself.
+const guestPID = 1
+
+// VM is one micro VM. Create it with New, run it once with Run, release it with Close.
+type VM struct {
+	cfg    Config
+	sys    *kvmhv.System
+	ownSys bool
+	hv     *kvmhv.VM
+	fs     *guestfs.FS
+	mm     *memory
+	fds    *fdTable
+	stdin  *stdinReader
+	start  time.Time
+
+	sigMu      sync.Mutex    // guards sigactions
+	sigactions [65]sigaction // by signal number
+
+	futex futexTable
+	poll  pollHub
+
+	threadMu sync.Mutex      // guards threads, nextTID and cwd
+	threads  map[int]*thread // live guest threads by TID
+	nextTID  int
+	cwd      string
+	wg       sync.WaitGroup // thread goroutines
+
+	exitOnce sync.Once
+	done     chan struct{} // closed when the guest program has ended
+	result   Result        // written once under exitOnce, read after done
+
+	stats statsCounter
+	ran   atomic.Bool
+}
+
+// New builds a micro VM from cfg: guest memory, the file namespace, and the program loaded
+// with its initial stack. Nothing runs until Run.
+func New(cfg Config) (*VM, error) {
+	if err := cfg.normalize(); err != nil {
+		return nil, err
+	}
+	vm := &VM{cfg: cfg, threads: map[int]*thread{}, nextTID: guestPID, cwd: cfg.Dir, done: make(chan struct{})}
+	vm.start = time.Now()
+	vm.stats.init()
+	if err := vm.init(); err != nil {
+		vm.Close()
+		return nil, err
+	}
+	return vm, nil
+}
+
+func (c *Config) normalize() error {
+	if c.Image == nil {
+		return fmt.Errorf("%w: no guest image", ErrInvalidConfig)
+	}
+	if c.Program == "" || c.Program[0] != '/' {
+		return fmt.Errorf("%w: program %q must be an absolute guest path", ErrInvalidConfig, c.Program)
+	}
+	if len(c.Args) == 0 {
+		c.Args = []string{c.Program}
+	}
+	if c.Dir == "" {
+		c.Dir = DefaultDir
+	}
+	if c.Memory == 0 {
+		c.Memory = DefaultMemory
+	}
+	if c.Memory < 4<<20 {
+		return fmt.Errorf("%w: memory %d bytes is below 4 MiB", ErrInvalidConfig, c.Memory)
+	}
+	if c.MaxVCPUs == 0 {
+		c.MaxVCPUs = DefaultMaxVCPUs
+	}
+	if c.MaxVCPUs < 1 || c.MaxVCPUs > kvmhv.MaxVCPUs {
+		return fmt.Errorf("%w: max vCPUs %d not in 1..%d", ErrInvalidConfig, c.MaxVCPUs, kvmhv.MaxVCPUs)
+	}
+	if c.ScratchBytes == 0 {
+		c.ScratchBytes = DefaultScratchBytes
+	}
+	if c.MaxOutputBytes == 0 {
+		c.MaxOutputBytes = DefaultMaxOutputBytes
+	}
+	if c.MaxOutputFiles == 0 {
+		c.MaxOutputFiles = DefaultMaxOutputFiles
+	}
+	if c.Stdout == nil {
+		c.Stdout = io.Discard
+	}
+	if c.Stderr == nil {
+		c.Stderr = io.Discard
+	}
+	return nil
+}
+
+func (vm *VM) init() error {
+	var err error
+	if vm.cfg.KVM != nil {
+		vm.sys = vm.cfg.KVM
+	} else {
+		if vm.sys, err = kvmhv.Open(); err != nil {
+			return err
+		}
+		vm.ownSys = true
+	}
+	if vm.hv, err = vm.sys.NewVM(kvmhv.Config{Memory: uint64(vm.cfg.Memory), MaxVCPUs: vm.cfg.MaxVCPUs}); err != nil {
+		return err
+	}
+	inputs := make([]guestfs.Input, len(vm.cfg.Inputs))
+	for i, in := range vm.cfg.Inputs {
+		inputs[i] = guestfs.Input{Name: in.Name, HostPath: in.HostPath}
+	}
+	vm.fds = newFDTable()
+	vm.fs, err = guestfs.New(guestfs.Config{
+		Image:        vm.cfg.Image,
+		Inputs:       inputs,
+		ScratchBytes: vm.cfg.ScratchBytes,
+		Exe:          vm.cfg.Program,
+		Cmdline:      vm.cfg.Args,
+		PID:          guestPID,
+		FDPath:       vm.fds.path,
+		ProcFiles:    vm.procFiles(),
+	})
+	if err != nil {
+		return fmt.Errorf("guest files: %w", err)
+	}
+	vm.stdin = newStdinReader(vm.cfg.Stdin)
+	vm.fds.installStdio(vm.stdin, vm.cfg.Stdout, vm.cfg.Stderr, &vm.poll)
+	vm.mm = newMemory(vm.hv)
+	return nil
+}
+
+// Run runs the guest program to its end and returns the result. It returns early, with
+// Result.Killed, when ctx is done or Kill is called, and with Result.TimedOut when the
+// Config's time limits are reached. A VM runs once.
+func (vm *VM) Run(ctx context.Context) (*Result, error) {
+	if !vm.ran.CompareAndSwap(false, true) {
+		return nil, errors.New("micro VM already ran")
+	}
+	entry, err := vm.load()
+	if err != nil {
+		return nil, err
+	}
+	if _, err := vm.startThread(entry, nil); err != nil {
+		return nil, err
+	}
+	var timeout <-chan time.Time
+	if vm.cfg.Timeout > 0 {
+		t := time.NewTimer(vm.cfg.Timeout - time.Since(vm.start))
+		defer t.Stop()
+		timeout = t.C
+	}
+	var cpuTick <-chan time.Time
+	if vm.cfg.CPUTime > 0 {
+		tk := time.NewTicker(10 * time.Millisecond)
+		defer tk.Stop()
+		cpuTick = tk.C
+	}
+	for waiting := true; waiting; {
+		select {
+		case <-vm.done:
+			waiting = false
+		case <-ctx.Done():
+			vm.terminate(exitStatus{killed: true, reason: "killed: " + context.Cause(ctx).Error()})
+		case <-timeout:
+			vm.terminate(exitStatus{timedOut: true, reason: fmt.Sprintf("wall-clock limit %v reached", vm.cfg.Timeout)})
+		case <-cpuTick:
+			if cpu := vm.cpuTime(); cpu > vm.cfg.CPUTime {
+				vm.terminate(exitStatus{timedOut: true, reason: fmt.Sprintf("CPU time limit %v reached", vm.cfg.CPUTime)})
+			}
+		}
+	}
+	vm.wg.Wait()
+	res := vm.result
+	res.Outputs, res.Rejected = vm.outputs()
+	res.Stats = vm.snapshotStats()
+	return &res, nil
+}
+
+// Kill ends the guest program as if by SIGKILL.
+func (vm *VM) Kill() {
+	vm.terminate(exitStatus{killed: true, signal: int(unix.SIGKILL), reason: "killed"})
+}
+
+// exitStatus is how the guest program ended.
+type exitStatus struct {
+	code     int
+	signal   int
+	timedOut bool
+	killed   bool
+	reason   string
+}
+
+// terminate records how the program ended (the first call wins) and stops every thread.
+func (vm *VM) terminate(st exitStatus) {
+	vm.exitOnce.Do(func() {
+		r := &vm.result
+		r.ExitCode, r.Signal, r.TimedOut, r.Killed, r.Reason = st.code, st.signal, st.timedOut, st.killed, st.reason
+		if st.signal != 0 {
+			r.ExitCode = 128 + st.signal
+		} else if st.timedOut || st.killed {
+			r.ExitCode = 128 + int(unix.SIGKILL)
+			r.Signal = int(unix.SIGKILL)
+		}
+		close(vm.done)
+		vm.threadMu.Lock()
+		for _, t := range vm.threads {
+			t.stop()
+		}
+		vm.threadMu.Unlock()
+		vm.futex.wakeAll()
+		vm.poll.notify()
+	})
+}
+
+// stopping reports whether the program has ended.
+func (vm *VM) stopping() bool {
+	select {
+	case <-vm.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Close destroys the VM and releases everything it holds. It is safe to call more than
+// once and after a failed New.
+func (vm *VM) Close() error {
+	vm.terminate(exitStatus{killed: true, reason: "closed"})
+	vm.wg.Wait()
+	var errs []error
+	if vm.fds != nil {
+		vm.fds.closeAll()
+	}
+	if vm.fs != nil {
+		errs = append(errs, vm.fs.Close())
+		vm.fs = nil
+	}
+	if vm.hv != nil {
+		errs = append(errs, vm.hv.Close())
+		vm.hv = nil
+	}
+	if vm.ownSys && vm.sys != nil {
+		errs = append(errs, vm.sys.Close())
+		vm.sys = nil
+	}
+	return errors.Join(errs...)
+}
+
+// Run creates a micro VM from cfg, runs it and destroys it.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	vm, err := New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	defer vm.Close()
+	return vm.Run(ctx)
+}
+
+// startThread starts a guest thread on its own locked OS thread with a new vCPU.
+// init runs on that thread before the first instruction (to copy registers for clone).
+func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU)) (*thread, error) {
+	vm.threadMu.Lock()
+	if vm.stopping() {
+		vm.threadMu.Unlock()
+		return nil, errors.New("micro VM is stopping")
+	}
+	tid := vm.nextTID
+	vm.nextTID++
+	t := &thread{vm: vm, tid: tid}
+	vm.threads[tid] = t
+	vm.threadMu.Unlock()
+	vm.stats.threads.Add(1)
+
+	ready := make(chan error, 1)
+	vm.wg.Add(1)
+	go func() {
+		defer vm.wg.Done()
+		runtime.LockOSThread()
+		t.hostTID = unix.Gettid()
+		// The thread is not unlocked: it exits with the goroutine, taking any state KVM
+		// attached to it along.
+		v, err := vm.hv.NewVCPU(regs.RIP, regs.RSP)
+		if err != nil {
+			vm.removeThread(t)
+			ready <- err
+			return
+		}
+		v.Regs = regs
+		t.setVCPU(v)
+		if init != nil {
+			init(t, v)
+		}
+		ready <- nil
+		t.loop()
+	}()
+	if err := <-ready; err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (vm *VM) removeThread(t *thread) (last bool) {
+	vm.threadMu.Lock()
+	defer vm.threadMu.Unlock()
+	delete(vm.threads, t.tid)
+	return len(vm.threads) == 0
+}
