@@ -22,6 +22,9 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(watchLimitEnv); dir != "" {
+		os.Exit(runWatchLimit(dir))
+	}
 	if p := os.Getenv(openerPathEnv); p != "" {
 		n, _ := strconv.Atoi(os.Getenv(openerCountEnv))
 		os.Exit(runOpener(p, max(n, 1)))

@@ -360,9 +360,14 @@ func (w *Watcher) addTree(dir string, scanFiles bool) error {
 }
 
 func (w *Watcher) watchLimit(dir string, err error) {
+	// The limit that applies is the one of this user namespace; in the initial namespace
+	// it is the same as fs.inotify.max_user_watches.
 	limit := "unknown"
-	if b, rerr := os.ReadFile("/proc/sys/fs/inotify/max_user_watches"); rerr == nil {
-		limit = strings.TrimSpace(string(b))
+	for _, f := range []string{"/proc/sys/user/max_inotify_watches", "/proc/sys/fs/inotify/max_user_watches"} {
+		if b, rerr := os.ReadFile(f); rerr == nil {
+			limit = strings.TrimSpace(string(b))
+			break
+		}
 	}
 	werr := fmt.Errorf("watch %s: %w (fs.inotify.max_user_watches=%s): %w", dir, ErrWatchLimit, limit, err)
 	w.log.Error("inotify watch limit", "err", werr)

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -275,5 +276,73 @@ func TestNewWatcherErrors(t *testing.T) {
 	_, err := NewWatcher(WatcherConfig{Dirs: []string{filepath.Join(dir, "missing")}, Decider: &nameDecider{}, Sink: &recordingSink{}})
 	if !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("error %v does not wrap ErrNotExist", err)
+	}
+}
+
+// watchLimitEnv names the directory tree the watch-limit child process watches.
+const watchLimitEnv = "ISOLATOR_TEST_WATCHLIMIT_DIR"
+
+// runWatchLimit runs in a child process in its own user namespace: it lowers that
+// namespace's inotify watch limit, watches dir, and prints how many watch-limit events it
+// saw and the message of the first.
+func runWatchLimit(dir string) int {
+	if err := os.WriteFile("/proc/sys/user/max_inotify_watches", []byte("3"), 0); err != nil {
+		fmt.Println("skip", err)
+		return 0
+	}
+	sink := &recordingSink{}
+	w, err := NewWatcher(WatcherConfig{Dirs: []string{dir}, Decider: &nameDecider{}, Sink: sink})
+	if err != nil {
+		fmt.Println("error", err)
+		return 1
+	}
+	defer w.Close()
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	for _, ev := range sink.events {
+		if ev.Kind == EventWatchLimit {
+			fmt.Println("limit", errors.Is(ev.Err, ErrWatchLimit), errors.Is(ev.Err, unix.ENOSPC), ev.Err)
+		}
+	}
+	return 0
+}
+
+// TestWatcherWatchLimit runs a Watcher with a watch limit of 3 (set in a private user
+// namespace, so the rest of the machine is unaffected) on a tree of 10 directories.
+func TestWatcherWatchLimit(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to create a user namespace mapping root")
+	}
+	dir := t.TempDir()
+	for i := range 10 {
+		if err := os.MkdirAll(filepath.Join(dir, fmt.Sprintf("d%d", i)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(os.Environ(), watchLimitEnv+"="+dir)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1}},
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		if len(out) == 0 {
+			t.Skipf("cannot start a child in a user namespace: %v", err)
+		}
+		t.Fatalf("child: %v: %s", err, out)
+	}
+	got := string(out)
+	if strings.HasPrefix(got, "skip") {
+		t.Skipf("cannot lower the inotify limit in a user namespace: %s", got)
+	}
+	lines := strings.Split(strings.TrimSpace(got), "\n")
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], "limit true true ") || !strings.Contains(lines[0], "max_user_watches=3") {
+		t.Errorf("child reported %q, want one watch-limit event wrapping ErrWatchLimit and ENOSPC with the limit", got)
 	}
 }
