@@ -37,6 +37,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(
 		// Commands are added here, one constructor per file.
 		newImageCmd(),
+		newOpenCmd(g), newPsCmd(g), newLogsCmd(g), newKillCmd(g), newStatusCmd(g), newReleaseCmd(g),
 		newRunCmd(),
 	)
 	return root
