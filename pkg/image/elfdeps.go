@@ -257,12 +257,18 @@ func (b *builder) findLibrary(name string, obj, exe *elfObject, confDirs []strin
 			dirs = append(dirs, dir{expandDST(d, origin), via})
 		}
 	}
-	add(viaPath, path.Dir(obj.path), obj.rpath...)
+	// $ORIGIN is the directory of the path an object was found at; for the program, ld.so
+	// takes it from /proc/self/exe, which has every symlink resolved.
+	origin := path.Dir(obj.path)
+	if obj == exe {
+		origin = path.Dir(exe.real)
+	}
+	add(viaPath, origin, obj.rpath...)
 	if obj != exe && len(obj.runpath) == 0 {
 		add(viaPath, path.Dir(exe.real), exe.rpath...)
 	}
 	add(viaLibraryPath, "", b.cfg.LibraryPath...)
-	add(viaPath, path.Dir(obj.path), obj.runpath...)
+	add(viaPath, origin, obj.runpath...)
 	for _, d := range confDirs {
 		via := viaConf
 		if slices.Contains(ldsoTrusted, d) {

@@ -149,6 +149,12 @@ func TestLibrarySearchPaths(t *testing.T) {
 	rpath := link("rpath", "-Wl,--disable-new-dtags,-rpath,$ORIGIN/../lib")
 	absolute := link("absolute", "-Wl,--enable-new-dtags,-rpath,"+lib)
 	plain := link("plain")
+	// $ORIGIN of a program started through a symlink is the directory of the real file.
+	viaLink := filepath.Join(dir, "a", "b", "prog")
+	os.MkdirAll(filepath.Dir(viaLink), 0o755)
+	if err := os.Symlink("../../bin/runpath", viaLink); err != nil {
+		t.Fatal(err)
+	}
 
 	tests := []struct {
 		name    string
@@ -157,6 +163,7 @@ func TestLibrarySearchPaths(t *testing.T) {
 	}{
 		{"runpath origin", BuildConfig{Programs: []string{runpath}}, ""},
 		{"rpath origin", BuildConfig{Programs: []string{rpath}}, ""},
+		{"program through a symlink", BuildConfig{Programs: []string{viaLink}}, ""},
 		{"absolute runpath", BuildConfig{Programs: []string{absolute}}, ""},
 		{"library path", BuildConfig{Programs: []string{plain}, LibraryPath: []string{lib}}, ""},
 		{"no search path", BuildConfig{Programs: []string{plain}}, "libbar.so.1"},
@@ -279,5 +286,20 @@ func TestExpandDST(t *testing.T) {
 		if got := expandDST(tt.in, "/opt/app/bin"); got != tt.want {
 			t.Errorf("expandDST(%q) = %q, want %q", tt.in, got, tt.want)
 		}
+	}
+}
+
+// TestManyLibrariesRunInChroot packs a program with a deep library closure (poppler).
+func TestManyLibrariesRunInChroot(t *testing.T) {
+	const pdftotext = "/usr/bin/pdftotext"
+	needHostFiles(t, pdftotext)
+	im, rep := buildImage(t, BuildConfig{Programs: []string{pdftotext}})
+	if len(rep.Libraries) < 5 {
+		t.Errorf("only %d libraries resolved for %s: %+v", len(rep.Libraries), pdftotext, rep.Libraries)
+	}
+	root := t.TempDir()
+	extract(t, im, root)
+	if out := runChroot(t, root, pdftotext, "-v"); !strings.Contains(out, "pdftotext version") {
+		t.Errorf("pdftotext -v in the image printed %q", out)
 	}
 }
