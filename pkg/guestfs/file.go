@@ -345,7 +345,19 @@ func (fl *file) Stat() (Stat, error) {
 }
 
 func (fl *file) ReadDir(n int) ([]Dirent, error) {
-	fl.mu.Lock()
+	// Config.FDPath is called with no lock of ours held, fl.mu included: the caller may
+	// hold its descriptor table lock while it closes or changes this file.
+	var fdEnts []Dirent
+	listed := false
+	for {
+		fl.mu.Lock()
+		d, isFD := fl.n.(*fdDir)
+		if !isFD || listed || (fl.ents != nil && fl.off != 0) || fl.closed {
+			break
+		}
+		fl.mu.Unlock()
+		fdEnts, listed = d.fdList(fl.fs.fdPath), true
+	}
 	defer fl.mu.Unlock()
 	if err := fl.usable(); err != nil {
 		return nil, wrap("getdents64", fl.path, err)
@@ -354,7 +366,7 @@ func (fl *file) ReadDir(n int) ([]Dirent, error) {
 		return nil, wrap("getdents64", fl.path, unix.ENOTDIR)
 	}
 	if fl.ents == nil || fl.off == 0 {
-		ents, err := fl.listing()
+		ents, err := fl.listing(fdEnts)
 		if err != nil {
 			return nil, wrap("getdents64", fl.path, err)
 		}
@@ -377,12 +389,10 @@ func (fl *file) ReadDir(n int) ([]Dirent, error) {
 }
 
 // listing takes a snapshot of the directory: ".", ".." and the children.
-func (fl *file) listing() ([]Dirent, error) {
+// fdEnts is the listing of /proc/self/fd, taken by the caller.
+func (fl *file) listing(fdEnts []Dirent) ([]Dirent, error) {
 	f := fl.fs
-	var kids []Dirent
-	if d, ok := fl.n.(*fdDir); ok {
-		kids = d.fdList(f.fdPath)
-	}
+	kids := fdEnts
 	f.mu.RLock()
 	defer f.mu.RUnlock()
 	if f.closed {

@@ -73,7 +73,9 @@ type Config struct {
 	// can be read with readlink but not opened (ENXIO).
 	FDPath func(fd int) (string, bool)
 
-	UID, GID uint32 // owner of scratch files and of /work and /output; default 1000
+	// UID and GID are the guest user: owner of scratch files and of /work and /output,
+	// checked against permission bits like a user that is not root. Zero selects 1000.
+	UID, GID uint32
 	PID      int    // process id /proc/self points to; default 1
 }
 

@@ -188,9 +188,10 @@ func (in *inputFile) treeOf() treeID { return treeInput }
 func (in *inputFile) stat(f *FS) Stat {
 	st := Stat{Dev: f.trees[treeInput].dev, Ino: in.ino, Nlink: 1, Mode: unix.S_IFREG | 0o444,
 		Blksize: 4096, Atime: in.mtime, Mtime: in.mtime, Ctime: in.mtime}
-	var hst unix.Stat_t
-	if !f.closed && unix.Fstat(int(in.f.Fd()), &hst) == nil {
-		st.Size = hst.Size
+	if !f.closed {
+		if fi, err := in.f.Stat(); err == nil {
+			st.Size = fi.Size()
+		}
 	}
 	st.Blocks = blocks(st.Size)
 	return st
