@@ -76,7 +76,7 @@ type Config struct {
 	// UID and GID are the guest user: owner of scratch files and of /work and /output,
 	// checked against permission bits like a user that is not root. Zero selects 1000.
 	UID, GID uint32
-	PID      int    // process id /proc/self points to; default 1
+	PID      int // process id /proc/self points to; default 1
 }
 
 // FS is the file namespace of one guest. It is safe for concurrent use. It starts no
