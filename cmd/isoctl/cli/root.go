@@ -39,6 +39,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newImageCmd(),
 		newOpenCmd(g), newPsCmd(g), newLogsCmd(g), newKillCmd(g), newStatusCmd(g), newReleaseCmd(g),
 		newRunCmd(),
+		newWatchCmd(g),
 	)
 	return root
 }

@@ -1,0 +1,86 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/isolator-dev/isolator/pkg/api"
+)
+
+// serveEvents serves the given events as the NDJSON stream of api.PathEvents on a unix
+// socket and returns the socket path.
+func serveEvents(t *testing.T, events []api.Event) string {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "isolator.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+api.PathEvents, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", api.ContentTypeNDJSON)
+		enc := json.NewEncoder(w)
+		for _, ev := range events {
+			if err := enc.Encode(ev); err != nil {
+				return
+			}
+		}
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return sock
+}
+
+func TestWatch(t *testing.T) {
+	when := time.Date(2026, 12, 3, 10, 0, 0, 0, time.Local)
+	events := []api.Event{
+		{Type: api.EventDecision, Time: when, Path: "/home/a/Downloads/x.pdf",
+			Decision: &api.Decision{Action: api.ActionIsolate, Rule: "downloads", Explanation: "downloaded from the web"},
+			Task:     &api.Task{ID: "t1"}},
+		{Type: api.EventState, Time: when, Task: &api.Task{ID: "t1", State: api.StateRunning, File: "/home/a/Downloads/x.pdf"}},
+		{Type: api.EventNotice, Time: when, Path: "/home/a/Downloads/y.sh", Message: "open refused"},
+	}
+	sock := serveEvents(t, events)
+	var out, errb bytes.Buffer
+	if code := run([]string{"--socket", sock, "watch"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	want := []string{
+		"10:00:00 decision /home/a/Downloads/x.pdf: isolate (rule downloads): downloaded from the web, task t1",
+		"10:00:00 state    task t1 running: /home/a/Downloads/x.pdf",
+		"10:00:00 notice   /home/a/Downloads/y.sh: open refused",
+	}
+	if got := strings.Split(strings.TrimSpace(out.String()), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("output:\n%s\nwant:\n%s", out.String(), strings.Join(want, "\n"))
+	}
+
+	out.Reset()
+	if code := run([]string{"--socket", sock, "watch", "--json"}, &out, &errb); code != 0 {
+		t.Fatalf("--json exit %d: %s", code, errb.String())
+	}
+	dec := json.NewDecoder(&out)
+	for i := range events {
+		var ev api.Event
+		if err := dec.Decode(&ev); err != nil {
+			t.Fatalf("event %d: %v", i, err)
+		}
+		if ev.Type != events[i].Type || ev.Path != events[i].Path {
+			t.Errorf("event %d = %+v, want %+v", i, ev, events[i])
+		}
+	}
+}
+
+func TestWatchNoDaemon(t *testing.T) {
+	var out, errb bytes.Buffer
+	code := run([]string{"--socket", filepath.Join(t.TempDir(), "none.sock"), "watch"}, &out, &errb)
+	if code == 0 || !strings.Contains(errb.String(), "no socket") {
+		t.Errorf("exit %d, stderr %q; want a not-running error", code, errb.String())
+	}
+}
