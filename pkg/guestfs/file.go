@@ -13,9 +13,10 @@ import (
 // File is one open file description, shared by the descriptors dup'd from it. It is safe
 // for concurrent use.
 //
-// Read, ReadAt, Write and WriteAt follow read(2), pread(2), write(2) and pwrite(2), not
-// io.Reader and io.ReaderAt: at end of file they return 0 and a nil error, and a short
-// read is not an error. Every error is a unix.Errno, possibly wrapped.
+// Read and ReadAt keep the io.Reader and io.ReaderAt contracts: Read returns 0, io.EOF at
+// end of file and ReadAt returns io.EOF with a read cut short by the end of file (the bare
+// io.EOF value, which read(2) and pread(2) report as success). Every other error is a
+// unix.Errno, possibly wrapped.
 type File interface {
 	// Path returns the canonical guest path the file was opened at.
 	Path() string
@@ -114,6 +115,9 @@ func (fl *file) Read(p []byte) (int, error) {
 	if _, dev := fl.n.(*devFile); !dev {
 		fl.off += int64(n)
 	}
+	if err == nil && n == 0 && len(p) > 0 {
+		return 0, io.EOF
+	}
 	return n, wrap("read", fl.path, err)
 }
 
@@ -128,6 +132,9 @@ func (fl *file) ReadAt(p []byte, off int64) (int, error) {
 		return 0, wrap("pread", fl.path, unix.EINVAL)
 	}
 	n, err := fl.readAt(p, off)
+	if err == nil && n < len(p) {
+		return n, io.EOF
+	}
 	return n, wrap("pread", fl.path, err)
 }
 

@@ -2,6 +2,7 @@ package guestfs
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -127,11 +128,11 @@ func readAll(t testing.TB, f *FS, p string) (string, error) {
 	buf := make([]byte, 7)
 	for {
 		n, err := fl.Read(buf)
-		if err != nil {
-			return "", err
-		}
-		if n == 0 {
+		if err == io.EOF && n == 0 {
 			return string(out), nil
+		}
+		if err != nil || n == 0 {
+			return "", fmt.Errorf("read = %d, %w", n, err)
 		}
 		out = append(out, buf[:n]...)
 	}

@@ -3,6 +3,7 @@ package guestfs
 import (
 	"bytes"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -82,8 +83,11 @@ func TestInputs(t *testing.T) {
 	if n, err := fl.ReadAt(buf, 10); n != 4 || err != nil || string(buf) != "nput" {
 		t.Errorf("pread input = %q, %v", buf[:n], err)
 	}
-	if n, err := fl.ReadAt(buf, 100); n != 0 || err != nil {
-		t.Errorf("pread past end = %d, %v; want 0, nil", n, err)
+	if n, err := fl.ReadAt(buf, 100); n != 0 || err != io.EOF {
+		t.Errorf("pread past end = %d, %v; want 0, EOF", n, err)
+	}
+	if n, err := fl.ReadAt(buf, 12); n != 2 || err != io.EOF || string(buf[:n]) != "ut" {
+		t.Errorf("short pread = %q, %v; want \"ut\", EOF", buf[:n], err)
 	}
 	fl.Close()
 	d, _ := f.Open("/", "/input", unix.O_RDONLY|unix.O_DIRECTORY, 0)
@@ -124,7 +128,7 @@ func TestDevices(t *testing.T) {
 	}
 	buf := bytes.Repeat([]byte{0xAA}, 64)
 	null := open("/dev/null", unix.O_RDWR)
-	if n, err := null.Read(buf); n != 0 || err != nil {
+	if n, err := null.Read(buf); n != 0 || err != io.EOF {
 		t.Errorf("read /dev/null = %d, %v", n, err)
 	}
 	if n, err := null.Write(buf); n != 64 || err != nil {
