@@ -93,8 +93,8 @@ func Load(r io.ReaderAt, size int64) (*Image, error) {
 		return nil, corrupt(-1, "file too short (%d bytes)", size)
 	}
 	var hdr [headerSize]byte
-	if _, err := r.ReadAt(hdr[:], 0); err != nil {
-		return nil, readErr(0, err)
+	if err := readFullAt(r, hdr[:], 0); err != nil {
+		return nil, err
 	}
 	if string(hdr[:8]) != magic {
 		return nil, corrupt(0, "bad magic")
@@ -131,8 +131,8 @@ func Load(r io.ReaderAt, size int64) (*Image, error) {
 	}
 
 	index := make([]byte, indexLen)
-	if _, err := r.ReadAt(index, int64(indexOff)); err != nil {
-		return nil, readErr(int64(indexOff), err)
+	if err := readFullAt(r, index, int64(indexOff)); err != nil {
+		return nil, err
 	}
 	h := sha256.New()
 	h.Write(hdr[:hdrSumOff])
@@ -275,6 +275,19 @@ func (im *Image) verifyData(hdr, index []byte) error {
 	}
 	im.digest = hex.EncodeToString(whole.Sum(nil))
 	return nil
+}
+
+// readFullAt fills buf from r at off. A short read is a FormatError; io.EOF together with
+// a full buffer is success, as io.ReaderAt allows at the end of the input.
+func readFullAt(r io.ReaderAt, buf []byte, off int64) error {
+	n, err := r.ReadAt(buf, off)
+	if n == len(buf) {
+		return nil
+	}
+	if err == nil {
+		err = io.ErrUnexpectedEOF
+	}
+	return readErr(off+int64(n), err)
 }
 
 // readErr turns a short read into a FormatError and wraps any other read error.

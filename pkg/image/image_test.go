@@ -900,6 +900,32 @@ type errReaderAt struct{ err error }
 
 func (r errReaderAt) ReadAt([]byte, int64) (int, error) { return 0, r.err }
 
+// eofReaderAt returns io.EOF with the last bytes of its input, as io.ReaderAt allows.
+type eofReaderAt struct{ b []byte }
+
+func (r eofReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(r.b)) {
+		return 0, io.EOF
+	}
+	n := copy(p, r.b[off:])
+	if off+int64(n) == int64(len(r.b)) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+func TestLoadEOFAtEnd(t *testing.T) {
+	// An image of directories only ends with its index.
+	img, _ := buildBytes(t, BuildConfig{Files: []FileSpec{{HostPath: t.TempDir(), GuestPath: "/empty"}}})
+	im, err := Load(eofReaderAt{img}, int64(len(img)))
+	if err != nil {
+		t.Fatalf("Load: %v", err)
+	}
+	if e, err := im.Lookup("/empty"); err != nil || !e.IsDir() {
+		t.Errorf("Lookup(/empty) = %+v, %v", e, err)
+	}
+}
+
 func TestLoadReadError(t *testing.T) {
 	eio := errors.New("input/output error")
 	_, err := Load(errReaderAt{eio}, 1<<20)
