@@ -1,0 +1,329 @@
+package microvm
+
+import (
+	"archive/zip"
+	"bytes"
+	"context"
+	"crypto/rand"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/isolator-dev/isolator/pkg/image"
+	"github.com/isolator-dev/isolator/pkg/kvmhv"
+)
+
+// requireKVM skips the test, saying why, where /dev/kvm cannot be used; it returns a shared
+// open /dev/kvm.
+func requireKVM(t testing.TB) *kvmhv.System {
+	t.Helper()
+	if ok, why := kvmhv.Available(); !ok {
+		t.Skipf("skipping: /dev/kvm unavailable: %s", why)
+	}
+	s, err := kvmhv.Open()
+	if err != nil {
+		t.Fatalf("open kvm: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// requireFile skips the test when a host program the test runs is missing.
+func requireFile(t testing.TB, path string) {
+	t.Helper()
+	if _, err := os.Stat(path); err != nil {
+		t.Skipf("skipping: %s missing (make deps installs it): %v", path, err)
+	}
+}
+
+var (
+	imageOnce sync.Map // cached images by key
+)
+
+// buildImage builds (once per test binary) an image of the given programs and files.
+func buildImage(t testing.TB, key string, cfg image.BuildConfig) *image.Image {
+	t.Helper()
+	if v, ok := imageOnce.Load(key); ok {
+		return v.(*image.Image)
+	}
+	dir, err := os.MkdirTemp("", "microvm-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, key+".img")
+	if _, err := image.BuildFile(path, cfg); err != nil {
+		t.Fatalf("build image: %v", err)
+	}
+	im, err := image.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(dir) // the open image keeps its file
+	v, _ := imageOnce.LoadOrStore(key, im)
+	return v.(*image.Image)
+}
+
+func busyboxImage(t testing.TB) *image.Image {
+	requireFile(t, "/usr/bin/busybox")
+	return buildImage(t, "busybox", image.BuildConfig{
+		Programs: []string{"/usr/bin/busybox"},
+		Files:    []image.FileSpec{{HostPath: "/etc/services", GuestPath: "/etc/services"}},
+	})
+}
+
+// runGuest runs args[0] from im with the inputs and returns stdout, stderr and the result.
+func runGuest(t *testing.T, sys *kvmhv.System, im *image.Image, inputs []Input, stdin []byte, args ...string) (string, string, *Result) {
+	t.Helper()
+	return runGuestIn(t, sys, im, "/work", inputs, stdin, args...)
+}
+
+// runGuestIn is runGuest with the working directory dir.
+func runGuestIn(t *testing.T, sys *kvmhv.System, im *image.Image, dir string, inputs []Input, stdin []byte, args ...string) (string, string, *Result) {
+	t.Helper()
+	var stdout, stderr bytes.Buffer
+	cfg := Config{KVM: sys, Image: im, Program: args[0], Args: args, Inputs: inputs, Dir: dir,
+		Env: []string{"PATH=/usr/bin:/bin", "LANG=C"}, Stdout: &stdout, Stderr: &stderr, Timeout: 60 * time.Second}
+	if stdin != nil {
+		cfg.Stdin = bytes.NewReader(stdin)
+	}
+	res, err := Run(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("run %v: %v", args, err)
+	}
+	return stdout.String(), stderr.String(), res
+}
+
+// hostRun runs the same command on the host, in dir.
+func hostRun(t *testing.T, dir string, stdin []byte, args ...string) (string, int) {
+	t.Helper()
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Dir = dir
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "LANG=C"}
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	out, err := cmd.Output()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("host %v: %v", args, err)
+	}
+	return string(out), code
+}
+
+// TestBusyboxMatchesHost runs busybox applets in micro VMs and on the host over the same
+// input files and compares stdout byte for byte, and the exit status.
+func TestBusyboxMatchesHost(t *testing.T) {
+	sys := requireKVM(t)
+	im := busyboxImage(t)
+	host := t.TempDir()
+	text := "banana\napple\ncherry\napple\nbanana\nbanana\ndate 42\nelder berry\n"
+	files := map[string][]byte{"words.txt": []byte(text), "nums.txt": []byte("3\n10\n2\n33\n1\n")}
+	blob := make([]byte, 300<<10)
+	rand.Read(blob)
+	files["blob.bin"] = blob
+	for n, b := range files {
+		// 0444: the guest sees its inputs read-only, so the host copies are too.
+		if err := os.WriteFile(filepath.Join(host, n), b, 0o444); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Archives made on the host with busybox itself.
+	mk := func(args ...string) {
+		cmd := exec.Command("/usr/bin/busybox", args...)
+		cmd.Dir = host
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, out)
+		}
+	}
+	mk("sh", "-c", "gzip -c words.txt > words.txt.gz")
+	mk("tar", "-cf", "a.tar", "words.txt", "nums.txt")
+	zf, err := os.Create(filepath.Join(host, "a.zip"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zw := zip.NewWriter(zf)
+	for _, n := range []string{"words.txt", "nums.txt"} {
+		w, err := zw.CreateHeader(&zip.FileHeader{Name: n, Method: zip.Deflate, Modified: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(files[n])
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	zf.Close()
+	for _, n := range []string{"a.tar", "a.zip", "words.txt.gz"} {
+		os.Chmod(filepath.Join(host, n), 0o444)
+	}
+	var inputs []Input
+	names, _ := os.ReadDir(host)
+	for _, e := range names {
+		inputs = append(inputs, Input{Name: e.Name(), HostPath: filepath.Join(host, e.Name())})
+	}
+	// The guest runs in /input, the host in the directory holding the same files.
+	in := func(n string) string { return n }
+	bb := "/usr/bin/busybox"
+	for _, c := range []struct {
+		name  string
+		guest []string
+		stdin string
+	}{
+		{"echo", []string{"echo", "hello", "world"}, ""},
+		{"true", []string{"true"}, ""},
+		{"false", []string{"false"}, ""},
+		{"sha256sum", []string{"sha256sum", in("blob.bin")}, ""},
+		{"sha1sum", []string{"sha1sum", in("words.txt")}, ""},
+		{"md5sum", []string{"md5sum", in("blob.bin"), in("words.txt")}, ""},
+		{"wc", []string{"wc", in("words.txt")}, ""},
+		{"wc -c blob", []string{"wc", "-c", in("blob.bin")}, ""},
+		{"sort", []string{"sort", in("words.txt")}, ""},
+		{"sort -n -r", []string{"sort", "-n", "-r", in("nums.txt")}, ""},
+		{"uniq -c", []string{"uniq", "-c", in("words.txt")}, ""},
+		{"sh builtins", []string{"sh", "-c", "for w in a b c; do echo $w; done; x=$((6*7)); echo $x"}, ""},
+		{"unzip -l", []string{"unzip", "-l", in("a.zip")}, ""},
+		{"unzip -p", []string{"unzip", "-p", in("a.zip"), "nums.txt"}, ""},
+		{"ls -ln files", []string{"ls", "-ln", "a.tar", "blob.bin", "nums.txt", "words.txt"}, ""},
+		{"ls -lan image dir", []string{"ls", "-lan", "/usr/bin/busybox", "/etc/services"}, ""},
+		{"ls -1", []string{"ls", "-1"}, ""},
+		{"stat", []string{"stat", "-c", "%n %s %a %F", in("words.txt")}, ""},
+		{"find", []string{"find", ".", "-name", "*.txt"}, ""},
+		{"diff", []string{"diff", in("words.txt"), in("nums.txt")}, ""},
+		{"cmp", []string{"cmp", in("words.txt"), in("words.txt")}, ""},
+		{"fold", []string{"fold", "-w", "4", in("words.txt")}, ""},
+		{"tac", []string{"tac", in("words.txt")}, ""},
+		{"dd", []string{"dd", "if=" + in("blob.bin"), "bs=1000", "count=3", "status=none"}, ""},
+		{"xxd", []string{"xxd", "-l", "64", in("blob.bin")}, ""},
+		{"uniq", []string{"uniq", in("words.txt")}, ""},
+		{"sed", []string{"sed", "-e", "s/an/AN/g", in("words.txt")}, ""},
+		{"awk", []string{"awk", "{ n += length($0) } END { print NR, n }", in("words.txt")}, ""},
+		{"grep", []string{"grep", "-n", "an", in("words.txt")}, ""},
+		{"grep -c", []string{"grep", "-c", "apple", in("words.txt")}, ""},
+		{"grep miss", []string{"grep", "zzz", in("words.txt")}, ""},
+		{"cut", []string{"cut", "-c", "1-3", in("words.txt")}, ""},
+		{"tr", []string{"tr", "a-z", "A-Z"}, text},
+		{"head", []string{"head", "-n", "3", in("words.txt")}, ""},
+		{"tail", []string{"tail", "-n", "2", in("words.txt")}, ""},
+		{"od", []string{"od", "-A", "x", "-t", "x1z", "-N", "64", in("blob.bin")}, ""},
+		{"hexdump", []string{"hexdump", "-C", "-n", "96", in("blob.bin")}, ""},
+		{"base64", []string{"base64", in("words.txt")}, ""},
+		{"base64 -d", []string{"base64", "-d"}, "aGVsbG8gd29ybGQK\n"},
+		{"gzip -c", []string{"gzip", "-c", in("words.txt")}, ""},
+		{"gzip -d", []string{"gzip", "-d", "-c", in("words.txt.gz")}, ""},
+		{"gunzip -c", []string{"gunzip", "-c", in("words.txt.gz")}, ""},
+		{"tar -t", []string{"tar", "-tvf", in("a.tar")}, ""},
+		{"cat stdin", []string{"cat"}, text},
+		{"rev", []string{"rev", in("words.txt")}, ""},
+		{"nl", []string{"nl", in("words.txt")}, ""},
+		{"expand", []string{"expand", in("nums.txt")}, ""},
+		{"cksum", []string{"cksum", in("blob.bin")}, ""},
+		{"seq", []string{"seq", "1", "3", "20"}, ""},
+		{"printf", []string{"printf", "%05d|%s|%x\\n", "42", "str", "255"}, ""},
+		{"expr", []string{"expr", "6", "*", "7"}, ""},
+		{"basename", []string{"basename", "/a/b/c.txt", ".txt"}, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			var stdin []byte
+			if c.stdin != "" {
+				stdin = []byte(c.stdin)
+			}
+			gout, gerr, res := runGuestIn(t, sys, im, "/input", inputs, stdin, append([]string{bb}, c.guest...)...)
+			hout, hcode := hostRun(t, host, stdin, append([]string{bb}, c.guest...)...)
+			if gout != hout || res.ExitCode != hcode {
+				t.Errorf("guest exit %d (%s) stdout:\n%q\nstderr: %s\nhost exit %d stdout:\n%q\ndenied: %v",
+					res.ExitCode, res.Reason, gout, gerr, hcode, hout, res.Stats.Denied)
+			}
+		})
+	}
+}
+
+// TestTarExtractToOutput unpacks an archive under /output and checks the files returned.
+func TestTarExtractToOutput(t *testing.T) {
+	sys := requireKVM(t)
+	im := busyboxImage(t)
+	host := t.TempDir()
+	os.WriteFile(filepath.Join(host, "a.txt"), []byte("alpha\n"), 0o644)
+	os.MkdirAll(filepath.Join(host, "sub"), 0o755)
+	os.WriteFile(filepath.Join(host, "sub", "b.txt"), []byte("beta\n"), 0o644)
+	cmd := exec.Command("/usr/bin/busybox", "tar", "-cf", "x.tar", "a.txt", "sub") // -z would fork a decompressor: no processes yet
+	cmd.Dir = host
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	_, stderr, res := runGuest(t, sys, im, []Input{{Name: "x.tar", HostPath: filepath.Join(host, "x.tar")}}, nil,
+		"/usr/bin/busybox", "tar", "-xf", "/input/x.tar", "-C", "/output")
+	if res.ExitCode != 0 {
+		t.Fatalf("tar exit %d: %s %s", res.ExitCode, res.Reason, stderr)
+	}
+	got := map[string]string{}
+	for _, o := range res.Outputs {
+		got[o.Name] = string(o.Data)
+	}
+	want := map[string]string{"a.txt": "alpha\n", "sub/b.txt": "beta\n"}
+	if len(got) != len(want) || got["a.txt"] != want["a.txt"] || got["sub/b.txt"] != want["sub/b.txt"] {
+		t.Errorf("outputs %v, want %v", got, want)
+	}
+	// Also into /tmp, then list it: the scratch space is writable.
+	out, _, res := runGuest(t, sys, im, []Input{{Name: "x.tar", HostPath: filepath.Join(host, "x.tar")}}, nil,
+		"/usr/bin/busybox", "tar", "-xvf", "/input/x.tar", "-C", "/tmp")
+	if res.ExitCode != 0 || out != "a.txt\nsub/\nsub/b.txt\n" {
+		t.Errorf("tar -xv into /tmp: exit %d out %q", res.ExitCode, out)
+	}
+}
+
+// buildGoProg compiles testdata/goprog as a static binary and packs it into an image.
+func buildGoProg(t *testing.T) *image.Image {
+	t.Helper()
+	if v, ok := imageOnce.Load("goprog"); ok {
+		return v.(*image.Image)
+	}
+	bin := filepath.Join(t.TempDir(), "goprog")
+	cmd := exec.Command("go", "build", "-o", bin, "./testdata/goprog")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return buildImage(t, "goprog", image.BuildConfig{Files: []image.FileSpec{{HostPath: bin, GuestPath: "/bin/goprog"}}})
+}
+
+// TestGoProgram runs a static Go program that uses goroutines, channels, timers, file
+// reads, crypto and image/png 50 times, comparing each run with the host's.
+func TestGoProgram(t *testing.T) {
+	sys := requireKVM(t)
+	im := buildGoProg(t)
+	dir := t.TempDir()
+	data := make([]byte, 100<<10)
+	rand.Read(data)
+	in := filepath.Join(dir, "data.bin")
+	os.WriteFile(in, data, 0o644)
+	runs := 50
+	if testing.Short() {
+		runs = 5
+	}
+	var want string
+	for i := 0; i < runs; i++ {
+		out, stderr, res := runGuest(t, sys, im, []Input{{Name: "data.bin", HostPath: in}}, nil, "/bin/goprog", "/input/data.bin")
+		if res.ExitCode != 0 || res.TimedOut {
+			t.Fatalf("run %d: exit %d (%s) timed out %v\nstderr: %s\nstats: %+v", i, res.ExitCode, res.Reason, res.TimedOut, stderr, res.Stats.Denied)
+		}
+		if i == 0 {
+			want = out
+			if !strings.Contains(out, "ticks 3\n") || !strings.Contains(out, "bounds (0,0)-(64,48)") {
+				t.Fatalf("unexpected output %q", out)
+			}
+			if len(res.Outputs) != 1 || res.Outputs[0].Name != "out.png" {
+				t.Fatalf("outputs %v, want out.png", res.Outputs)
+			}
+			continue
+		}
+		if out != want {
+			t.Fatalf("run %d output %q differs from run 0 %q", i, out, want)
+		}
+	}
+}
