@@ -1,0 +1,552 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/isolator-dev/isolator/pkg/api"
+	"github.com/isolator-dev/isolator/pkg/client"
+)
+
+// The end-to-end tests build isolatord and isoctl, start the daemon as a process on a
+// private socket and state directory, and drive it with isoctl (also as another uid) and
+// the client package. They need root and /dev/kvm.
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "isolator-e2e-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Chmod(dir, 0o755)
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	cmd := exec.Command(goBin, "build", "-o", dir+"/", "github.com/isolator-dev/isolator/cmd/isolatord", "github.com/isolator-dev/isolator/cmd/isoctl")
+	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+	if err := cmd.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building binaries:", err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func requireKVM(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("end-to-end tests need root (the daemon reads files with the caller's credentials)")
+	}
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		t.Skipf("end-to-end tests need /dev/kvm: %v", err)
+	}
+	f.Close()
+	for _, p := range []string{"/usr/bin/busybox"} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("needs %s (make deps): %v", p, err)
+		}
+	}
+}
+
+// env is one test's world: directories for files, policy, state and results.
+type env struct {
+	t      *testing.T
+	root   string
+	socket string
+	state  string
+	policy string
+	images string
+	d      *exec.Cmd
+	log    *bytes.Buffer
+	logMu  *sync.Mutex
+	waited chan error
+}
+
+const testPolicy = `version: 1
+rules:
+  - name: test-archives
+    action: isolate
+    handler: archive
+    match:
+      path: ["ROOT/untrusted/**"]
+      extension: [tar]
+  - name: test-scripts
+    action: isolate
+    handler: script
+    match:
+      path: ["ROOT/untrusted/**", "ROOT/nobody/**"]
+      extension: [sh]
+  - name: test-trusted
+    action: trust
+    match:
+      path: ["ROOT/trusted/**"]
+  - name: test-denied
+    action: deny
+    match:
+      path: ["ROOT/denied/**"]
+`
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	requireKVM(t)
+	root := t.TempDir()
+	// Let a second uid reach the socket and its own files.
+	os.Chmod(root, 0o755)
+	for p := filepath.Dir(root); p != "/"; p = filepath.Dir(p) {
+		if fi, err := os.Stat(p); err == nil && fi.Mode().Perm()&0o005 != 0o005 {
+			os.Chmod(p, fi.Mode().Perm()|0o005)
+		}
+	}
+	e := &env{t: t, root: root, socket: filepath.Join(root, "run", "isolator.sock"),
+		state: filepath.Join(root, "state"), policy: filepath.Join(root, "policy"),
+		images: sharedImages(t)}
+	for _, d := range []string{"untrusted", "trusted", "denied", "run", "policy"} {
+		if err := os.MkdirAll(filepath.Join(root, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(filepath.Join(e.policy, "00-test.yaml"), []byte(strings.ReplaceAll(testPolicy, "ROOT", root)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+var (
+	imagesOnce sync.Once
+	imagesDir  string
+)
+
+// sharedImages is one image directory for all tests, so the images are built once.
+func sharedImages(t *testing.T) string {
+	imagesOnce.Do(func() { imagesDir = filepath.Join(binDir, "images") })
+	return imagesDir
+}
+
+func (e *env) start(extra ...string) {
+	e.t.Helper()
+	args := append([]string{"--socket", e.socket, "--state-dir", e.state, "--policy-dir", e.policy,
+		"--image-dir", e.images, "--log-level", "debug", "--shutdown-timeout", "3s"}, extra...)
+	e.d = exec.Command(filepath.Join(binDir, "isolatord"), args...)
+	e.log, e.logMu = &bytes.Buffer{}, &sync.Mutex{}
+	e.d.Stderr = &lockedWriter{mu: e.logMu, w: e.log}
+	if err := e.d.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	e.waited = make(chan error, 1)
+	go func(c *exec.Cmd, ch chan error) { ch <- c.Wait() }(e.d, e.waited)
+	e.t.Cleanup(func() { e.stop(syscall.SIGKILL) })
+	deadline := time.Now().Add(60 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := client.Dial(e.socket); err == nil {
+			_, err := c.Status(context.Background())
+			c.Close()
+			if err == nil {
+				return
+			}
+		}
+		select {
+		case err := <-e.waited:
+			e.t.Fatalf("isolatord exited: %v\n%s", err, e.logs())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	e.t.Fatalf("isolatord did not come up:\n%s", e.logs())
+}
+
+// stop signals the daemon and waits for it; it returns the exit error.
+func (e *env) stop(sig syscall.Signal) error {
+	if e.d == nil {
+		return nil
+	}
+	e.d.Process.Signal(sig)
+	var err error
+	select {
+	case err = <-e.waited:
+	case <-time.After(30 * time.Second):
+		e.d.Process.Kill()
+		err = <-e.waited
+		e.t.Errorf("isolatord did not stop on %v", sig)
+	}
+	e.d = nil
+	return err
+}
+
+func (e *env) logs() string {
+	e.logMu.Lock()
+	defer e.logMu.Unlock()
+	return e.log.String()
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+func (e *env) file(rel, content string, mode os.FileMode) string {
+	e.t.Helper()
+	p := filepath.Join(e.root, rel)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := os.WriteFile(p, []byte(content), mode); err != nil {
+		e.t.Fatal(err)
+	}
+	os.Chmod(p, mode)
+	return p
+}
+
+// isoctl runs the isoctl binary, as uid when uid >= 0, and returns stdout, stderr, exit code.
+func (e *env) isoctl(uid int, args ...string) (string, string, int) {
+	e.t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "isoctl"), append([]string{"--socket", e.socket}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	cmd.Env = append(os.Environ(), "HOME="+e.root)
+	if uid >= 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	}
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		e.t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func (e *env) openJSON(uid int, args ...string) (openReport, string, int) {
+	e.t.Helper()
+	out, errOut, code := e.isoctl(uid, append([]string{"open", "--no-launch", "--json"}, args...)...)
+	var rep openReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		e.t.Fatalf("isoctl open %v: exit %d, bad JSON %q: %v\nstderr: %s", args, code, out, err, errOut)
+	}
+	return rep, errOut, code
+}
+
+type openReport struct {
+	Path       string         `json:"path"`
+	Decision   *api.Decision  `json:"decision"`
+	Task       *api.Task      `json:"task"`
+	Stdout     string         `json:"stdout"`
+	Stderr     string         `json:"stderr"`
+	ResultsDir string         `json:"results_dir"`
+	Written    []string       `json:"written"`
+	Refused    []api.Rejected `json:"refused"`
+	Error      string         `json:"error"`
+}
+
+// makeTar writes a tar archive of files with the host's tar.
+func (e *env) makeTar(rel string, files map[string]string) string {
+	e.t.Helper()
+	src := e.t.TempDir()
+	var names []string
+	for name, content := range files {
+		p := filepath.Join(src, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+			e.t.Fatal(err)
+		}
+		names = append(names, name)
+	}
+	out := filepath.Join(e.root, rel)
+	cmd := exec.Command("tar", append([]string{"-cf", out, "-C", src}, names...)...)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		e.t.Fatalf("tar: %v: %s", err, b)
+	}
+	return out
+}
+
+const script = `echo hello from the guest
+echo "args: $0"
+echo result-of-script > /output/report.txt
+echo to-stderr >&2
+`
+
+func TestEndToEnd(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	results := filepath.Join(e.root, "Isolated")
+
+	t.Run("untrusted archive", func(t *testing.T) {
+		tarPath := e.makeTar("untrusted/photos.tar", map[string]string{"a.txt": "alpha\n", "dir/b.txt": "bravo\n"})
+		rep, stderr, code := e.openJSON(-1, "--results-dir", results, tarPath)
+		if code != 0 || rep.Decision.Action != api.ActionIsolate || rep.Decision.Rule != "test-archives" {
+			t.Fatalf("exit %d, report %+v\n%s", code, rep, stderr)
+		}
+		if rep.Task.State != api.StateDone || rep.Task.Stats == nil || rep.Task.Stats.Syscalls == 0 {
+			t.Errorf("task %+v", rep.Task)
+		}
+		for name, want := range map[string]string{"a.txt": "alpha\n", "dir/b.txt": "bravo\n"} {
+			got, err := os.ReadFile(filepath.Join(results, rep.Task.ID, name))
+			if err != nil || string(got) != want {
+				t.Errorf("result %s = %q, %v", name, got, err)
+			}
+		}
+		buf := make([]byte, 128)
+		n, err := unix.Getxattr(filepath.Join(results, rep.Task.ID, "a.txt"), "user.isolator.task", buf)
+		if err != nil || string(buf[:n]) != rep.Task.ID {
+			t.Errorf("user.isolator.task = %q, %v", buf[:n], err)
+		}
+		n, err = unix.Getxattr(filepath.Join(results, rep.Task.ID, "a.txt"), "user.isolator.source-sha256", buf)
+		if err != nil || string(buf[:n]) != rep.Task.SHA256 || len(rep.Task.SHA256) != 64 {
+			t.Errorf("user.isolator.source-sha256 = %q, %v (task sha %s)", buf[:n], err, rep.Task.SHA256)
+		}
+		// The text output names the files too.
+		out, _, code := e.isoctl(-1, "open", "--no-launch", "--results-dir", results, tarPath)
+		if code != 0 || !strings.Contains(out, "2 result file(s)") || !strings.Contains(out, "dir/b.txt") {
+			t.Errorf("text output (exit %d):\n%s", code, out)
+		}
+	})
+
+	t.Run("untrusted script", func(t *testing.T) {
+		p := e.file("untrusted/run-me.sh", script, 0o644)
+		rep, stderr, code := e.openJSON(-1, "--results-dir", results, p)
+		if code != 0 || rep.Decision.Rule != "test-scripts" {
+			t.Fatalf("exit %d, report %+v\n%s", code, rep, stderr)
+		}
+		if !strings.Contains(rep.Stdout, "hello from the guest") || !strings.Contains(rep.Stdout, "args: /input/run-me.sh") ||
+			!strings.Contains(rep.Stderr, "to-stderr") {
+			t.Errorf("stdout %q stderr %q", rep.Stdout, rep.Stderr)
+		}
+		got, err := os.ReadFile(filepath.Join(results, rep.Task.ID, "report.txt"))
+		if err != nil || string(got) != "result-of-script\n" {
+			t.Errorf("report.txt = %q, %v", got, err)
+		}
+		logs, _, code := e.isoctl(-1, "logs", rep.Task.ID)
+		if code != 0 || !strings.Contains(logs, "hello from the guest") {
+			t.Errorf("isoctl logs: exit %d %q", code, logs)
+		}
+	})
+
+	t.Run("trusted", func(t *testing.T) {
+		p := e.file("trusted/readme.txt", "fine\n", 0o644)
+		rep, _, code := e.openJSON(-1, p)
+		if code != 0 || rep.Decision.Action != api.ActionTrust || rep.Task != nil {
+			t.Errorf("exit %d, %+v", code, rep)
+		}
+		out, _, _ := e.isoctl(-1, "open", "--no-launch", p)
+		if !strings.Contains(out, "trusted (rule test-trusted)") {
+			t.Errorf("text output %q", out)
+		}
+	})
+
+	t.Run("denied", func(t *testing.T) {
+		p := e.file("denied/evil.bin", "MZ\x90\x00", 0o644)
+		rep, _, code := e.openJSON(-1, p)
+		if code != 2 || rep.Decision.Action != api.ActionDeny || rep.Decision.Rule != "test-denied" {
+			t.Errorf("exit %d, %+v", code, rep)
+		}
+	})
+
+	t.Run("second user", func(t *testing.T) {
+		const nobody = 65534
+		// Root's task, still running, and finished ones.
+		loop := e.file("untrusted/loop.sh", "while true; do :; done\n", 0o644)
+		c, err := client.Dial(e.socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		running := make(chan string, 1)
+		go c.Open(context.Background(), api.OpenRequest{Path: loop}, func(ev api.Event) error {
+			if ev.Type == api.EventState && ev.Task.State == api.StateRunning {
+				running <- ev.Task.ID
+			}
+			return nil
+		})
+		var id string
+		select {
+		case id = <-running:
+		case <-time.After(30 * time.Second):
+			t.Fatal("root's task did not start")
+		}
+		out, _, code := e.isoctl(nobody, "ps", "--all", "--json")
+		var tasks []api.Task
+		if err := json.Unmarshal([]byte(out), &tasks); code != 0 || err != nil || len(tasks) != 0 {
+			t.Errorf("nobody's ps --all: exit %d, %q, %v", code, out, err)
+		}
+		for _, args := range [][]string{{"kill", id}, {"logs", id}} {
+			_, errOut, code := e.isoctl(nobody, args...)
+			if code == 0 || !strings.Contains(errOut, "no such task") {
+				t.Errorf("nobody's %v: exit %d, %q", args, code, errOut)
+			}
+		}
+		// Results over the API are refused the same way.
+		if st, err := c.Task(context.Background(), id); err != nil || st.State != api.StateRunning {
+			t.Errorf("root's task after nobody's kill: %+v, %v", st, err)
+		}
+		// nobody cannot get a root-only file isolated (the daemon reads it as nobody).
+		secret := e.file("untrusted/secret.sh", "echo secret\n", 0o600)
+		_, errOut, code := e.isoctl(nobody, "open", "--no-launch", "--results-dir", filepath.Join(e.root, "nobody-res"), secret)
+		if code != 1 || !strings.Contains(errOut, "permission denied") {
+			t.Errorf("nobody opening root's 0600 file: exit %d, %q", code, errOut)
+		}
+		// nobody's own task works and is nobody's.
+		os.MkdirAll(filepath.Join(e.root, "nobody"), 0o755)
+		os.Chown(filepath.Join(e.root, "nobody"), nobody, nobody)
+		mine := e.file("nobody/mine.sh", script, 0o644)
+		os.Chown(mine, nobody, nobody)
+		rep, stderr, code := e.openJSON(nobody, "--results-dir", filepath.Join(e.root, "nobody", "Isolated"), mine)
+		if code != 0 || rep.Task == nil || rep.Task.UID != nobody {
+			t.Fatalf("nobody's own open: exit %d %+v\n%s", code, rep, stderr)
+		}
+		fi, err := os.Stat(filepath.Join(e.root, "nobody", "Isolated", rep.Task.ID, "report.txt"))
+		if err != nil || fi.Sys().(*syscall.Stat_t).Uid != nobody {
+			t.Errorf("nobody's results not written as nobody: %v", err)
+		}
+		// root sees both with --all, only its own without.
+		out, _, _ = e.isoctl(-1, "ps", "--json")
+		if strings.Contains(out, rep.Task.ID) {
+			t.Error("root's ps without --all lists nobody's task")
+		}
+		out, _, _ = e.isoctl(-1, "ps", "--all")
+		if !strings.Contains(out, rep.Task.ID) || !strings.Contains(out, id) {
+			t.Errorf("root's ps --all:\n%s", out)
+		}
+		// root kills its own task.
+		out, _, code = e.isoctl(-1, "kill", id)
+		if code != 0 || !strings.Contains(out, "killed") {
+			t.Errorf("kill: exit %d %q", code, out)
+		}
+	})
+
+	t.Run("status and metrics", func(t *testing.T) {
+		out, _, code := e.isoctl(-1, "status")
+		if code != 0 || !strings.Contains(out, "micro VMs:") || !strings.Contains(out, "busybox") {
+			t.Errorf("status: exit %d\n%s", code, out)
+		}
+		c, err := client.Dial(e.socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		m, err := c.Metrics(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{`isolator_tasks_total{outcome="done"}`, `isolator_tasks_total{outcome="killed"} 1`,
+			"isolator_decision_duration_seconds_count", "isolator_vm_spawn_duration_seconds_count", "isolator_vms_active 0"} {
+			if !strings.Contains(string(m), want) {
+				t.Errorf("metrics lack %q", want)
+			}
+		}
+	})
+
+	t.Run("reload on SIGHUP", func(t *testing.T) {
+		audit := filepath.Join(e.state, "audit.log")
+		if err := os.Rename(audit, audit+".1"); err != nil {
+			t.Fatal(err)
+		}
+		e.d.Process.Signal(syscall.SIGHUP)
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(e.logs(), "SIGHUP") && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		e.openJSON(-1, e.file("trusted/after-hup.txt", "x", 0o644))
+		data, err := os.ReadFile(audit)
+		if err != nil || !strings.Contains(string(data), "after-hup.txt") {
+			t.Errorf("audit log not reopened after SIGHUP: %q, %v", data, err)
+		}
+	})
+
+	t.Run("second daemon refused", func(t *testing.T) {
+		cmd := exec.Command(filepath.Join(binDir, "isolatord"), "--socket", e.socket, "--state-dir", t.TempDir(),
+			"--policy-dir", e.policy, "--image-dir", e.images)
+		out, err := cmd.CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "already running") {
+			t.Errorf("second daemon: %v %s", err, out)
+		}
+	})
+
+	if err := e.stop(syscall.SIGTERM); err != nil {
+		t.Errorf("isolatord exit after SIGTERM: %v\n%s", err, e.logs())
+	}
+	if _, err := os.Stat(e.socket); !os.IsNotExist(err) {
+		t.Errorf("socket left behind: %v", err)
+	}
+	_, errOut, code := e.isoctl(-1, "ps")
+	if code != 1 || !strings.Contains(errOut, "isolatord is not running (no socket at") {
+		t.Errorf("isoctl without daemon: exit %d %q", code, errOut)
+	}
+}
+
+func TestRestartKeepsHistory(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	done, _, code := e.openJSON(-1, "--results-dir", filepath.Join(e.root, "res"), e.file("untrusted/ok.sh", script, 0o644))
+	if code != 0 {
+		t.Fatalf("first open: exit %d", code)
+	}
+	c, err := client.Dial(e.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := make(chan string, 1)
+	go c.Open(context.Background(), api.OpenRequest{Path: e.file("untrusted/spin.sh", "while true; do :; done\n", 0o644)},
+		func(ev api.Event) error {
+			if ev.Type == api.EventState && ev.Task.State == api.StateRunning {
+				running <- ev.Task.ID
+			}
+			return nil
+		})
+	var spin string
+	select {
+	case spin = <-running:
+	case <-time.After(30 * time.Second):
+		t.Fatal("task did not start")
+	}
+	// The daemon dies hard in the middle of the task.
+	e.stop(syscall.SIGKILL)
+	c.Close()
+	e.start()
+	out, _, code := e.isoctl(-1, "ps", "--json")
+	var tasks []api.Task
+	if err := json.Unmarshal([]byte(out), &tasks); err != nil || code != 0 {
+		t.Fatalf("ps: exit %d %q %v", code, out, err)
+	}
+	states := map[string]api.Task{}
+	for _, tk := range tasks {
+		states[tk.ID] = tk
+	}
+	if tk := states[done.Task.ID]; tk.State != api.StateDone {
+		t.Errorf("finished task after restart: %+v", tk)
+	}
+	if tk := states[spin]; tk.State != api.StateKilled || tk.Reason != "daemon restarted" {
+		t.Errorf("running task after restart: %+v", tk)
+	}
+	logs, _, _ := e.isoctl(-1, "logs", done.Task.ID)
+	if !strings.Contains(logs, "hello from the guest") {
+		t.Errorf("logs after restart: %q", logs)
+	}
+	audit, _ := os.ReadFile(filepath.Join(e.state, "audit.log"))
+	if !strings.Contains(string(audit), `"reason":"daemon restarted"`) {
+		t.Error("restart kill not audited")
+	}
+}
