@@ -138,7 +138,7 @@ func BuildFile(name string, cfg BuildConfig) (*BuildReport, error) {
 	}
 	tmp, err := os.CreateTemp(dir, "."+base+".tmp*")
 	if err != nil {
-		return nil, fmt.Errorf("build image: %w", err)
+		return nil, fmt.Errorf("build image %s: %w", name, err)
 	}
 	defer os.Remove(tmp.Name()) // fails harmlessly after the rename
 	rep, err := Build(tmp, cfg)
@@ -463,7 +463,7 @@ func (b *builder) write(w io.Writer) (*BuildReport, error) {
 		index.WriteString(n.target)
 	}
 	if int64(index.Len()) != indexLen || indexLen > maxIndexLen {
-		return nil, fmt.Errorf("build image: index of %d bytes is too large", index.Len())
+		return nil, fmt.Errorf("index of %d bytes is too large", index.Len())
 	}
 
 	var hdr [headerSize]byte
@@ -496,7 +496,7 @@ func (b *builder) write(w io.Writer) (*BuildReport, error) {
 		}
 		f, err := os.Open(n.host)
 		if err != nil {
-			return nil, fmt.Errorf("build image: %w", err)
+			return nil, err
 		}
 		fh.Reset()
 		start := cw.n
@@ -506,10 +506,10 @@ func (b *builder) write(w io.Writer) (*BuildReport, error) {
 			return nil, fmt.Errorf("write image: %w", cw.err)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("build image: read %s: %w", n.host, err)
+			return nil, fmt.Errorf("read %s: %w", n.host, err)
 		}
 		if cw.n-start != n.size || !bytes.Equal(fh.Sum(sum[:0]), n.sum[:]) {
-			return nil, fmt.Errorf("build image: %s changed while building", n.host)
+			return nil, fmt.Errorf("%s changed while building", n.host)
 		}
 	}
 	rep.DataBytes = total
@@ -522,16 +522,16 @@ func (b *builder) write(w io.Writer) (*BuildReport, error) {
 func (b *builder) checksum(n *node) error {
 	f, err := os.Open(n.host)
 	if err != nil {
-		return fmt.Errorf("build image: %w", err)
+		return err
 	}
 	defer f.Close()
 	h := sha256.New()
 	got, err := io.Copy(h, f)
 	if err != nil {
-		return fmt.Errorf("build image: read %s: %w", n.host, err)
+		return fmt.Errorf("read %s: %w", n.host, err)
 	}
 	if got != n.size {
-		return fmt.Errorf("build image: %s changed while building (size %d, was %d)", n.host, got, n.size)
+		return fmt.Errorf("%s changed while building (size %d, was %d)", n.host, got, n.size)
 	}
 	h.Sum(n.sum[:0])
 	return nil

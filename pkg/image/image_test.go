@@ -1034,3 +1034,31 @@ func BenchmarkLookup(b *testing.B) {
 		}
 	}
 }
+
+// failWriter accepts n bytes, then fails.
+type failWriter struct{ n int }
+
+var errDiskFull = errors.New("no space left on device")
+
+func (w *failWriter) Write(p []byte) (int, error) {
+	if len(p) > w.n {
+		k := w.n
+		w.n = 0
+		return k, errDiskFull
+	}
+	w.n -= len(p)
+	return len(p), nil
+}
+
+func TestBuildWriteError(t *testing.T) {
+	cfg := BuildConfig{Files: smallTree(t)}
+	full, _ := buildBytes(t, cfg)
+	for _, n := range []int{0, 100, headerSize + 10, len(full) - 1} {
+		if _, err := Build(&failWriter{n: n}, cfg); !errors.Is(err, errDiskFull) {
+			t.Errorf("write failing after %d bytes: Build error %v, want %v", n, err, errDiskFull)
+		}
+	}
+	if _, err := Build(&failWriter{n: len(full)}, cfg); err != nil {
+		t.Errorf("Build into a writer with exactly enough room: %v", err)
+	}
+}
