@@ -41,6 +41,9 @@ func (f *FS) open(dir, path string, flags int, mode uint32) (*file, error) {
 	if flags&unix.O_NOFOLLOW != 0 || excl {
 		rf = 0
 	}
+	if creat {
+		rf |= rCreate
+	}
 
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -26,6 +26,10 @@ const (
 	// (create, remove, rename): the last component is never followed, even with a trailing
 	// slash, and trailing-slash rules are left to the caller.
 	rParent
+	// rCreate resolves for open with O_CREAT: a last component with a trailing slash (in
+	// the path or in the target of a symlink leading to it) fails with EISDIR before it is
+	// looked up, as on Linux.
+	rCreate
 )
 
 // elem is one directory on the way to a resolved file.
@@ -152,6 +156,9 @@ func (w *walk) run(p string, flags resolveFlags) error {
 				w.typ, w.name, w.node = lastDotDot, "", w.dir()
 			}
 			continue
+		}
+		if last && w.slash && flags&rCreate != 0 {
+			return unix.EISDIR
 		}
 		child, err := w.lookup(d, c)
 		if err == unix.ENOENT && last {
