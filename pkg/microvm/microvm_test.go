@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -327,3 +328,60 @@ func TestGoProgram(t *testing.T) {
 		}
 	}
 }
+
+// TestDynamicPrograms runs dynamically linked Debian programs through their PT_INTERP.
+func TestDynamicPrograms(t *testing.T) {
+	sys := requireKVM(t)
+	requireFile(t, "/usr/bin/sha256sum")
+	requireFile(t, "/usr/bin/pdftotext")
+	im := buildImage(t, "dynamic", image.BuildConfig{Programs: []string{"/usr/bin/sha256sum", "/usr/bin/pdftotext"}})
+	dir := t.TempDir()
+	data := make([]byte, 1<<20)
+	rand.Read(data)
+	in := filepath.Join(dir, "data.bin")
+	os.WriteFile(in, data, 0o644)
+	out, stderr, res := runGuestIn(t, sys, im, "/input", []Input{{Name: "data.bin", HostPath: in}}, nil, "/usr/bin/sha256sum", "data.bin")
+	hout, _ := hostRun(t, dir, nil, "/usr/bin/sha256sum", "data.bin")
+	if res.ExitCode != 0 || out != hout {
+		t.Errorf("sha256sum: exit %d (%s) out %q stderr %q, host %q", res.ExitCode, res.Reason, out, stderr, hout)
+	}
+
+	pdf := filepath.Join(dir, "doc.pdf")
+	os.WriteFile(pdf, minimalPDF("Isolated hello from a micro VM"), 0o644)
+	out, stderr, res = runGuest(t, sys, im, []Input{{Name: "doc.pdf", HostPath: pdf}}, nil, "/usr/bin/pdftotext", "/input/doc.pdf", "/output/doc.txt")
+	if res.ExitCode != 0 {
+		t.Fatalf("pdftotext: exit %d (%s) stderr %q denied %v", res.ExitCode, res.Reason, stderr, res.Stats.Denied)
+	}
+	if len(res.Outputs) != 1 || !strings.Contains(string(res.Outputs[0].Data), "Isolated hello from a micro VM") {
+		t.Errorf("pdftotext outputs %+v, stdout %q", res.Outputs, out)
+	}
+}
+
+// minimalPDF returns a one-page PDF showing text, with a correct cross-reference table.
+func minimalPDF(text string) []byte {
+	content := "BT /F1 24 Tf 72 720 Td (" + text + ") Tj ET"
+	objs := []string{
+		"<< /Type /Catalog /Pages 2 0 R >>",
+		"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+		"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+		"<< /Length " + itoa(len(content)) + " >>\nstream\n" + content + "\nendstream",
+		"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+	}
+	var b bytes.Buffer
+	b.WriteString("%PDF-1.4\n")
+	offs := make([]int, len(objs))
+	for i, o := range objs {
+		offs[i] = b.Len()
+		b.WriteString(itoa(i+1) + " 0 obj\n" + o + "\nendobj\n")
+	}
+	xref := b.Len()
+	b.WriteString("xref\n0 " + itoa(len(objs)+1) + "\n0000000000 65535 f \n")
+	for _, o := range offs {
+		s := itoa(o)
+		b.WriteString(strings.Repeat("0", 10-len(s)) + s + " 00000 n \n")
+	}
+	b.WriteString("trailer\n<< /Size " + itoa(len(objs)+1) + " /Root 1 0 R >>\nstartxref\n" + itoa(xref) + "\n%%EOF\n")
+	return b.Bytes()
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }

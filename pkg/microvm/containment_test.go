@@ -1,0 +1,152 @@
+package microvm
+
+import (
+	"encoding/binary"
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/isolator-dev/isolator/pkg/image"
+)
+
+// tinyELF returns a static x86-64 ELF executable whose only code is code, loaded at
+// 0x400000 read+execute.
+func tinyELF(code []byte) []byte {
+	const base, hdr = 0x400000, 64 + 56
+	b := make([]byte, hdr, hdr+len(code))
+	le := binary.LittleEndian
+	copy(b, "\x7fELF\x02\x01\x01")
+	le.PutUint16(b[16:], etExec)
+	le.PutUint16(b[18:], emX8664)
+	le.PutUint32(b[20:], 1)
+	le.PutUint64(b[24:], base+hdr) // entry
+	le.PutUint64(b[32:], 64)       // phoff
+	le.PutUint16(b[52:], 64)
+	le.PutUint16(b[54:], phdrSize)
+	le.PutUint16(b[56:], 1)
+	p := b[64:]
+	le.PutUint32(p[0:], ptLoad)
+	le.PutUint32(p[4:], pfR|pfX)
+	le.PutUint64(p[16:], base)
+	le.PutUint64(p[24:], base)
+	le.PutUint64(p[32:], uint64(hdr+len(code)))
+	le.PutUint64(p[40:], uint64(hdr+len(code)))
+	le.PutUint64(p[48:], 0x1000)
+	return append(b, code...)
+}
+
+func le32(v uint32) []byte { b := make([]byte, 4); binary.LittleEndian.PutUint32(b, v); return b }
+
+func join(parts ...[]byte) []byte {
+	var b []byte
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
+}
+
+// Machine code fragments for the containment programs.
+var (
+	codeSyscall    = []byte{0x0f, 0x05}
+	codeExitNegRAX = join([]byte{0x48, 0xf7, 0xd8, 0x48, 0x89, 0xc7}, movEAXImm(60), codeSyscall) // exit(-rax)
+)
+
+func movEAXImm(n uint32) []byte { return append([]byte{0xb8}, le32(n)...) }
+func movEDIImm(n uint32) []byte { return append([]byte{0xbf}, le32(n)...) }
+func movESIImm(n uint32) []byte { return append([]byte{0xbe}, le32(n)...) }
+func movEDXImm(n uint32) []byte { return append([]byte{0xba}, le32(n)...) }
+
+// TestContainment runs misbehaving guest programs, one micro VM each, in this one process:
+// each must end exactly as it would on Linux, and the VMM must survive them all without
+// leaking goroutines or file descriptors.
+func TestContainment(t *testing.T) {
+	sys := requireKVM(t)
+	baseGoroutines := runtime.NumGoroutine()
+	baseFDs := countFDs(t)
+	cases := []struct {
+		name     string
+		code     []byte
+		memory   int64
+		timeout  time.Duration
+		cpu      time.Duration
+		exit     int
+		signal   int
+		timedOut bool
+		denied   string
+	}{
+		{name: "unmapped read", code: []byte{0x48, 0x8b, 0x04, 0x25, 0x00, 0x10, 0x00, 0x00}, exit: 139, signal: 11},
+		{name: "write to code", code: []byte{0xc6, 0x04, 0x25, 0x00, 0x00, 0x40, 0x00, 0x00}, exit: 139, signal: 11},
+		{name: "supervisor read", code: []byte{0x48, 0xa1, 0x00, 0x10, 0x00, 0x00, 0x80, 0xff, 0xff, 0xff}, exit: 139, signal: 11},
+		{name: "ud2", code: []byte{0x0f, 0x0b}, exit: 132, signal: 4},
+		{name: "hlt", code: []byte{0xf4}, exit: 139, signal: 11},
+		{name: "port io", code: []byte{0xe6, 0x42}, exit: 139, signal: 11},
+		{name: "int3", code: []byte{0xcc}, exit: 133, signal: 5},
+		{name: "divide by zero", code: []byte{0x31, 0xc9, 0xf7, 0xf1}, exit: 136, signal: 8},
+		{name: "fall off the code", code: []byte{0x90}, exit: 139, signal: 11},
+		{name: "bad pointer in write", code: join(movEDIImm(1), movESIImm(0x1000), movEDXImm(10), movEAXImm(1), codeSyscall, codeExitNegRAX), exit: 14},
+		{name: "over memory cap", memory: 16 << 20, code: join(
+			[]byte{0x31, 0xff}, movESIImm(1<<30), movEDXImm(3), []byte{0x41, 0xba, 0x22, 0, 0, 0},
+			[]byte{0x49, 0xc7, 0xc0, 0xff, 0xff, 0xff, 0xff, 0x45, 0x31, 0xc9}, movEAXImm(9), codeSyscall, codeExitNegRAX), exit: 12},
+		{name: "fork denied", code: join(movEAXImm(57), codeSyscall, codeExitNegRAX), exit: 38, denied: "fork"},
+		{name: "socket refused", code: join(movEDIImm(2), movESIImm(1), movEDXImm(0), movEAXImm(41), codeSyscall, codeExitNegRAX), exit: 13, denied: "socket"},
+		{name: "unknown syscall", code: join(movEAXImm(999), codeSyscall, codeExitNegRAX), exit: 38, denied: "syscall_999"},
+		{name: "wall clock timeout", code: []byte{0xeb, 0xfe}, timeout: 300 * time.Millisecond, exit: 137, signal: 9, timedOut: true},
+		{name: "cpu limit", code: []byte{0xeb, 0xfe}, timeout: 20 * time.Second, cpu: 200 * time.Millisecond, exit: 137, signal: 9, timedOut: true},
+	}
+	dir := t.TempDir()
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			prog := filepath.Join(dir, "prog")
+			os.Remove(prog)
+			if err := os.WriteFile(prog, tinyELF(c.code), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			imgPath := filepath.Join(dir, "prog.img")
+			if _, err := image.BuildFile(imgPath, image.BuildConfig{Files: []image.FileSpec{{HostPath: prog, GuestPath: "/prog"}}}); err != nil {
+				t.Fatal(err)
+			}
+			im, err := image.Open(imgPath)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer im.Close()
+			timeout := c.timeout
+			if timeout == 0 {
+				timeout = 10 * time.Second
+			}
+			res, err := Run(t.Context(), Config{KVM: sys, Image: im, Program: "/prog", Memory: c.memory, Timeout: timeout, CPUTime: c.cpu})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.ExitCode != c.exit || res.Signal != c.signal || res.TimedOut != c.timedOut {
+				t.Errorf("exit %d signal %d timed out %v (%s), want exit %d signal %d timed out %v",
+					res.ExitCode, res.Signal, res.TimedOut, res.Reason, c.exit, c.signal, c.timedOut)
+			}
+			if c.denied != "" && res.Stats.Denied[c.denied] != 1 {
+				t.Errorf("denied %v, want %s counted once", res.Stats.Denied, c.denied)
+			}
+		})
+	}
+	// Nothing left behind: goroutines and descriptors return to where they were.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > baseGoroutines && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if g := runtime.NumGoroutine(); g > baseGoroutines {
+		t.Errorf("%d goroutines after the runs, %d before", g, baseGoroutines)
+	}
+	if n := countFDs(t); n > baseFDs {
+		t.Errorf("%d open descriptors after the runs, %d before", n, baseFDs)
+	}
+}
+
+func countFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
