@@ -38,7 +38,7 @@ test: deps ## Run vet and the full test suite with the race detector (real /dev/
 
 .PHONY: bench
 bench: deps build ## Run the benchmarks side by side with host, bwrap and runsc; see docs/BENCHMARKS.md.
-	$(GO) test -run '^$$' -bench . -benchtime 1x -count 1 ./pkg/policy/
+	$(GO) test -run '^$$' -bench . -count 1 ./pkg/policy/
 	$(GO) run ./internal/bench
 
 .PHONY: lint
