@@ -149,6 +149,10 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 				c.errAt(rf.name, rr.name.line, rr.name.col, "duplicate rule name %q (first defined at %s:%d)", r.name, prev.file, prev.line)
 				continue
 			}
+			if len(p.rules) == MaxRules {
+				c.errAt(rf.name, rr.line, rr.col, "more than %d rules in the policy", MaxRules)
+				break
+			}
 			names[r.name] = r
 			r.index = len(p.rules)
 			p.rules = append(p.rules, r)
@@ -652,9 +656,17 @@ func (c *compiler) regexCond(f string, kind condKind, vals []sval, what string, 
 // shadowing warns about rules that can never match because an earlier rule without an
 // unless block matches everything they match.
 func (c *compiler) shadowing(rules []*rule) {
+	// A rule can only cover another if the other has a condition of every kind it has:
+	// compare kind masks first, which makes the quadratic scan cheap.
+	masks := make([]uint64, len(rules))
+	for i, r := range rules {
+		for _, k := range r.match {
+			masks[i] |= kindBit(k)
+		}
+	}
 	for j, b := range rules {
-		for _, a := range rules[:j] {
-			if len(a.unless) > 0 || !condsCover(a.match, b.match) {
+		for i, a := range rules[:j] {
+			if masks[i]&^masks[j] != 0 || len(a.unless) > 0 || !condsCover(a.match, b.match) {
 				continue
 			}
 			what := "matches everything it matches"
@@ -665,6 +677,20 @@ func (c *compiler) shadowing(rules []*rule) {
 			break
 		}
 	}
+}
+
+var kindBits = map[condKind]uint{
+	kindPath: 0, kindPathRegex: 1, kindName: 2, kindExtension: 3, kindContentType: 4, kindSize: 5,
+	kindSHA256: 6, kindUser: 7, kindGroup: 8, kindOpener: 9, kindPresent: 10, kindURLRegex: 11,
+	kindHost: 12, kindDomain: 13, kindScheme: 14,
+}
+
+func kindBit(c *cond) uint64 {
+	b := kindBits[c.kind]
+	if c.referrer {
+		b += 16
+	}
+	return 1 << b
 }
 
 // condsCover reports whether every request satisfying all of bs satisfies all of as.

@@ -21,6 +21,7 @@ const (
 	maxNodes        = 1_000_000 // YAML nodes of one file after alias expansion
 	maxDepth        = 64        // YAML nesting depth
 	maxIssues       = 1000      // issues reported before giving up
+	MaxRules        = 10000     // rules per policy
 )
 
 // sval is a string with the position it came from.
@@ -280,7 +281,10 @@ func parseSize(s string) (int64, error) {
 	if m[2] == "" && m[3] != "" {
 		return 0, fmt.Errorf("bad size %q", s)
 	}
-	exp := strings.Index("KMGT", strings.ToUpper(m[2])) + 1
+	exp := 0
+	if m[2] != "" {
+		exp = strings.Index("KMGT", strings.ToUpper(m[2])) + 1
+	}
 	v := f * math.Pow(base, float64(exp))
 	if v > math.MaxInt64/2 {
 		return 0, fmt.Errorf("size %q too large", s)

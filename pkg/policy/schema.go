@@ -149,7 +149,11 @@ func parseFile(name, base string, data []byte, issues *[]Issue) *rawFile {
 				d.errorf(v, "rules must be a list, not %s", nodeKind(v))
 				return
 			}
-			for _, c := range v.Content {
+			for i, c := range v.Content {
+				if i == MaxRules {
+					d.errorf(c, "more than %d rules", MaxRules)
+					break
+				}
 				if r := d.rule(c); r != nil {
 					f.rules = append(f.rules, r)
 				}

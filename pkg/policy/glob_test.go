@@ -1,0 +1,106 @@
+package policy
+
+import (
+	"slices"
+	"testing"
+)
+
+func TestGlob(t *testing.T) {
+	tests := []struct {
+		pattern string
+		home    string
+		match   []string
+		noMatch []string
+	}{
+		{"/usr/**", "", []string{"/usr", "/usr/bin", "/usr/share/doc/x/y"}, []string{"/usrx", "/opt/usr", "/"}},
+		{"/home/*/Downloads/*.pdf", "", []string{"/home/a/Downloads/x.pdf"}, []string{"/home/a/b/Downloads/x.pdf", "/home/a/Downloads/sub/x.pdf", "/home/a/Downloads/x.pdfx"}},
+		{"/srv/**/secret/*", "", []string{"/srv/secret/a", "/srv/x/y/secret/a"}, []string{"/srv/secret", "/srv/secret/a/b"}},
+		{"/a/**/**/b", "", []string{"/a/b", "/a/x/b", "/a/x/y/z/b"}, []string{"/a/b/c"}},
+		{"~/Downloads/**", "/home/al", []string{"/home/al/Downloads", "/home/al/Downloads/x/y"}, []string{"/home/alice/Downloads/x", "/home/bo/Downloads/x"}},
+		{"~/**", "/home/al/", []string{"/home/al/x", "/home/al"}, []string{"/home/alx", "/etc/x"}},
+		{"/tmp/{a,b{1,2}}.txt", "", []string{"/tmp/a.txt", "/tmp/b1.txt", "/tmp/b2.txt"}, []string{"/tmp/b.txt", "/tmp/{a,b}.txt"}},
+		{"/tmp/[ab]?.txt", "", []string{"/tmp/a1.txt", "/tmp/bz.txt"}, []string{"/tmp/c1.txt", "/tmp/a.txt"}},
+		{`/tmp/\*`, "", []string{"/tmp/*"}, []string{"/tmp/x"}},
+	}
+	for _, tt := range tests {
+		gs, err := compileGlobs(tt.pattern)
+		if err != nil {
+			t.Errorf("compile %q: %v", tt.pattern, err)
+			continue
+		}
+		m := func(p string) bool {
+			return slices.ContainsFunc(gs, func(g *glob) bool { return g.match(p, tt.home) })
+		}
+		for _, p := range tt.match {
+			if !m(p) {
+				t.Errorf("%q does not match %q", tt.pattern, p)
+			}
+		}
+		for _, p := range tt.noMatch {
+			if m(p) {
+				t.Errorf("%q matches %q", tt.pattern, p)
+			}
+		}
+	}
+	// A home-relative pattern never matches without a home.
+	gs, _ := compileGlobs("~/**")
+	if gs[0].match("/x", "") || gs[0].match("/x", "/") {
+		t.Error("~/** matched without a home")
+	}
+}
+
+func TestGlobErrors(t *testing.T) {
+	for _, p := range []string{"", "rel/x", "~bob/x", "/a//b", "/a/", "/a/b**", "/a/[x", "/a/{b", "/a/b}", "/a/../b", "/a/{" + string(make([]byte, 0)) + "a,b}{c,d}{e,f}{g,h}{i,j}{k,l}{m,n}"} {
+		if _, err := compileGlobs(p); err == nil {
+			t.Errorf("compileGlobs(%q) succeeded", p)
+		}
+	}
+}
+
+func TestExtensionsAndDomains(t *testing.T) {
+	if got := extensions("Report.Tar.GZ", make([]string, 0, 8)); !slices.Equal(got, []string{"gz", "tar.gz"}) {
+		t.Errorf("extensions = %q", got)
+	}
+	if got := extensions(".bashrc", make([]string, 0, 8)); len(got) != 0 {
+		t.Errorf("extensions(.bashrc) = %q", got)
+	}
+	for _, tt := range []struct {
+		host, domain string
+		in           bool
+	}{
+		{"example.com", "example.com", true},
+		{"a.b.example.com", "example.com", true},
+		{"badexample.com", "example.com", false},
+		{"example.com.evil.net", "example.com", false},
+		{"com", "example.com", false},
+	} {
+		if got := inDomain(tt.host, tt.domain); got != tt.in {
+			t.Errorf("inDomain(%q, %q) = %v", tt.host, tt.domain, got)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for s, want := range map[string]int64{"0": 0, "10": 10, "1KiB": 1024, "1K": 1024, "1KB": 1000, "1.5MiB": 1572864, "2 GB": 2e9, "1Gi": 1 << 30} {
+		if got, err := parseSize(s); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", s, got, err, want)
+		}
+	}
+	for _, s := range []string{"", "x", "1XB", "-1", "1i", "1e99GB"} {
+		if _, err := parseSize(s); err == nil {
+			t.Errorf("parseSize(%q) succeeded", s)
+		}
+	}
+}
+
+func TestExpandArgs(t *testing.T) {
+	h := &Handler{Program: "{input}", Args: []string{"-o", "{output}/{stem}.txt", "{input}", "{{literal}}", "{name}"}}
+	got := h.ExpandArgs("report.v2.pdf")
+	want := []string{"-o", "/output/report.v2.txt", "/input/report.v2.pdf", "{literal}", "report.v2.pdf"}
+	if !slices.Equal(got, want) {
+		t.Errorf("ExpandArgs = %q, want %q", got, want)
+	}
+	if p := h.ExpandProgram("x"); p != "/input/x" {
+		t.Errorf("ExpandProgram = %q", p)
+	}
+}

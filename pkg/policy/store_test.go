@@ -1,0 +1,306 @@
+package policy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/isolator-dev/isolator/policies"
+)
+
+// policyText is a small valid policy whose default action is act.
+func policyText(act Action) string {
+	return fmt.Sprintf("default: {action: %s, untrusted_action: deny}\nrules:\n  - {name: marker-%s, action: %s, match: {extension: [marker]}}\n", act, act, act)
+}
+
+// storeHarness runs a Store's Watch on dir and records reload results.
+type storeHarness struct {
+	t     *testing.T
+	store *Store
+
+	mu      sync.Mutex
+	results []ReloadResult // guarded by mu
+}
+
+func newStoreHarness(t *testing.T, cfg StoreConfig) *storeHarness {
+	h := &storeHarness{t: t}
+	cfg.OnReload = func(r ReloadResult) {
+		h.mu.Lock()
+		h.results = append(h.results, r)
+		h.mu.Unlock()
+	}
+	cfg.Debounce = 50 * time.Millisecond
+	s, err := NewStore(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.store = s
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Watch(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Watch: %v", err)
+		}
+	})
+	return h
+}
+
+// decideMarker returns the rule deciding a .marker file under the current policy.
+func (h *storeHarness) decideMarker() string {
+	d, err := h.store.Current().Decide(&Request{Path: "/nowhere/x.marker", Size: 1, SHA256: "00", ContentType: "text/plain"})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return d.Rule
+}
+
+// waitRule waits (up to a generous bound, for slow CI machines) until a .marker file is
+// decided by want.
+func (h *storeHarness) waitRule(step, want string) {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		got := h.decideMarker()
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%s: policy decides .marker by %q, want %q; last reload %+v", step, got, want, h.store.Last())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// waitError waits until a reload attempt has failed after n results.
+func (h *storeHarness) waitError(step string, after int) ReloadResult {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		h.mu.Lock()
+		for _, r := range h.results[min(after, len(h.results)):] {
+			if r.Err != nil {
+				h.mu.Unlock()
+				return r
+			}
+		}
+		h.mu.Unlock()
+		time.Sleep(10 * time.Millisecond)
+	}
+	h.t.Fatalf("%s: no failed reload reported", step)
+	return ReloadResult{}
+}
+
+func (h *storeHarness) count() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.results)
+}
+
+func TestStoreReload(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "policies.d")
+	writeFiles(t, dir, map[string]string{"50-site.yaml": policyText(ActionTrust)})
+	h := newStoreHarness(t, StoreConfig{Dir: dir})
+	h.waitRule("initial", "marker-trust")
+	site := filepath.Join(dir, "50-site.yaml")
+
+	// Edit in place.
+	if err := os.WriteFile(site, []byte(policyText(ActionDeny)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.waitRule("edit in place", "marker-deny")
+
+	// Break it: the last good policy stays, and the errors are reported.
+	n := h.count()
+	if err := os.WriteFile(site, []byte("rules:\n  - name: x\n    acton: trust\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := h.waitError("break", n)
+	var ve *ValidationErrors
+	if !errors.As(r.Err, &ve) || len(ve.Errors()) == 0 || ve.Errors()[0].Line != 2 {
+		t.Fatalf("broken policy reported as %v", r.Err)
+	}
+	if got := h.decideMarker(); got != "marker-deny" {
+		t.Fatalf("after a bad edit the policy decides by %q; the last good policy must stay", got)
+	}
+
+	// Fix it the way vim and sed -i do: write a new file, rename it over the old one.
+	tmp := filepath.Join(dir, ".50-site.yaml.swp")
+	if err := os.WriteFile(tmp, []byte(policyText(ActionAsk)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, site); err != nil {
+		t.Fatal(err)
+	}
+	h.waitRule("rename over", "marker-ask")
+
+	// A new drop-in file that sorts later adds rules after the existing ones, and an
+	// earlier one takes precedence.
+	writeFiles(t, dir, map[string]string{"10-early.yaml": "rules:\n  - {name: early, action: deny, match: {extension: [marker]}}\n"})
+	h.waitRule("drop-in", "early")
+	if err := os.Remove(filepath.Join(dir, "10-early.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	h.waitRule("remove drop-in", "marker-ask")
+}
+
+// TestStoreSymlinkSwap swaps the policy directory the way configuration management does:
+// the directory is a symlink, replaced atomically by renaming a new symlink over it.
+func TestStoreSymlinkSwap(t *testing.T) {
+	root := t.TempDir()
+	v1, v2 := filepath.Join(root, "v1"), filepath.Join(root, "v2")
+	writeFiles(t, v1, map[string]string{"50-site.yaml": policyText(ActionTrust)})
+	writeFiles(t, v2, map[string]string{"50-site.yaml": policyText(ActionDeny)})
+	dir := filepath.Join(root, "policies.d")
+	if err := os.Symlink(v1, dir); err != nil {
+		t.Fatal(err)
+	}
+	h := newStoreHarness(t, StoreConfig{Dir: dir})
+	h.waitRule("initial", "marker-trust")
+
+	swap := func(target string) {
+		tmp := filepath.Join(root, "policies.d.new")
+		if err := os.Symlink(target, tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	swap(v2)
+	h.waitRule("swap to v2", "marker-deny")
+	// An edit inside the directory now in force is noticed too.
+	if err := os.WriteFile(filepath.Join(v2, "50-site.yaml"), []byte(policyText(ActionAsk)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.waitRule("edit in v2", "marker-ask")
+	// Edits to the directory no longer in force are not.
+	if err := os.WriteFile(filepath.Join(v1, "50-site.yaml"), []byte(policyText(ActionIsolate)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	swap(v1)
+	n := h.count()
+	h.waitError("swap to a broken v1 (isolate default without handler)", n)
+	if got := h.decideMarker(); got != "marker-ask" {
+		t.Fatalf("after swapping to a broken directory the policy decides by %q", got)
+	}
+}
+
+// TestStoreFileSymlinkSwap swaps a symlinked policy file and edits its target.
+func TestStoreFileSymlinkSwap(t *testing.T) {
+	root := t.TempDir()
+	data := filepath.Join(root, "data")
+	writeFiles(t, data, map[string]string{"a.yaml": policyText(ActionTrust), "b.yaml": policyText(ActionDeny)})
+	dir := filepath.Join(root, "policies.d")
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "50-site.yaml")
+	if err := os.Symlink(filepath.Join(data, "a.yaml"), link); err != nil {
+		t.Fatal(err)
+	}
+	h := newStoreHarness(t, StoreConfig{Dir: dir})
+	h.waitRule("initial", "marker-trust")
+	tmp := filepath.Join(dir, ".tmp-link")
+	if err := os.Symlink(filepath.Join(data, "b.yaml"), tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, link); err != nil {
+		t.Fatal(err)
+	}
+	h.waitRule("swap file symlink", "marker-deny")
+	if err := os.WriteFile(filepath.Join(data, "b.yaml"), []byte(policyText(ActionAsk)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.waitRule("edit symlink target", "marker-ask")
+}
+
+// TestStoreFailClosed starts with no valid policy: everything is denied until one is written.
+func TestStoreFailClosed(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "policies.d") // does not exist yet
+	h := newStoreHarness(t, StoreConfig{Dir: dir})
+	if got := h.decideMarker(); got != RuleFailClosed {
+		t.Fatalf("no policy: decided by %q", got)
+	}
+	if err := h.store.Last().Err; !errors.Is(err, ErrNoPolicy) {
+		t.Fatalf("Last().Err = %v, want ErrNoPolicy", err)
+	}
+	writeFiles(t, dir, map[string]string{"50-site.yaml": policyText(ActionTrust)})
+	h.waitRule("directory created", "marker-trust")
+}
+
+// TestStoreDefaults layers the admin directory over the shipped defaults.
+func TestStoreDefaults(t *testing.T) {
+	dir := t.TempDir()
+	h := newStoreHarness(t, StoreConfig{Dir: dir, Defaults: policies.FS()})
+	d, err := h.store.Current().Decide(&Request{Path: "/usr/bin/ls"})
+	if err != nil || d.Rule != "trust-system" {
+		t.Fatalf("shipped defaults: %+v %v", d, err)
+	}
+	writeFiles(t, dir, map[string]string{"05-first.yaml": "rules:\n  - {name: marker-first, action: deny, match: {extension: [marker]}}\n"})
+	h.waitRule("site file over defaults", "marker-first")
+	if _, err := NewStore(StoreConfig{}); err == nil {
+		t.Error("NewStore with no sources succeeded")
+	}
+}
+
+// TestStoreAtomic evaluates continuously while the policy is rewritten: every decision
+// comes from one whole policy, the old or the new.
+func TestStoreAtomic(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"a.yaml": policyText(ActionTrust), "b.yaml": ""})
+	h := newStoreHarness(t, StoreConfig{Dir: dir})
+	h.waitRule("initial", "marker-trust")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var bad error
+	var badMu sync.Mutex
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				p := h.store.Current()
+				d, err := p.Decide(&Request{Path: "/x/y.marker"})
+				// A policy in which a.yaml and b.yaml disagree must never be seen half
+				// loaded: the rule and the action always agree.
+				if err == nil && strings.HasPrefix(d.Rule, "marker-") && string(d.Action) != strings.TrimPrefix(d.Rule, "marker-") {
+					err = fmt.Errorf("rule %s gave action %s", d.Rule, d.Action)
+				}
+				if err != nil {
+					badMu.Lock()
+					bad = err
+					badMu.Unlock()
+					return
+				}
+			}
+		}()
+	}
+	for i, act := range []Action{ActionDeny, ActionAsk, ActionTrust, ActionDeny} {
+		// Move the rule from one file to the other: a half-loaded policy would have none
+		// or two.
+		files := map[string]string{"a.yaml": "", "b.yaml": ""}
+		files[[]string{"a.yaml", "b.yaml"}[i%2]] = policyText(act)
+		writeFiles(t, dir, files)
+		h.waitRule(fmt.Sprintf("rewrite %d", i), "marker-"+string(act))
+	}
+	close(stop)
+	wg.Wait()
+	if bad != nil {
+		t.Fatal(bad)
+	}
+}
