@@ -380,6 +380,9 @@ func parseLdsoConf(sc *bufio.Scanner, base string) []ldsoItem {
 		switch fields[0] {
 		case "include":
 			for _, p := range fields[1:] {
+				if strings.IndexByte(p, 0) >= 0 {
+					continue
+				}
 				if !path.IsAbs(p) {
 					p = path.Join(base, p)
 				}
