@@ -86,6 +86,8 @@ type Watcher struct {
 	decided   map[fileID]decided     // guarded by mu; what was decided in this run
 	warnLimit bool                   // guarded by mu; the watch-limit event was sent
 	noXattr   bool                   // guarded by mu; xattr failure was logged
+	lookupsAt time.Time              // guarded by mu; start of the current writer-lookup second
+	lookups   int                    // guarded by mu; writer lookups in that second
 }
 
 type writer struct {
@@ -266,7 +268,7 @@ func (w *Watcher) handle(ev fsnotify.Event) {
 		if !st.Mode().IsRegular() || w.isTemp(p) {
 			return
 		}
-		if !w.cfg.NoWriterLookup {
+		if w.lookupAllowed() {
 			if pid, exe := findWriter(p); pid != 0 {
 				w.mu.Lock()
 				if len(w.writers) >= maxRemembered {
@@ -291,6 +293,23 @@ func (w *Watcher) handle(ev fsnotify.Event) {
 		w.mu.Unlock()
 	}
 	// Chmod (IN_ATTRIB) is ignored: it is what our own attribute writes produce.
+}
+
+// maxLookupsPerSecond bounds the /proc scans for writers, so that a burst of new files
+// (an archive extracted into Downloads) does not slow the event loop down.
+const maxLookupsPerSecond = 20
+
+func (w *Watcher) lookupAllowed() bool {
+	if w.cfg.NoWriterLookup {
+		return false
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if now := time.Now(); now.Sub(w.lookupsAt) >= time.Second {
+		w.lookupsAt, w.lookups = now, 0
+	}
+	w.lookups++
+	return w.lookups <= maxLookupsPerSecond
 }
 
 // isTemp reports whether the base name of p is an in-progress download.

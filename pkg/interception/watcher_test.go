@@ -346,3 +346,37 @@ func TestWatcherWatchLimit(t *testing.T) {
 		t.Errorf("child reported %q, want one watch-limit event wrapping ErrWatchLimit and ENOSPC with the limit", got)
 	}
 }
+
+// TestWatcherObservedWriter has a shell write a file in place, holding it open across the
+// creation event, and checks that the observed origin names the shell.
+func TestWatcherObservedWriter(t *testing.T) {
+	sh, err := filepath.EvalSymlinks("/bin/sh")
+	if err != nil {
+		t.Skipf("no /bin/sh: %v", err)
+	}
+	dir := t.TempDir()
+	requireUserXattr(t, dir)
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec, Sink: sink})
+	p := filepath.Join(dir, "fetched.bin")
+	out, err := exec.Command(sh, "-c", `exec 3>"$1"; sleep 0.5; printf 'payload' >&3; exec 3>&-`, "sh", p).CombinedOutput()
+	if err != nil {
+		t.Fatalf("sh: %v: %s", err, out)
+	}
+	waitFor(t, 10*time.Second, "decision", func() bool { return sink.isolations(p) == 1 })
+	calls := dec.callsFor()
+	if len(calls) != 1 {
+		t.Fatalf("%d decisions, want 1", len(calls))
+	}
+	if calls[0].Program != sh || calls[0].PID == 0 {
+		t.Errorf("writer %d %q, want %s", calls[0].PID, calls[0].Program, sh)
+	}
+	want := "dir:" + dir + " prog:" + sh
+	if calls[0].ObservedOrigin != want {
+		t.Errorf("observed origin %q, want %q", calls[0].ObservedOrigin, want)
+	}
+	if rec, err := ReadRecord(p); err != nil || rec.Origin != want {
+		t.Errorf("record %+v, %v; want origin %q", rec, err, want)
+	}
+}
