@@ -196,12 +196,6 @@ func (t *fdTable) path(n int) (string, bool) {
 	return d.f.path(), true
 }
 
-func (t *fdTable) count() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.fds)
-}
-
 func (t *fdTable) closeAll() {
 	t.mu.Lock()
 	fds := t.fds
