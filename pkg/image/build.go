@@ -98,10 +98,11 @@ type node struct {
 
 // builder collects the entries of one image.
 type builder struct {
-	cfg    BuildConfig
-	nodes  map[string]*node
-	libs   []Library
-	report BuildReport
+	cfg      BuildConfig
+	ldsoConf string // path of ld.so.conf; tests use their own
+	nodes    map[string]*node
+	libs     []Library
+	report   BuildReport
 }
 
 func (b *builder) progress(format string, args ...any) {
@@ -113,7 +114,12 @@ func (b *builder) progress(format string, args ...any) {
 // Build writes an image built from cfg to w and reports what it packed. The output depends
 // only on the inputs: the same host files give the same bytes.
 func Build(w io.Writer, cfg BuildConfig) (*BuildReport, error) {
-	b := &builder{cfg: cfg, nodes: make(map[string]*node)}
+	return build(w, cfg, "/etc/ld.so.conf")
+}
+
+// build is Build with the ld.so.conf file to read.
+func build(w io.Writer, cfg BuildConfig, ldsoConf string) (*BuildReport, error) {
+	b := &builder{cfg: cfg, ldsoConf: ldsoConf, nodes: make(map[string]*node)}
 	b.nodes["/"] = &node{path: "/", mode: fs.ModeDir | 0o755, mtime: time.Unix(0, 0), synth: true}
 	for _, p := range cfg.Programs {
 		if err := b.addProgram(p); err != nil {

@@ -166,7 +166,7 @@ func (b *builder) addLibrary(l Library) {
 // addNeeded resolves the DT_NEEDED closure of exe breadth first, the way ld.so loads it: a
 // name is loaded once, by the first object that needs it.
 func (b *builder) addNeeded(exe *elfObject, program string) error {
-	confDirs, err := ldsoConfDirs("/etc/ld.so.conf")
+	confDirs, err := ldsoConfDirs(b.ldsoConf)
 	if err != nil {
 		return fmt.Errorf("program %s: %w", program, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -210,6 +211,49 @@ func TestLibrarySearchPaths(t *testing.T) {
 			extract(t, im, root)
 			runChroot(t, root, tt.cfg.Programs[0]) // exits 0 only if foo() returned 42
 		})
+	}
+}
+
+// TestLdsoConfLibrary checks that a library found only through an ld.so.conf directory is
+// packed together with /etc/ld.so.cache, through which the guest's ld.so finds it.
+func TestLdsoConfLibrary(t *testing.T) {
+	needHostFiles(t, sha256sum, "/etc/ld.so.cache")
+	cc := needCC(t)
+	dir := t.TempDir()
+	makeLibs(t, cc, dir)
+	lib := filepath.Join(dir, "lib")
+	os.MkdirAll(filepath.Join(dir, "bin"), 0o755)
+	compile(t, cc, dir, "-o", "bin/plain", "prog.c", "-Llib", "-l:libbar.so.1", "-Wl,-rpath-link,"+lib)
+	prog := filepath.Join(dir, "bin", "plain")
+	conf := filepath.Join(dir, "ld.so.conf")
+	os.WriteFile(conf, []byte("# test\n"+lib+"\n"), 0o644)
+
+	var buf bytes.Buffer
+	rep, err := build(&buf, BuildConfig{Programs: []string{prog}}, conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(rep.Libraries, func(l Library) bool { return l.Name == "libbar.so.1" && l.Path == filepath.Join(lib, "libbar.so.1") }) {
+		t.Errorf("libbar.so.1 not resolved through ld.so.conf: %+v", rep.Libraries)
+	}
+	im, err := Load(bytes.NewReader(buf.Bytes()), int64(buf.Len()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.Lookup("/etc/ld.so.cache"); err != nil {
+		t.Errorf("/etc/ld.so.cache not packed: %v", err)
+	}
+
+	// Libraries in the default directories need no cache.
+	buf.Reset()
+	if _, err := build(&buf, BuildConfig{Programs: []string{sha256sum}}, conf); err != nil {
+		t.Fatal(err)
+	}
+	if im, err = Load(bytes.NewReader(buf.Bytes()), int64(buf.Len())); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := im.Lookup("/etc/ld.so.cache"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("/etc/ld.so.cache packed for %s: %v", sha256sum, err)
 	}
 }
 
