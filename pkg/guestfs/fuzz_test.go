@@ -4,6 +4,8 @@ import (
 	"path"
 	"strings"
 	"testing"
+	"unicode"
+	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 )
@@ -93,4 +95,54 @@ func checkResolved(t *testing.T, f *FS, devs map[uint64]bool, dir, p string) {
 	if err != nil || again.Ino != st.Ino || again.Dev != st.Dev {
 		t.Fatalf("open %q gave path %q, which is %+v, %v, not the file opened %+v", p, fl.Path(), again, err, st)
 	}
+}
+
+// FuzzOutputs names files under /output as the guest likes; every name Outputs returns
+// must be safe to use as a relative host path, and every rejected name printable.
+func FuzzOutputs(f *testing.F) {
+	for _, s := range [][2]string{
+		{"report.txt", "sub"}, {"-rf", ".."}, {"..", "."}, {"a\x00b", "c"}, {"\x1b[2J", "ok"},
+		{"é", "\xff"}, {strings.Repeat("x", 255), "d"}, {"a\\b", " "}, {"\u202e", "\u200b"},
+	} {
+		f.Add(s[0], s[1])
+	}
+	fsys := newTestFS(f, nil)
+	f.Fuzz(func(t *testing.T, name, dir string) {
+		fsys.Mkdir("/output", dir, 0o755)
+		for _, p := range []string{name, dir + "/" + name} {
+			if fl, err := fsys.Open("/output", p, unix.O_CREAT|unix.O_WRONLY, 0o644); err == nil {
+				fl.Write([]byte(p))
+				fl.Close()
+			}
+		}
+		fsys.Symlink(name, "/output", dir+"/link")
+		outs, rejected := fsys.Outputs(1<<20, 100)
+		for _, o := range outs {
+			if o.Name == "" || path.IsAbs(o.Name) || path.Clean(o.Name) != o.Name || o.Mode&^0o777 != 0 {
+				t.Fatalf("unsafe output %q mode %o", o.Name, o.Mode)
+			}
+			for c := range strings.SplitSeq(o.Name, "/") {
+				if !safeName(c) || strings.HasPrefix(c, "-") || strings.HasPrefix(c, "..") {
+					t.Fatalf("unsafe component %q in %q", c, o.Name)
+				}
+			}
+			for _, r := range o.Name {
+				if !unicode.IsPrint(r) || r == utf8.RuneError {
+					t.Fatalf("unprintable output name %q", o.Name)
+				}
+			}
+		}
+		for _, r := range rejected {
+			for _, c := range r.Name {
+				if !unicode.IsPrint(c) {
+					t.Fatalf("unprintable rejected name %q", r.Name)
+				}
+			}
+		}
+		// Clean up for the next run.
+		for _, p := range []string{dir + "/link", dir + "/" + name, name} {
+			fsys.Unlink("/output", p, false)
+		}
+		fsys.Unlink("/output", dir, true)
+	})
 }

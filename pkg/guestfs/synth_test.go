@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -391,6 +392,7 @@ func TestCloseReleasesEverything(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := countFDs(t)
+	goroutines := runtime.NumGoroutine()
 	f, err := New(Config{Image: im, Inputs: []Input{{"a", in}, {"b", in}, {"c", in}}})
 	if err != nil {
 		t.Fatal(err)
@@ -408,6 +410,9 @@ func TestCloseReleasesEverything(t *testing.T) {
 	}
 	if got := countFDs(t); got != before {
 		t.Errorf("%d descriptors open after Close, want %d", got, before)
+	}
+	if got := runtime.NumGoroutine(); got > goroutines {
+		t.Errorf("%d goroutines after Close, %d before New", got, goroutines)
 	}
 	if _, err := fl.Read(make([]byte, 1)); !errors.Is(err, syscall.EBADF) {
 		t.Errorf("read after Close = %v, want EBADF", err)
