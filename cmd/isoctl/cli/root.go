@@ -40,6 +40,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newOpenCmd(g), newPsCmd(g), newLogsCmd(g), newKillCmd(g), newStatusCmd(g), newReleaseCmd(g),
 		newRunCmd(),
 		newWatchCmd(g),
+		newPolicyCmd(),
 	)
 	return root
 }

@@ -1,0 +1,344 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/isolator-dev/isolator/pkg/policy"
+	"github.com/isolator-dev/isolator/policies"
+)
+
+// newPolicyCmd is `isoctl policy`, the parent of the policy commands. They work on policy
+// files directly and need no daemon.
+func newPolicyCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "policy",
+		Short: "Check, explain and show trust policies",
+		Long: `Check, explain and show trust policies. A policy is the shipped defaults (embedded in
+isoctl and isolatord) with the *.yaml files of the policy directory (default ` + policy.DefaultDir + `)
+layered on top: a file with the same name as a shipped one replaces it. --no-defaults uses
+the directory alone. See docs/POLICY.md.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
+	}
+	cmd.AddCommand(newPolicyCheckCmd(), newPolicyExplainCmd(), newPolicyShowCmd())
+	return cmd
+}
+
+// policySourceOptions say where a policy is loaded from.
+type policySourceOptions struct {
+	dir        string
+	noDefaults bool
+}
+
+func (o *policySourceOptions) flags(cmd *cobra.Command) {
+	cmd.Flags().BoolVar(&o.noDefaults, "no-defaults", false, "load the directory alone, without the shipped default policies")
+}
+
+// load loads the policy, or returns a *policy.ValidationErrors or an I/O error.
+func (o *policySourceOptions) load() (*policy.Policy, error) {
+	var srcs []policy.Source
+	if !o.noDefaults {
+		srcs = append(srcs, policy.Source{FS: policies.FS(), Dir: ".", Label: policy.ShippedLabel})
+	}
+	fi, err := os.Stat(o.dir)
+	switch {
+	case err == nil && !fi.IsDir():
+		return nil, fmt.Errorf("%s is not a directory", o.dir)
+	case err == nil:
+		srcs = append(srcs, policy.Source{FS: os.DirFS(o.dir), Dir: ".", Label: o.dir})
+	case errors.Is(err, fs.ErrNotExist) && !o.noDefaults:
+		// No site policy: the shipped defaults alone.
+	default:
+		return nil, fmt.Errorf("policy directory: %w", err)
+	}
+	return policy.LoadSources(srcs...)
+}
+
+// printIssues writes every issue as file:line:col: message.
+func printIssues(w io.Writer, issues []policy.Issue) {
+	for _, is := range issues {
+		fmt.Fprintln(w, is.String())
+	}
+}
+
+func newPolicyCheckCmd() *cobra.Command {
+	o := &policySourceOptions{}
+	cmd := &cobra.Command{
+		Use:   "check [DIR]",
+		Short: "Validate a policy directory",
+		Long: `Validate the policy: exit 0 with a summary (and any warnings) when it is valid, exit 1
+with every error listed as file:line:col: message otherwise.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.dir = policy.DefaultDir
+			if len(args) == 1 {
+				o.dir = args[0]
+			}
+			return runPolicyCheck(cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
+		},
+	}
+	o.flags(cmd)
+	return cmd
+}
+
+func runPolicyCheck(stdout, stderr io.Writer, o *policySourceOptions) error {
+	start := time.Now()
+	p, err := o.load()
+	var ve *policy.ValidationErrors
+	if errors.As(err, &ve) {
+		printIssues(stderr, ve.Issues)
+		fmt.Fprintf(stderr, "policy is invalid: %d errors, %d warnings\n", len(ve.Errors()), len(ve.Warnings()))
+		return &ExitError{Code: 1}
+	}
+	if err != nil {
+		return err
+	}
+	printIssues(stderr, p.Warnings())
+	fmt.Fprintf(stdout, "policy OK: %d files, %d rules, version %s, %d warnings (loaded in %v)\n",
+		len(p.Files()), p.NumRules(), p.Version(), len(p.Warnings()), time.Since(start).Round(time.Microsecond))
+	for _, f := range p.Files() {
+		fmt.Fprintf(stdout, "  %s\n", f)
+	}
+	return nil
+}
+
+func newPolicyShowCmd() *cobra.Command {
+	o := &policySourceOptions{}
+	cmd := &cobra.Command{
+		Use:   "show [DIR]",
+		Short: "Print the effective merged policy, normalized",
+		Long: `Print the effective policy as one normalized YAML document: defaults resolved, handlers
+and lists sorted, rules in evaluation order with the file:line each came from.`,
+		Args: cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			o.dir = policy.DefaultDir
+			if len(args) == 1 {
+				o.dir = args[0]
+			}
+			p, err := o.load()
+			var ve *policy.ValidationErrors
+			if errors.As(err, &ve) {
+				printIssues(cmd.ErrOrStderr(), ve.Issues)
+				return &ExitError{Code: 1}
+			}
+			if err != nil {
+				return err
+			}
+			out, err := p.Normalized()
+			if err != nil {
+				return err
+			}
+			_, err = cmd.OutOrStdout().Write(out)
+			return err
+		},
+	}
+	o.flags(cmd)
+	return cmd
+}
+
+// policyExplainOptions are the flags of `isoctl policy explain`.
+type policyExplainOptions struct {
+	policySourceOptions
+	user     string
+	uid      int
+	groups   []string
+	home     string
+	opener   string
+	origin   string
+	referrer string
+	json     bool
+}
+
+func newPolicyExplainCmd() *cobra.Command {
+	o := &policyExplainOptions{}
+	cmd := &cobra.Command{
+		Use:   "explain [flags] FILE",
+		Short: "Show what the policy decides for a file, and why",
+		Long: `Decide for FILE as isolatord would and print the decision, the handler and the
+explanation. The requester defaults to the current user; the origin and referrer default to
+the file's user.xdg.origin.url / user.xdg.referrer.url (or user.isolator.*) xattrs.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return runPolicyExplain(cmd, o, args[0])
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.dir, "policy-dir", policy.DefaultDir, "policy directory")
+	f.StringVar(&o.user, "user", "", "requesting user name (default: the current user)")
+	f.IntVar(&o.uid, "uid", -1, "requesting uid (default: the --user's uid)")
+	f.StringArrayVar(&o.groups, "group", nil, "group of the requester (repeatable; default: the user's groups)")
+	f.StringVar(&o.home, "home", "", "home directory for ~ in patterns (default: the user's home)")
+	f.StringVar(&o.opener, "opener", "", "executable path of the program opening the file")
+	f.StringVar(&o.origin, "origin", "", "URL the file was downloaded from (default: from its xattrs)")
+	f.StringVar(&o.referrer, "referrer", "", "URL of the page that linked the download (default: from its xattrs)")
+	f.BoolVar(&o.json, "json", false, "print the request and decision as JSON")
+	o.flags(cmd)
+	return cmd
+}
+
+// requester fills the identity fields of req from the flags and the user database.
+func (o *policyExplainOptions) requester(req *policy.Request) error {
+	var u *user.User
+	var err error
+	if o.user == "" {
+		u, err = user.Current()
+	} else {
+		u, err = user.Lookup(o.user)
+	}
+	switch {
+	case err == nil:
+		req.User, req.Home = u.Username, u.HomeDir
+		req.UID, _ = strconv.Atoi(u.Uid)
+		if gids, err := u.GroupIds(); err == nil && o.groups == nil {
+			for _, gid := range gids {
+				if g, err := user.LookupGroupId(gid); err == nil {
+					req.Groups = append(req.Groups, g.Name)
+				}
+			}
+		}
+	case o.user != "":
+		req.User = o.user // a user unknown here can still be matched by name
+	default:
+		return fmt.Errorf("current user: %w", err)
+	}
+	if o.uid >= 0 {
+		req.UID = o.uid
+	}
+	if o.groups != nil {
+		req.Groups = o.groups
+	}
+	if o.home != "" {
+		req.Home = o.home
+	}
+	return nil
+}
+
+func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) error {
+	stdout := cmd.OutOrStdout()
+	abs, err := filepath.Abs(file)
+	if err != nil {
+		return err
+	}
+	// Decide about the file itself, not a symlink to it.
+	if resolved, err := filepath.EvalSymlinks(abs); err == nil {
+		abs = resolved
+	}
+	req := &policy.Request{Path: abs, Opener: o.opener}
+	if err := o.requester(req); err != nil {
+		return err
+	}
+	origin, referrer, err := policy.ReadOrigin(abs)
+	if err != nil {
+		return err
+	}
+	req.Origin, req.Referrer = origin, referrer
+	if cmd.Flags().Changed("origin") {
+		req.Origin = o.origin
+	}
+	if cmd.Flags().Changed("referrer") {
+		req.Referrer = o.referrer
+	}
+	p, err := o.load()
+	var ve *policy.ValidationErrors
+	if errors.As(err, &ve) {
+		printIssues(cmd.ErrOrStderr(), ve.Issues)
+		return &ExitError{Code: 1}
+	}
+	if err != nil {
+		return err
+	}
+	d, err := p.Decide(req)
+	if err != nil {
+		return err
+	}
+	if o.json {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(struct {
+			Request  *policy.Request  `json:"request"`
+			Decision *policy.Decision `json:"decision"`
+		}{req, d})
+	}
+	printDecision(stdout, req, d)
+	return nil
+}
+
+func printDecision(w io.Writer, req *policy.Request, d *policy.Decision) {
+	fmt.Fprintf(w, "file:      %s\n", req.Path)
+	fmt.Fprintf(w, "requester: %s (uid %d), home %s\n", req.User, req.UID, req.Home)
+	if req.Opener != "" {
+		fmt.Fprintf(w, "opener:    %s\n", req.Opener)
+	}
+	if req.Origin != "" {
+		fmt.Fprintf(w, "origin:    %s\n", req.Origin)
+	}
+	if req.Referrer != "" {
+		fmt.Fprintf(w, "referrer:  %s\n", req.Referrer)
+	}
+	fmt.Fprintf(w, "decision:  %s\n", d.Action)
+	where := ""
+	if d.File != "" {
+		where = fmt.Sprintf(" (%s:%d)", d.File, d.Line)
+	}
+	fmt.Fprintf(w, "rule:      %s%s\n", d.Rule, where)
+	for i, m := range d.Matched {
+		label := ""
+		if i == 0 {
+			label = "matched:"
+		}
+		fmt.Fprintf(w, "%-10s %s\n", label, m)
+	}
+	if h := d.Handler; h != nil {
+		fmt.Fprintf(w, "handler:   %s (%s:%d)\n", h.Name, h.File, h.Line)
+		name := filepath.Base(req.Path)
+		fmt.Fprintf(w, "  image    %s\n", h.Image)
+		fmt.Fprintf(w, "  runs     %s\n", strings.Join(append([]string{h.ExpandProgram(name)}, h.ExpandArgs(name)...), " "))
+		var limits []string
+		if h.Memory > 0 {
+			limits = append(limits, "memory "+humanBytes(h.Memory))
+		}
+		if h.Timeout > 0 {
+			limits = append(limits, "timeout "+h.Timeout.String())
+		}
+		if h.MaxOutputBytes > 0 {
+			limits = append(limits, "output "+humanBytes(h.MaxOutputBytes))
+		}
+		if h.MaxOutputFiles > 0 {
+			limits = append(limits, fmt.Sprintf("%d files", h.MaxOutputFiles))
+		}
+		if len(limits) > 0 {
+			fmt.Fprintf(w, "  limits   %s\n", strings.Join(limits, ", "))
+		}
+		var ret []string
+		for _, r := range h.Returns {
+			ret = append(ret, string(r))
+		}
+		fmt.Fprintf(w, "  returns  %s\n", strings.Join(ret, ", "))
+	}
+	fmt.Fprintf(w, "why:       %s\n", d.Explanation)
+	fmt.Fprintf(w, "policy:    %s\n", d.PolicyVersion)
+}
+
+func humanBytes(n int64) string {
+	for _, u := range []struct {
+		div  int64
+		name string
+	}{{1 << 30, "GiB"}, {1 << 20, "MiB"}, {1 << 10, "KiB"}} {
+		if n >= u.div && n%u.div == 0 {
+			return fmt.Sprintf("%d%s", n/u.div, u.name)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
+}

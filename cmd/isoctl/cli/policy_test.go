@@ -1,0 +1,148 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/isolator-dev/isolator/pkg/policy"
+)
+
+func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var o, e bytes.Buffer
+	code = run(args, &o, &e)
+	return code, o.String(), e.String()
+}
+
+func TestPolicyCheck(t *testing.T) {
+	good := t.TempDir()
+	os.WriteFile(filepath.Join(good, "45-site.yaml"), []byte(`
+default: {trusted_domains: [intranet.example.com]}
+rules:
+  - name: trust-intranet
+    action: trust
+    match: {origin: {domain: [intranet.example.com]}}
+`), 0o644)
+	code, out, errOut := runCLI(t, "policy", "check", good)
+	if code != 0 || !regexp.MustCompile(`^policy OK: 8 files, \d+ rules, version [0-9a-f]{16}`).MatchString(out) || !strings.Contains(out, "45-site.yaml") {
+		t.Fatalf("check of a good policy: exit %d\n%s%s", code, out, errOut)
+	}
+
+	bad := t.TempDir()
+	os.WriteFile(filepath.Join(bad, "50-bad.yaml"), []byte(`rules:
+  - name: one
+    acton: trust
+  - name: two
+    action: isolate
+    handler: nope
+    match: {path: ["/x/[y"], path_regex: ["(a"]}
+`), 0o644)
+	code, out, errOut = runCLI(t, "policy", "check", bad)
+	if code != 1 {
+		t.Fatalf("check of a bad policy exited %d\n%s%s", code, out, errOut)
+	}
+	f := filepath.Join(bad, "50-bad.yaml")
+	for _, want := range []string{
+		f + `:3:5: unknown key "acton" in rule (did you mean "action"?)`,
+		f + `:6:14: unknown handler "nope"`,
+		f + `:7:20: match.path: pattern "/x/[y"`,
+		f + `:7:43: bad path regex "(a"`,
+		"policy is invalid: 5 errors",
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("errors lack %q:\n%s", want, errOut)
+		}
+	}
+
+	// --no-defaults checks the directory alone: the handler-less site file is incomplete.
+	if code, _, errOut := runCLI(t, "policy", "check", "--no-defaults", good); code != 1 || !strings.Contains(errOut, "default.handler") {
+		t.Errorf("check --no-defaults: exit %d\n%s", code, errOut)
+	}
+	if code, _, _ := runCLI(t, "policy", "check", filepath.Join(bad, "50-bad.yaml")); code != 1 {
+		t.Errorf("check of a file, not a directory: exit %d", code)
+	}
+}
+
+func TestPolicyExplain(t *testing.T) {
+	dir := t.TempDir()
+	pdf := filepath.Join(dir, "report.pdf")
+	os.WriteFile(pdf, []byte("%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"), 0o644)
+	if err := unix.Setxattr(pdf, policy.XattrOrigin, []byte("https://unknown.example/report.pdf"), 0); err != nil {
+		t.Skipf("no user xattrs on %s: %v", dir, err)
+	}
+	site := t.TempDir()
+	os.WriteFile(filepath.Join(site, "45-site.yaml"), []byte(`
+rules:
+  - name: trust-intranet
+    action: trust
+    match: {origin: {domain: [intranet.example.com]}}
+`), 0o644)
+
+	code, out, errOut := runCLI(t, "policy", "explain", "--policy-dir", site, "--user", "root", pdf)
+	if code != 0 {
+		t.Fatalf("explain exited %d\n%s%s", code, out, errOut)
+	}
+	for _, want := range []string{
+		"origin:    https://unknown.example/report.pdf",
+		"decision:  isolate",
+		"rule:      internet-pdf (<shipped>/50-internet.yaml:",
+		`content_type "application/pdf"`,
+		"handler:   documents",
+		"runs     /usr/bin/pdftotext -layout -nopgbrk /input/report.pdf /output/report.txt",
+		"why:       isolate with handler documents",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain output lacks %q:\n%s", want, out)
+		}
+	}
+
+	// The origin flag overrides the xattr; JSON for machines.
+	code, out, errOut = runCLI(t, "policy", "explain", "--policy-dir", site, "--json", "--origin", "https://docs.intranet.example.com/r.pdf", pdf)
+	if code != 0 {
+		t.Fatalf("explain --json exited %d\n%s%s", code, out, errOut)
+	}
+	var got struct {
+		Request  policy.Request
+		Decision policy.Decision
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("explain --json: %v\n%s", err, out)
+	}
+	if got.Decision.Action != policy.ActionTrust || got.Decision.Rule != "trust-intranet" || got.Request.Path != pdf {
+		t.Errorf("explain --json decided %+v for %+v", got.Decision, got.Request)
+	}
+
+	// An allow-listed opener.
+	code, out, _ = runCLI(t, "policy", "explain", "--policy-dir", site, "--opener", "/usr/bin/sha256sum", pdf)
+	if code != 0 || !strings.Contains(out, "decision:  trust") || !strings.Contains(out, "trust-byte-readers") {
+		t.Errorf("explain --opener: exit %d\n%s", code, out)
+	}
+	if code, _, errOut := runCLI(t, "policy", "explain", filepath.Join(dir, "missing")); code != 1 || !strings.Contains(errOut, "no such file") {
+		t.Errorf("explain of a missing file: exit %d, %s", code, errOut)
+	}
+}
+
+func TestPolicyShow(t *testing.T) {
+	site := t.TempDir()
+	os.WriteFile(filepath.Join(site, "05-first.yaml"), []byte("rules:\n  - {name: first, action: deny, match: {extension: [EXE]}}\n"), 0o644)
+	code, out, errOut := runCLI(t, "policy", "show", site)
+	if code != 0 {
+		t.Fatalf("show exited %d\n%s", code, errOut)
+	}
+	if !strings.Contains(out, "# "+filepath.Join(site, "05-first.yaml")+":2\n") || !strings.Contains(out, "- exe\n") {
+		t.Errorf("show output lacks the site rule, normalized:\n%s", out)
+	}
+	// The shown policy is a complete policy by itself.
+	norm := t.TempDir()
+	os.WriteFile(filepath.Join(norm, "all.yaml"), []byte(out), 0o644)
+	if code, out, errOut := runCLI(t, "policy", "check", "--no-defaults", norm); code != 0 {
+		t.Errorf("shown policy does not check: %s%s", out, errOut)
+	}
+}
