@@ -204,7 +204,10 @@ func (n *imgNode) stat(f *FS) Stat {
 		Size: e.Size, Blksize: 4096, Atime: e.ModTime, Mtime: e.ModTime, Ctime: e.ModTime,
 	}
 	if e.IsDir() {
-		st.Nlink = 2
+		// 1, as btrfs reports, means "subdirectories not counted": counting them would
+		// make every lookup cost as much as a listing, and 2 would tell find(1) that the
+		// directory has none.
+		st.Nlink = 1
 		st.Size = 4096
 	}
 	st.Blocks = blocks(st.Size)

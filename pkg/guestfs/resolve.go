@@ -85,7 +85,9 @@ func (f *FS) resolve(dir, p string, flags resolveFlags, write bool) (*walk, erro
 	if p == "" {
 		return nil, unix.ENOENT
 	}
-	if len(p) >= PathMax || len(dir) >= PathMax {
+	// dir is a canonical path the caller got from ResolveDir or File.Path, which may be
+	// longer than PATH_MAX in a deep tree, as a working directory may be on Linux.
+	if len(p) >= PathMax {
 		return nil, unix.ENAMETOOLONG
 	}
 	if strings.IndexByte(p, 0) >= 0 || strings.IndexByte(dir, 0) >= 0 {

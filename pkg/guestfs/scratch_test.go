@@ -323,3 +323,47 @@ func TestRenameAcrossTrees(t *testing.T) {
 		t.Errorf("truncate /dev/null = %v, want EINVAL", err)
 	}
 }
+
+// TestDeepTree builds a tree deeper than PATH_MAX with relative paths, as a guest can on
+// Linux, and works inside it through its canonical path.
+func TestDeepTree(t *testing.T) {
+	f := newTestFS(t, nil)
+	name := strings.Repeat("d", 200)
+	cwd := "/output"
+	for range 25 {
+		if err := f.Mkdir(cwd, name, 0o755); err != nil {
+			t.Fatalf("mkdir in %d-byte cwd: %v", len(cwd), err)
+		}
+		next, err := f.ResolveDir(cwd, name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cwd = next
+	}
+	if len(cwd) <= PathMax {
+		t.Fatalf("cwd only %d bytes", len(cwd))
+	}
+	fl, err := f.Open(cwd, "leaf", unix.O_CREAT|unix.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatalf("create in deep cwd: %v", err)
+	}
+	if fl.Path() != cwd+"/leaf" {
+		t.Errorf("path = %.40q..., want cwd/leaf", fl.Path())
+	}
+	fl.Close()
+	if _, err := f.Stat("/", cwd+"/leaf", true); errnoOf(t, err) != unix.ENAMETOOLONG {
+		t.Errorf("absolute deep path = %v, want ENAMETOOLONG", err)
+	}
+	if up, err := f.ResolveDir(cwd, strings.Repeat("../", 30)); up != "/" || err != nil {
+		t.Errorf("climb out = %q, %v", up, err)
+	}
+	if err := f.Unlink(cwd, "../"+name+"/leaf", false); err != nil {
+		t.Errorf("unlink through .. = %v", err)
+	}
+	writeFile(t, f, "/output/top", "x")
+	f.Open(cwd, "leaf2", unix.O_CREAT|unix.O_WRONLY, 0o644)
+	outs, rejected := f.Outputs(0, 0)
+	if len(outs) != 1 || outs[0].Name != "top" || len(rejected) != 1 || rejected[0].Reason != "path too long" {
+		t.Errorf("outputs %v, rejected %d: %v", outs, len(rejected), rejected)
+	}
+}
