@@ -40,16 +40,14 @@ type elem struct {
 
 // walk is the state and result of a path resolution.
 type walk struct {
-	f      *FS
-	write  bool   // f.mu is held for writing, not reading
-	stack  []elem // directories from the root to the one holding the last component
-	links  int    // symlinks followed
-	typ    lastType
-	name   string // last component, for lastNorm
-	node   node   // the file resolved to; nil if the last component does not exist
-	slash  bool   // the path ended in "/" (or the final symlink's target did)
-	flags  resolveFlags
-	origin string // the path, for errors
+	f     *FS
+	write bool   // f.mu is held for writing, not reading
+	stack []elem // directories from the root to the one holding the last component
+	links int    // symlinks followed
+	typ   lastType
+	name  string // last component, for lastNorm
+	node  node   // the file resolved to; nil if the last component does not exist
+	slash bool   // the path ended in "/" (or the final symlink's target did)
 }
 
 // dir returns the directory holding the last component (for lastNorm), or the resolved
@@ -81,7 +79,7 @@ func (f *FS) resolve(dir, p string, flags resolveFlags, write bool) (*walk, erro
 	if f.closed {
 		return nil, unix.EBADF
 	}
-	w := &walk{f: f, write: write, stack: []elem{{"", f.root}}, origin: p}
+	w := &walk{f: f, write: write, stack: []elem{{"", f.root}}}
 	if p == "" {
 		return nil, unix.ENOENT
 	}
@@ -112,7 +110,6 @@ func (f *FS) resolve(dir, p string, flags resolveFlags, write bool) (*walk, erro
 	if err := w.run(p, flags); err != nil {
 		return nil, err
 	}
-	w.flags = flags
 	if flags&rParent == 0 && w.slash && w.node != nil && !isDir(w.node) {
 		return nil, unix.ENOTDIR
 	}
