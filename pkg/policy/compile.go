@@ -36,6 +36,7 @@ type rule struct {
 	line, col   int
 	match       []*cond
 	unless      []*cond
+	explain     string // start of every explanation: "isolate with handler h: rule r at f:12"
 }
 
 // defaultAction is a compiled default decision.
@@ -44,6 +45,22 @@ type defaultAction struct {
 	handler *Handler
 	file    string // "" for built in
 	line    int
+	head    string // explanation before the reason: "isolate with handler h: "
+	tail    string // explanation after it: " (default at f:3)"
+}
+
+// explain precomputes the fixed parts of the default's explanations.
+func (d *defaultAction) explain(rule string) {
+	d.head = string(d.action)
+	if d.handler != nil {
+		d.head += " with handler " + d.handler.Name
+	}
+	d.head += ": "
+	where := "built-in default"
+	if d.file != "" {
+		where = d.file + ":" + strconv.Itoa(d.line)
+	}
+	d.tail = " (" + rule + " at " + where + ")"
 }
 
 type compiler struct {
@@ -136,6 +153,8 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 	}
 	p.def.handler = c.defaultHandler(&p.def, defHandler, defHandlerFile, "default.handler", "default.action")
 	p.untrusted.handler = c.defaultHandler(&p.untrusted, untrustedHandler, untrustedHandlerFile, "default.untrusted_handler", "default.untrusted_action")
+	p.def.explain(RuleDefault)
+	p.untrusted.explain(RuleUntrustedDefault)
 
 	// Rules, in file order then written order.
 	names := map[string]*rule{}
@@ -154,6 +173,11 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 				break
 			}
 			names[r.name] = r
+			r.explain = string(r.action)
+			if r.handler != nil {
+				r.explain += " with handler " + r.handler.Name
+			}
+			r.explain += ": rule " + r.name + " at " + r.file + ":" + strconv.Itoa(r.line)
 			r.index = len(p.rules)
 			p.rules = append(p.rules, r)
 		}

@@ -13,18 +13,22 @@ import (
 type evalCtx struct {
 	req    *Request
 	cache  *FactCache
-	path   string // cleaned absolute path
-	base   string // base name
-	exts   []string
-	extBuf [8]string
+	path   string    // cleaned absolute path
+	base   string    // base name
+	extBuf [8]string // lower-case extensions, see extensions
+	nExt   int
 
 	facts   facts
-	ctChain []string
+	ctChain *typeChain
 	sum     string
 
 	origin, referrer originInfo
 	err              error // first error computing a fact
 }
+
+// exts returns the extensions of the base name. (They live in an array in evalCtx, not in
+// a slice of it, so that evalCtx stays on the stack.)
+func (e *evalCtx) exts() []string { return e.extBuf[:e.nExt] }
 
 func (e *evalCtx) fail(err error) {
 	if e.err == nil {
@@ -35,13 +39,23 @@ func (e *evalCtx) fail(err error) {
 // extensions returns the lower-case extensions of a base name, longest last:
 // "Report.Tar.GZ" has "gz" and "tar.gz". A leading dot (".bashrc") does not start one.
 func extensions(base string, buf []string) []string {
-	lower := strings.ToLower(base)
+	lower := lowerASCII(base)
 	for i := len(lower) - 1; i > 0 && len(buf) < cap(buf); i-- {
 		if lower[i] == '.' && i+1 < len(lower) {
 			buf = append(buf, lower[i+1:])
 		}
 	}
 	return buf
+}
+
+// lowerASCII is strings.ToLower with a fast path for strings without upper-case ASCII.
+func lowerASCII(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' || c >= 0x80 {
+			return strings.ToLower(s)
+		}
+	}
+	return s
 }
 
 // originInfo is a parsed origin or referrer URL.
@@ -70,12 +84,12 @@ func parseOrigin(raw string) originInfo {
 func (e *evalCtx) getOrigin(referrer bool) *originInfo {
 	if referrer {
 		if !e.referrer.done {
-			e.referrer = parseOrigin(e.req.Referrer)
+			e.referrer = e.cache.origin(e.req.Referrer)
 		}
 		return &e.referrer
 	}
 	if !e.origin.done {
-		e.origin = parseOrigin(e.req.Origin)
+		e.origin = e.cache.origin(e.req.Origin)
 	}
 	return &e.origin
 }
@@ -156,7 +170,7 @@ func (c *cond) eval(e *evalCtx) (string, bool) {
 			}
 		}
 	case kindExtension:
-		for _, x := range e.exts {
+		for _, x := range e.exts() {
 			if i, ok := c.set[x]; ok {
 				return c.descs[i], true
 			}
@@ -166,14 +180,12 @@ func (c *cond) eval(e *evalCtx) (string, bool) {
 		if !ok {
 			return "", false
 		}
-		for _, t := range chain {
+		for j, t := range chain.types {
 			if i, ok := c.set[t]; ok {
-				return c.descs[i] + " (sniffed " + chain[0] + ")", true
+				return c.descs[i] + " (sniffed " + chain.types[0] + ")", true
 			}
-			if j := strings.IndexByte(t, '/'); j > 0 {
-				if i, ok := c.set[t[:j]+"/*"]; ok {
-					return c.descs[i] + " (sniffed " + chain[0] + ")", true
-				}
+			if i, ok := c.set[chain.wild[j]]; ok {
+				return c.descs[i] + " (sniffed " + chain.types[0] + ")", true
 			}
 		}
 	case kindSize:

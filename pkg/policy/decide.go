@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"path"
-	"strconv"
 	"strings"
 )
 
@@ -76,7 +75,7 @@ func (p *Policy) Decide(req *Request) (*Decision, error) {
 	}
 	e := evalCtx{req: req, cache: p.cache, path: path.Clean(req.Path)}
 	e.base = path.Base(e.path)
-	e.exts = extensions(e.base, e.extBuf[:0])
+	e.nExt = len(extensions(e.base, e.extBuf[:0]))
 	if p.failReason != "" {
 		return &Decision{
 			Action:        ActionDeny,
@@ -137,19 +136,13 @@ func (p *Policy) decision(r *rule, m []string, e *evalCtx) *Decision {
 	if len(m) > 0 {
 		d.Matched = append([]string(nil), m...)
 	}
-	var b strings.Builder
-	b.Grow(128)
-	b.WriteString(string(r.action))
-	if r.handler != nil {
-		b.WriteString(" with handler ")
-		b.WriteString(r.handler.Name)
+	n := len(r.explain) + len(" matches every file") + len(r.description) + 3
+	for _, s := range m {
+		n += len(s) + 2
 	}
-	b.WriteString(": rule ")
-	b.WriteString(r.name)
-	b.WriteString(" at ")
-	b.WriteString(r.file)
-	b.WriteByte(':')
-	b.WriteString(strconv.Itoa(r.line))
+	var b strings.Builder
+	b.Grow(n)
+	b.WriteString(r.explain)
 	if len(m) == 0 {
 		b.WriteString(" matches every file")
 	} else {
@@ -198,30 +191,24 @@ func (p *Policy) untrustedOrigin(o *originInfo) bool {
 
 func (p *Policy) defaultDecision(e *evalCtx) *Decision {
 	o := e.getOrigin(false)
-	which := "origin"
+	which := "origin "
 	if !o.present {
 		o = e.getOrigin(true)
-		which = "referrer"
+		which = "referrer "
 	}
-	def, rule := p.def, RuleDefault
-	var why string
-	if p.untrustedOrigin(o) {
-		def, rule = p.untrusted, RuleUntrustedDefault
-		why = "no rule matched and the file's " + which + " " + o.raw + " is not a trusted domain"
-	} else if o.present {
-		why = "no rule matched; the file's " + which + " is in a trusted domain"
-	} else {
-		why = "no rule matched and the file has no recorded origin"
+	def, rule := &p.def, RuleDefault
+	var expl string
+	switch {
+	case p.untrustedOrigin(o):
+		def, rule = &p.untrusted, RuleUntrustedDefault
+		expl = def.head + "no rule matched and the file's " + which + o.raw + " is not in a trusted domain" + def.tail
+	case o.present:
+		expl = def.head + "no rule matched; the file's " + which + o.raw + " is in a trusted domain" + def.tail
+	default:
+		expl = def.head + "no rule matched and the file has no recorded origin" + def.tail
 	}
-	d := &Decision{Action: def.action, Handler: def.handler, Rule: rule, File: def.file, Line: def.line, PolicyVersion: p.version}
-	where := "built-in default"
-	if def.file != "" {
-		where = def.file + ":" + strconv.Itoa(def.line)
+	return &Decision{
+		Action: def.action, Handler: def.handler, Rule: rule, File: def.file, Line: def.line,
+		Explanation: expl, PolicyVersion: p.version,
 	}
-	h := ""
-	if def.handler != nil {
-		h = " with handler " + def.handler.Name
-	}
-	d.Explanation = string(def.action) + h + ": " + why + " (" + rule + " at " + where + ")"
-	return d
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/gabriel-vasile/mimetype"
@@ -48,7 +49,10 @@ type FactCache struct {
 	mu      sync.Mutex
 	entries map[factKey]*factEntry // guarded by mu
 
-	chains sync.Map // content type -> []string, the type and its sniffer ancestors
+	chains   sync.Map // content type -> *typeChain
+	nChains  atomic.Int64
+	origins  sync.Map // origin URL -> originInfo
+	nOrigins atomic.Int64
 }
 
 // NewFactCache returns a cache holding at most maxEntries files (DefaultCacheEntries if
@@ -99,25 +103,53 @@ func (c *FactCache) put(k factKey, ct, sum string) {
 	}
 }
 
-// chain returns the content type followed by its ancestors in the sniffer's type tree,
-// without the generic roots application/octet-stream and text/plain (a shell script is
-// text/x-shellscript, and a rule for text/plain does not match it).
-func (c *FactCache) chain(ct string) []string {
+// typeChain is a sniffed content type with its ancestors in the sniffer's type tree, and
+// the "major/*" wildcard of each, precomputed so that matching allocates nothing.
+type typeChain struct {
+	types []string // the type first, then its ancestors
+	wild  []string // wild[i] is the "major/*" of types[i]
+}
+
+// maxChains bounds the memoized type chains and parsed origins.
+const maxChains = 4096
+
+// chain returns the content type and its ancestors, without the generic roots
+// application/octet-stream and text/plain (a shell script is text/x-shellscript, and a
+// rule for text/plain does not match it).
+func (c *FactCache) chain(ct string) *typeChain {
 	if v, ok := c.chains.Load(ct); ok {
-		return v.([]string)
+		return v.(*typeChain)
 	}
-	out := []string{ct}
+	tc := &typeChain{types: []string{ct}}
 	if m := mimetype.Lookup(ct); m != nil {
 		for p := m.Parent(); p != nil; p = p.Parent() {
 			s := baseType(p.String())
 			if s == "application/octet-stream" || s == "text/plain" {
 				break
 			}
-			out = append(out, s)
+			tc.types = append(tc.types, s)
 		}
 	}
-	c.chains.Store(ct, out)
-	return out
+	for _, t := range tc.types {
+		major, _, _ := strings.Cut(t, "/")
+		tc.wild = append(tc.wild, major+"/*")
+	}
+	if c.nChains.Add(1) < maxChains {
+		c.chains.Store(ct, tc)
+	}
+	return tc
+}
+
+// origin parses an origin URL, memoized: the same few origins are decided again and again.
+func (c *FactCache) origin(raw string) originInfo {
+	if v, ok := c.origins.Load(raw); ok {
+		return v.(originInfo)
+	}
+	o := parseOrigin(raw)
+	if c.nOrigins.Add(1) < maxChains {
+		c.origins.Store(raw, o)
+	}
+	return o
 }
 
 // baseType strips parameters such as "; charset=utf-8" from a MIME type.
@@ -219,7 +251,7 @@ func (e *evalCtx) open() (*os.File, factKey, error) {
 }
 
 // contentType returns the sniffed content type and its ancestors.
-func (e *evalCtx) contentType() ([]string, bool) {
+func (e *evalCtx) contentType() (*typeChain, bool) {
 	if e.ctChain != nil {
 		return e.ctChain, true
 	}
@@ -255,7 +287,7 @@ func (e *evalCtx) sha256() (string, bool) {
 		return e.sum, true
 	}
 	if s := e.req.SHA256; s != "" {
-		e.sum = strings.ToLower(s)
+		e.sum = lowerASCII(s)
 		return e.sum, true
 	}
 	if err := e.stat(); err != nil {

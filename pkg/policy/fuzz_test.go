@@ -137,7 +137,7 @@ func FuzzDecide(f *testing.F) {
 func decideLinear(p *Policy, req *Request) string {
 	e := evalCtx{req: req, cache: p.cache, path: path.Clean(req.Path)}
 	e.base = path.Base(e.path)
-	e.exts = extensions(e.base, e.extBuf[:0])
+	e.nExt = len(extensions(e.base, e.extBuf[:0]))
 	for _, r := range p.rules {
 		if _, ok := r.eval(&e, nil); ok {
 			return r.name

@@ -1,7 +1,6 @@
 package policy
 
 import (
-	"path"
 	"sort"
 	"strings"
 )
@@ -28,17 +27,21 @@ type index struct {
 	ext       map[string][]int32
 	name      map[string][]int32
 	domain    map[string][]int32
-	path      map[string][]int32
-	ctype     map[string][]int32
-	ctypeAll  []int32
-	sha       map[string][]int32
-	shaAll    []int32
+	path      map[string][]int32 // absolute directory prefix -> rules
+	homePath  map[string][]int32 // prefix relative to the home directory ("" is ~) -> rules
+	// Ranges of the number of "/" in path keys and "." in domain keys, so that a request
+	// looks up only the ancestors that can be keys.
+	pathMin, pathMax, homeMin, homeMax, domMin, domMax int
+	ctype                                              map[string][]int32
+	ctypeAll                                           []int32
+	sha                                                map[string][]int32
+	shaAll                                             []int32
 }
 
 func buildIndex(rules []*rule) *index {
 	x := &index{
 		ext: map[string][]int32{}, name: map[string][]int32{}, domain: map[string][]int32{},
-		path: map[string][]int32{}, ctype: map[string][]int32{}, sha: map[string][]int32{},
+		path: map[string][]int32{}, homePath: map[string][]int32{}, ctype: map[string][]int32{}, sha: map[string][]int32{},
 	}
 	for _, r := range rules {
 		i := int32(r.index)
@@ -46,7 +49,20 @@ func buildIndex(rules []*rule) *index {
 			x.unindexed = append(x.unindexed, i)
 		}
 	}
+	x.pathMin, x.pathMax = keyRange(x.path, '/')
+	x.homeMin, x.homeMax = keyRange(x.homePath, '/')
+	x.domMin, x.domMax = keyRange(x.domain, '.')
 	return x
+}
+
+// keyRange returns the smallest and largest count of sep in the keys of m.
+func keyRange(m map[string][]int32, sep byte) (lo, hi int) {
+	lo = 1 << 30
+	for k := range m {
+		n := strings.Count(k, string(sep))
+		lo, hi = min(lo, n), max(hi, n)
+	}
+	return lo, hi
 }
 
 func addUnique(m map[string][]int32, k string, i int32) {
@@ -97,7 +113,11 @@ func (x *index) file(r *rule, i int32) bool {
 		}
 		if deep {
 			for _, g := range c.globs {
-				addUnique(x.path, g.prefix, i)
+				if g.home {
+					addUnique(x.homePath, strings.TrimPrefix(strings.TrimPrefix(g.prefix, "~"), "/"), i)
+				} else {
+					addUnique(x.path, g.prefix, i)
+				}
 			}
 			return true
 		}
@@ -133,43 +153,77 @@ func allLiteral(keys []string) bool {
 	return true
 }
 
+// parentDir is path.Dir for a clean absolute path, without allocating.
+func parentDir(p string) string {
+	i := strings.LastIndexByte(p, '/')
+	if i <= 0 {
+		return "/"
+	}
+	return p[:i]
+}
+
+// parentRel is the parent of a relative path, "" at the top.
+func parentRel(p string) string {
+	i := strings.LastIndexByte(p, '/')
+	if i < 0 {
+		return ""
+	}
+	return p[:i]
+}
+
 // cursor walks one sorted candidate list.
 type cursor struct {
 	list []int32
 	pos  int
 }
 
-// candidates yields candidate rule indices in increasing order.
+// candidates yields candidate rule indices in increasing order. The cursors live in a
+// fixed array (spilling into extra) so that a decision allocates nothing for them.
 type candidates struct {
-	curs    []cursor
 	buf     [24]cursor
-	ctLazy  int // index in curs of the lazy content-type cursor, or -1
-	shaLazy int
+	n       int
+	extra   []cursor
+	ctLazy  int // index of the lazy content-type cursor, or -1
+	shaLazy int // index of the lazy SHA-256 cursor, or -1
 	last    int32
+}
+
+func (cs *candidates) at(i int) *cursor {
+	if i < len(cs.buf) {
+		return &cs.buf[i]
+	}
+	return &cs.extra[i-len(cs.buf)]
 }
 
 func (cs *candidates) add(l []int32) int {
 	if len(l) == 0 {
 		return -1
 	}
-	cs.curs = append(cs.curs, cursor{list: l})
-	return len(cs.curs) - 1
+	if cs.n < len(cs.buf) {
+		cs.buf[cs.n] = cursor{list: l}
+	} else {
+		cs.extra = append(cs.extra, cursor{list: l})
+	}
+	cs.n++
+	return cs.n - 1
 }
 
 // init collects the candidate lists for the request.
 func (x *index) init(cs *candidates, e *evalCtx) {
-	cs.curs = cs.buf[:0]
 	cs.last = -1
 	cs.ctLazy, cs.shaLazy = -1, -1
 	cs.add(x.unindexed)
-	for _, ext := range e.exts {
+	for _, ext := range e.exts() {
 		cs.add(x.ext[ext])
 	}
 	cs.add(x.name[e.base])
 	if len(x.domain) > 0 {
 		o := e.getOrigin(false)
-		for h := o.host; h != ""; {
-			cs.add(x.domain[h])
+		dots := strings.Count(o.host, ".")
+		for h := o.host; h != "" && dots >= x.domMin; dots-- {
+			if dots <= x.domMax {
+				cs.add(x.domain[h])
+			}
 			i := strings.IndexByte(h, '.')
 			if i < 0 {
 				break
@@ -178,15 +232,28 @@ func (x *index) init(cs *candidates, e *evalCtx) {
 		}
 	}
 	if len(x.path) > 0 {
-		for d := e.path; ; d = path.Dir(d) {
-			cs.add(x.path[d])
-			if d == "/" {
-				break
+		slashes := strings.Count(e.path, "/")
+		for d := e.path; slashes >= x.pathMin && d != "/"; d, slashes = parentDir(d), slashes-1 {
+			if slashes <= x.pathMax {
+				cs.add(x.path[d])
 			}
 		}
-		if home := strings.TrimSuffix(e.req.Home, "/"); home != "" && strings.HasPrefix(e.path, home+"/") {
-			for d := e.path; len(d) >= len(home); d = path.Dir(d) {
-				cs.add(x.path["~"+d[len(home):]])
+		if x.pathMin <= 1 { // the key "/" itself (not filed, but cheap to keep exact)
+			cs.add(x.path["/"])
+		}
+	}
+	if len(x.homePath) > 0 {
+		home := strings.TrimSuffix(e.req.Home, "/")
+		if home != "" && len(e.path) > len(home) && e.path[len(home)] == '/' && strings.HasPrefix(e.path, home) {
+			rel := e.path[len(home)+1:]
+			slashes := strings.Count(rel, "/")
+			for ; slashes >= x.homeMin && rel != ""; rel, slashes = parentRel(rel), slashes-1 {
+				if slashes <= x.homeMax {
+					cs.add(x.homePath[rel])
+				}
+			}
+			if rel == "" {
+				cs.add(x.homePath[""])
 			}
 		}
 	}
@@ -212,11 +279,9 @@ func (x *index) addCtype(cs *candidates, e *evalCtx) {
 	if !ok {
 		return
 	}
-	for _, t := range chain {
+	for j, t := range chain.types {
 		cs.add(x.ctype[t])
-		if j := strings.IndexByte(t, '/'); j > 0 {
-			cs.add(x.ctype[t[:j]+"/*"])
-		}
+		cs.add(x.ctype[chain.wild[j]])
 	}
 }
 
@@ -224,18 +289,18 @@ func (x *index) addCtype(cs *candidates, e *evalCtx) {
 func (x *index) next(cs *candidates, e *evalCtx) int32 {
 	// Once a lazy fact is known, replace the catch-all list by the precise buckets.
 	if cs.ctLazy >= 0 && e.ctChain != nil {
-		cs.curs[cs.ctLazy].list = nil
+		cs.at(cs.ctLazy).list = nil
 		cs.ctLazy = -1
 		x.addCtype(cs, e)
 	}
 	if cs.shaLazy >= 0 && e.sum != "" {
-		cs.curs[cs.shaLazy].list = nil
+		cs.at(cs.shaLazy).list = nil
 		cs.shaLazy = -1
 		cs.add(x.sha[e.sum])
 	}
 	best := int32(-1)
-	for i := range cs.curs {
-		c := &cs.curs[i]
+	for i := 0; i < cs.n; i++ {
+		c := cs.at(i)
 		if len(c.list)-c.pos > 8 && c.list[c.pos] <= cs.last {
 			c.pos += sort.Search(len(c.list)-c.pos, func(j int) bool { return c.list[c.pos+j] > cs.last })
 		}
