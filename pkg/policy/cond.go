@@ -51,7 +51,7 @@ func extensions(base string, buf []string) []string {
 // lowerASCII is strings.ToLower with a fast path for strings without upper-case ASCII.
 func lowerASCII(s string) string {
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; c >= 'A' && c <= 'Z' || c >= 0x80 {
+		if c := s[i]; c-'A' < 26 || c >= 0x80 {
 			return strings.ToLower(s)
 		}
 	}

@@ -129,12 +129,20 @@ func (r *rule) eval(e *evalCtx, m []string) ([]string, bool) {
 }
 
 func (p *Policy) decision(r *rule, m []string, e *evalCtx) *Decision {
-	d := &Decision{
+	// One allocation for the decision and a short Matched list.
+	a := &struct {
+		d Decision
+		m [4]string
+	}{}
+	d := &a.d
+	*d = Decision{
 		Action: r.action, Handler: r.handler, Rule: r.name, File: r.file, Line: r.line,
 		PolicyVersion: p.version,
 	}
-	if len(m) > 0 {
+	if len(m) > len(a.m) {
 		d.Matched = append([]string(nil), m...)
+	} else if len(m) > 0 {
+		d.Matched = a.m[:copy(a.m[:], m)]
 	}
 	n := len(r.explain) + len(" matches every file") + len(r.description) + 3
 	for _, s := range m {

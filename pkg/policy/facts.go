@@ -157,7 +157,7 @@ func baseType(s string) string {
 	if i := strings.IndexByte(s, ';'); i >= 0 {
 		s = s[:i]
 	}
-	return strings.ToLower(strings.TrimSpace(s))
+	return lowerASCII(strings.TrimSpace(s))
 }
 
 func keyOf(fi os.FileInfo) (factKey, bool) {
