@@ -253,6 +253,8 @@ func (c *compiler) defaultHandler(d *defaultAction, s *sval, file, hkey, akey st
 	return c.lookupHandler(file, *s)
 }
 
+var schemeRE = regexp.MustCompile(`^[a-z][a-z0-9+.-]*$`)
+
 var placeholderRE = regexp.MustCompile(`\{[^{}]*\}`)
 
 var validImage = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]*$`)
@@ -580,7 +582,7 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 			k := &cond{kind: kindScheme, referrer: o.referrer, set: map[string]int{}}
 			for _, s := range o.raw.scheme {
 				sc := strings.ToLower(strings.TrimSuffix(s.s, ":"))
-				if !regexp.MustCompile(`^[a-z][a-z0-9+.-]*$`).MatchString(sc) {
+				if !schemeRE.MatchString(sc) {
 					c.errAt(f, s.line, s.col, "%s.scheme: bad URL scheme %q", w, s.s)
 					continue
 				}
@@ -682,15 +684,39 @@ func (c *compiler) regexCond(f string, kind condKind, vals []sval, what string, 
 func (c *compiler) shadowing(rules []*rule) {
 	// A rule can only cover another if the other has a condition of every kind it has:
 	// compare kind masks first, which makes the quadratic scan cheap.
+	// For kinds matched by plain key equality, a Bloom signature of the keys per kind
+	// rejects most pairs without comparing strings: a covers b only if b's keys of that
+	// kind are among a's.
 	masks := make([]uint64, len(rules))
+	blooms := make([][len(bloomKinds)]uint64, len(rules))
+	exact := make([][len(bloomKinds)]bool, len(rules)) // the bloom of that kind is usable for a
 	for i, r := range rules {
-		for _, k := range r.match {
-			masks[i] |= kindBit(k)
+		for _, c := range r.match {
+			masks[i] |= kindBit(c)
+			for bk, kind := range bloomKinds {
+				if c.kind != kind || c.referrer {
+					continue
+				}
+				exact[i][bk] = len(c.lists) == 0
+				for _, key := range c.keys {
+					exact[i][bk] = exact[i][bk] && !strings.Contains(key, "*")
+					blooms[i][bk] |= 1 << (strhash(key) % 64)
+				}
+			}
 		}
 	}
 	for j, b := range rules {
+	pairs:
 		for i, a := range rules[:j] {
-			if masks[i]&^masks[j] != 0 || len(a.unless) > 0 || !condsCover(a.match, b.match) {
+			if masks[i]&^masks[j] != 0 || len(a.unless) > 0 {
+				continue
+			}
+			for bk := range bloomKinds {
+				if exact[i][bk] && blooms[j][bk]&^blooms[i][bk] != 0 {
+					continue pairs
+				}
+			}
+			if !condsCover(a.match, b.match) {
 				continue
 			}
 			what := "matches everything it matches"
@@ -701,6 +727,19 @@ func (c *compiler) shadowing(rules []*rule) {
 			break
 		}
 	}
+}
+
+// bloomKinds are the kinds whose covering is plain key set inclusion.
+var bloomKinds = [...]condKind{kindExtension, kindSHA256, kindUser, kindGroup, kindContentType, kindName}
+
+// strhash is FNV-1a.
+func strhash(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
 }
 
 var kindBits = map[condKind]uint{

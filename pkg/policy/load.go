@@ -9,8 +9,10 @@ import (
 	"io"
 	"io/fs"
 	"path"
+	"runtime"
 	"sort"
 	"strings"
+	"sync"
 )
 
 // Source is one directory of policy files.
@@ -114,11 +116,26 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 	}
 
 	h := sha256.New()
-	raws := make([]*rawFile, 0, len(files))
 	for _, f := range files {
 		fmt.Fprintf(h, "%s\x00%d\x00", f.base, len(f.data))
 		h.Write(f.data)
-		raws = append(raws, parseFile(f.name, f.base, f.data, &issues))
+	}
+	// Parse the files in parallel: YAML parsing is most of the cost of a reload.
+	raws := make([]*rawFile, len(files))
+	fileIssues := make([][]Issue, len(files))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, runtime.GOMAXPROCS(0))
+	for i, f := range files {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			raws[i] = parseFile(f.name, f.base, f.data, &fileIssues[i])
+		}()
+	}
+	wg.Wait()
+	for _, fi := range fileIssues {
+		issues = append(issues, fi...)
 	}
 	c := &compiler{issues: issues, files: files}
 	p := c.compile(raws)

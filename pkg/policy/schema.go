@@ -256,19 +256,27 @@ func (d *decoder) lists(v *yaml.Node) []*rawList {
 	return out
 }
 
+var ruleKeys = []string{"name", "description", "action", "handler", "match", "unless"}
+
 func (d *decoder) rule(n *yaml.Node) *rawRule {
 	n = deref(n)
 	r := &rawRule{line: n.Line, col: n.Column}
-	d.fields(n, "rule", map[string]func(k, v *yaml.Node){
-		"name": func(k, v *yaml.Node) { r.name, _ = d.str(v, "rule name") },
-		"description": func(k, v *yaml.Node) {
+	d.keyed(n, "rule", ruleKeys, func(key string, k, v *yaml.Node) {
+		switch key {
+		case "name":
+			r.name, _ = d.str(v, "rule name")
+		case "description":
 			s, _ := d.str(v, "rule description")
 			r.description = s.s
-		},
-		"action":  func(k, v *yaml.Node) { r.action, _ = d.str(v, "rule action") },
-		"handler": func(k, v *yaml.Node) { r.handler = d.optStr(v, "rule handler") },
-		"match":   func(k, v *yaml.Node) { r.match = d.cond(k, v, "match") },
-		"unless":  func(k, v *yaml.Node) { r.unless = d.cond(k, v, "unless") },
+		case "action":
+			r.action, _ = d.str(v, "rule action")
+		case "handler":
+			r.handler = d.optStr(v, "rule handler")
+		case "match":
+			r.match = d.cond(k, v, "match")
+		case "unless":
+			r.unless = d.cond(k, v, "unless")
+		}
 	})
 	if n.Kind != yaml.MappingNode {
 		return nil
@@ -282,58 +290,82 @@ func (d *decoder) rule(n *yaml.Node) *rawRule {
 	return r
 }
 
+var condKeys = []string{"path", "path_regex", "name", "extension", "content_type", "sha256", "sha256_list",
+	"user", "group", "opener", "origin", "referrer", "size"}
+
+var sizeKeys = []string{"min", "max"}
+
 func (d *decoder) cond(k, v *yaml.Node, what string) *rawCond {
 	c := &rawCond{line: k.Line, col: k.Column}
-	d.fields(v, what, map[string]func(k, v *yaml.Node){
-		"path":         func(k, v *yaml.Node) { c.path = d.strs(v, what+".path") },
-		"path_regex":   func(k, v *yaml.Node) { c.pathRegex = d.strs(v, what+".path_regex") },
-		"name":         func(k, v *yaml.Node) { c.name = d.strs(v, what+".name") },
-		"extension":    func(k, v *yaml.Node) { c.extension = d.strs(v, what+".extension") },
-		"content_type": func(k, v *yaml.Node) { c.contentType = d.strs(v, what+".content_type") },
-		"sha256":       func(k, v *yaml.Node) { c.sha256 = d.strs(v, what+".sha256") },
-		"sha256_list":  func(k, v *yaml.Node) { c.sha256List = d.strs(v, what+".sha256_list") },
-		"user":         func(k, v *yaml.Node) { c.user = d.strs(v, what+".user") },
-		"group":        func(k, v *yaml.Node) { c.group = d.strs(v, what+".group") },
-		"opener":       func(k, v *yaml.Node) { c.opener = d.strs(v, what+".opener") },
-		"origin":       func(k, v *yaml.Node) { c.origin = d.origin(v, what+".origin") },
-		"referrer":     func(k, v *yaml.Node) { c.referrer = d.origin(v, what+".referrer") },
-		"size": func(k, v *yaml.Node) {
+	d.keyed(v, what, condKeys, func(key string, k, v *yaml.Node) {
+		w := what + "." + key
+		switch key {
+		case "path":
+			c.path = d.strs(v, w)
+		case "path_regex":
+			c.pathRegex = d.strs(v, w)
+		case "name":
+			c.name = d.strs(v, w)
+		case "extension":
+			c.extension = d.strs(v, w)
+		case "content_type":
+			c.contentType = d.strs(v, w)
+		case "sha256":
+			c.sha256 = d.strs(v, w)
+		case "sha256_list":
+			c.sha256List = d.strs(v, w)
+		case "user":
+			c.user = d.strs(v, w)
+		case "group":
+			c.group = d.strs(v, w)
+		case "opener":
+			c.opener = d.strs(v, w)
+		case "origin":
+			c.origin = d.origin(v, w)
+		case "referrer":
+			c.referrer = d.origin(v, w)
+		case "size":
 			c.sizeLine, c.sizeCol = k.Line, k.Column
-			d.fields(v, what+".size", map[string]func(k, v *yaml.Node){
-				"min": func(k, v *yaml.Node) {
-					if n, ok := d.size(v, what+".size.min"); ok {
+			d.keyed(v, w, sizeKeys, func(key string, _, v *yaml.Node) {
+				if n, ok := d.size(v, w+"."+key); ok {
+					if key == "min" {
 						c.sizeMin = &n
-					}
-				},
-				"max": func(k, v *yaml.Node) {
-					if n, ok := d.size(v, what+".size.max"); ok {
+					} else {
 						c.sizeMax = &n
 					}
-				},
+				}
 			})
 			if c.sizeMin != nil && c.sizeMax != nil && *c.sizeMin > *c.sizeMax {
-				d.errorf(k, "%s.size: min %d is larger than max %d", what, *c.sizeMin, *c.sizeMax)
+				d.errorf(k, "%s: min %d is larger than max %d", w, *c.sizeMin, *c.sizeMax)
 			}
-		},
+		}
 	})
 	return c
 }
+
+var originKeys = []string{"present", "url_regex", "host", "domain", "scheme"}
 
 func (d *decoder) origin(v *yaml.Node, what string) *rawOrigin {
 	o := &rawOrigin{}
 	if vv := deref(v); vv.Kind == yaml.MappingNode {
 		o.keys = len(vv.Content) / 2
 	}
-	d.fields(v, what, map[string]func(k, v *yaml.Node){
-		"present": func(k, v *yaml.Node) {
-			if b, ok := d.boolean(v, what+".present"); ok {
+	d.keyed(v, what, originKeys, func(key string, _, v *yaml.Node) {
+		w := what + "." + key
+		switch key {
+		case "present":
+			if b, ok := d.boolean(v, w); ok {
 				o.present = &b
 			}
-		},
-		"url_regex": func(k, v *yaml.Node) { o.urlRegex = d.strs(v, what+".url_regex") },
-		"host":      func(k, v *yaml.Node) { o.host = d.strs(v, what+".host") },
-		"domain":    func(k, v *yaml.Node) { o.domain = d.strs(v, what+".domain") },
-		"scheme":    func(k, v *yaml.Node) { o.scheme = d.strs(v, what+".scheme") },
+		case "url_regex":
+			o.urlRegex = d.strs(v, w)
+		case "host":
+			o.host = d.strs(v, w)
+		case "domain":
+			o.domain = d.strs(v, w)
+		case "scheme":
+			o.scheme = d.strs(v, w)
+		}
 	})
 	return o
 }
