@@ -95,9 +95,8 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 	c.handlerPos = map[string]sval{}
 	c.usedHandler = map[string]bool{}
 	c.usedList = map[string]bool{}
-	for i, f := range c.files {
+	for _, f := range c.files {
 		p.files = append(p.files, f.name)
-		_ = i
 	}
 
 	// Handlers and lists first: rules and defaults refer to them across files.

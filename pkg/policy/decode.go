@@ -48,10 +48,6 @@ func (d *decoder) errorf(n *yaml.Node, format string, args ...any) {
 	d.add(n.Line, n.Column, false, format, args...)
 }
 
-func (d *decoder) warnf(n *yaml.Node, format string, args ...any) {
-	d.add(n.Line, n.Column, true, format, args...)
-}
-
 // deref follows aliases.
 func deref(n *yaml.Node) *yaml.Node {
 	for i := 0; n != nil && n.Kind == yaml.AliasNode && i < maxDepth; i++ {
