@@ -257,15 +257,34 @@ func (x *index) init(cs *candidates, e *evalCtx) {
 			}
 		}
 	}
+	// Content facts the fact cache already holds cost nothing: use the precise buckets
+	// rather than every rule of the dimension. The content type is worth sniffing now if
+	// rules are filed under it (3 KiB read once per file version, then cached); a failure
+	// here is not an error unless a rule needs the fact later.
+	if (len(x.ctypeAll) > 0 && e.req.ContentType == "") || (len(x.shaAll) > 0 && e.req.SHA256 == "") {
+		if e.stat() == nil {
+			if e.facts.cached.sha256 != "" {
+				e.sum = e.facts.cached.sha256
+			}
+			if len(x.ctypeAll) > 0 && e.req.ContentType == "" {
+				saved := e.err
+				if _, ok := e.contentType(); !ok {
+					e.err = saved
+				}
+			}
+		}
+	}
 	if len(x.ctypeAll) > 0 {
-		if e.req.ContentType != "" {
+		if e.ctChain != nil {
+			x.addCtype(cs, e)
+		} else if e.req.ContentType != "" {
 			x.addCtype(cs, e)
 		} else {
 			cs.ctLazy = cs.add(x.ctypeAll)
 		}
 	}
 	if len(x.shaAll) > 0 {
-		if e.req.SHA256 != "" {
+		if e.sum != "" || e.req.SHA256 != "" {
 			sum, _ := e.sha256()
 			cs.add(x.sha[sum])
 		} else {

@@ -197,6 +197,10 @@ rules:
 					t.Errorf("Matched %q has nothing containing %q", d.Matched, m)
 				}
 			}
+			lreq := req
+			if lin := decideLinear(p, &lreq); lin != d.Rule {
+				t.Errorf("linear evaluation decides by %q", lin)
+			}
 			if d.File == "" || d.Line == 0 || !strings.Contains(d.Explanation, d.File) || d.PolicyVersion != p.Version() {
 				t.Errorf("decision does not say where it came from: %+v", d)
 			}
