@@ -50,12 +50,31 @@ func extensions(base string, buf []string) []string {
 
 // lowerASCII is strings.ToLower with a fast path for strings without upper-case ASCII.
 func lowerASCII(s string) string {
-	for i := 0; i < len(s); i++ {
+	i := 0
+	// Eight bytes at a time: ASCII bytes with bit 0x20 set (digits, lower case, most
+	// punctuation) are never upper case.
+	for ; i+8 <= len(s); i += 8 {
+		w := uint64(s[i]) | uint64(s[i+1])<<8 | uint64(s[i+2])<<16 | uint64(s[i+3])<<24 |
+			uint64(s[i+4])<<32 | uint64(s[i+5])<<40 | uint64(s[i+6])<<48 | uint64(s[i+7])<<56
+		if w&0x8080808080808080 != 0 || w&0x2020202020202020 != 0x2020202020202020 {
+			break
+		}
+	}
+	for ; i < len(s); i++ {
 		if c := s[i]; c-'A' < 26 || c >= 0x80 {
 			return strings.ToLower(s)
 		}
 	}
 	return s
+}
+
+// cleanPath is path.Clean with a fast path for paths that are already clean.
+func cleanPath(p string) string {
+	if len(p) > 1 && (p[len(p)-1] == '/' || strings.HasSuffix(p, "/.") || strings.HasSuffix(p, "/..")) ||
+		strings.Contains(p, "//") || strings.Contains(p, "/./") || strings.Contains(p, "/../") {
+		return path.Clean(p)
+	}
+	return p
 }
 
 // originInfo is a parsed origin or referrer URL.

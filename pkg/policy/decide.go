@@ -73,7 +73,7 @@ func (p *Policy) Decide(req *Request) (*Decision, error) {
 	if req == nil || req.Path == "" || !path.IsAbs(req.Path) {
 		return nil, fmt.Errorf("%w: path must be absolute", ErrBadRequest)
 	}
-	e := evalCtx{req: req, cache: p.cache, path: path.Clean(req.Path)}
+	e := evalCtx{req: req, cache: p.cache, path: cleanPath(req.Path)}
 	e.base = path.Base(e.path)
 	e.nExt = len(extensions(e.base, e.extBuf[:0]))
 	if p.failReason != "" {

@@ -1,7 +1,9 @@
 package policy
 
 import (
+	"path"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -102,5 +104,18 @@ func TestExpandArgs(t *testing.T) {
 	}
 	if p := h.ExpandProgram("x"); p != "/input/x" {
 		t.Errorf("ExpandProgram = %q", p)
+	}
+}
+
+func TestCleanPathAndLower(t *testing.T) {
+	for _, p := range []string{"/", "/a", "/a/b", "/a/", "/a//b", "/a/./b", "/a/../b", "/a/.", "/a/..", "/..", "/.a/..b/c.", "/a/b.../c"} {
+		if got, want := cleanPath(p), path.Clean(p); got != want {
+			t.Errorf("cleanPath(%q) = %q, want %q", p, got, want)
+		}
+	}
+	for _, s := range []string{"", "abc", "ABC", "0123456789abcdefABCDEF", strings.Repeat("ab", 32), strings.Repeat("ab", 31) + "Ab", "text/Plain", "ÄÖ", "a_b@c[d]^e"} {
+		if got, want := lowerASCII(s), strings.ToLower(s); got != want {
+			t.Errorf("lowerASCII(%q) = %q, want %q", s, got, want)
+		}
 	}
 }
