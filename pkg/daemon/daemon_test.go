@@ -273,7 +273,7 @@ func TestQueueBound(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			err := in.c.Open(context.Background(), api.OpenRequest{Path: writeFile(t, dir, fmt.Sprintf("f%d.bin", i), "x")}, func(ev api.Event) error {
-				if ev.Type == api.EventDecision {
+				if ev.Type == api.EventState && ev.Task.State == api.StateQueued {
 					admitted <- ev.Task.ID
 				}
 				if ev.Type == api.EventResult && ev.Task.State == api.StateDone {

@@ -121,28 +121,26 @@ func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit f
 	}
 	defer f.Close()
 
-	var sum string
-	var staged string
+	d.log.Info("decision", "uid", p.UID, "path", real, "action", dec.Action, "rule", dec.Rule)
+	// The decision goes out at once; staging and waiting for queue space come after.
+	if err := emit(api.Event{Type: api.EventDecision, Path: real, Decision: &dec.Decision}); err != nil {
+		return err
+	}
+	var sum, staged string
 	id := newTaskID()
 	if dec.Action == api.ActionIsolate {
 		staged, sum, err = d.stage(id, f, real)
-		if err != nil {
-			return err
-		}
 	} else {
 		h := sha256.New()
-		if _, err := io.Copy(h, io.LimitReader(f, d.cfg.MaxInputBytes)); err == nil {
+		if _, herr := io.Copy(h, io.LimitReader(f, d.cfg.MaxInputBytes)); herr == nil {
 			sum = hex.EncodeToString(h.Sum(nil))
 		}
 	}
 	d.writeAudit(&AuditRecord{Event: "decision", UID: p.UID, User: p.User, Path: real, SHA256: sum,
 		Action: string(dec.Action), Rule: dec.Rule, RuleFile: dec.File, RuleLine: dec.Line,
 		Explanation: dec.Explanation, PolicyVersion: dec.PolicyVersion, Handler: dec.Decision.Handler})
-	d.log.Info("decision", "uid", p.UID, "path", real, "action", dec.Action, "rule", dec.Rule)
-
-	ev := api.Event{Type: api.EventDecision, Path: real, Decision: &dec.Decision}
-	if dec.Action != api.ActionIsolate {
-		return emit(ev)
+	if err != nil || dec.Action != api.ActionIsolate {
+		return err
 	}
 	tk, err := d.enqueue(ctx, p, id, real, sum, staged, dec, start)
 	if err != nil {
@@ -150,19 +148,10 @@ func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit f
 		return err
 	}
 	d.mu.Lock()
-	snap := tk.t
 	stream := tk.stream
 	d.mu.Unlock()
-	ev.Task = &snap
-	if err := emit(ev); err != nil {
-		return err
-	}
-	return stream.Follow(ctx, func(ev api.Event) error {
-		if ev.Type == api.EventState && ev.Task != nil && ev.Task.State == api.StateQueued {
-			return nil // already sent with the decision
-		}
-		return emit(ev)
-	})
+	// The stream starts with the task's queued state.
+	return stream.Follow(ctx, emit)
 }
 
 // stage copies the file into a private staging directory, so the guest sees exactly the

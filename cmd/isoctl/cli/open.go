@@ -147,7 +147,7 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 	err = c.Open(ctx, api.OpenRequest{Path: abs, Opener: o.opener}, func(ev api.Event) error {
 		switch ev.Type {
 		case api.EventDecision:
-			rep.Decision, rep.Task = ev.Decision, ev.Task
+			rep.Decision = ev.Decision
 			d := ev.Decision
 			switch d.Action {
 			case api.ActionTrust:
@@ -155,11 +155,16 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 			case api.ActionDeny:
 				say("%s: denied (rule %s): %s\n", abs, d.Rule, d.Explanation)
 			case api.ActionIsolate:
-				say("%s: isolated with handler %s as task %s (rule %s)\n", abs, d.Handler, ev.Task.ID, d.Rule)
+				say("%s: isolated with handler %s (rule %s)\n", abs, d.Handler, d.Rule)
 			}
 		case api.EventState:
+			if rep.Task == nil {
+				say("  task %s\n", ev.Task.ID)
+			}
 			rep.Task = ev.Task
-			progress("  task %s: %s\n", ev.Task.ID, ev.Task.State)
+			if !ev.Task.State.Final() {
+				progress("  task %s: %s\n", ev.Task.ID, ev.Task.State)
+			}
 		case api.EventStdout:
 			out.Write(ev.Data)
 			if !o.json {
