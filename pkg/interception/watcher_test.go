@@ -95,7 +95,7 @@ func TestWatcherDownloads(t *testing.T) {
 			download: func(t *testing.T, dir string) {
 				// curl/wget: the final name is written in place; pauses shorter than the
 				// settle interval must not make it count as complete.
-				writeChunks(t, filepath.Join(dir, "tool.AppImage"), payload, 6, testSettle/3)
+				writeChunks(t, filepath.Join(dir, "tool.AppImage"), payload, 6, testSettle/8)
 			},
 		},
 		{
