@@ -7,7 +7,7 @@ GO           ?= go
 BIN          := bin
 PREFIX       ?= /usr/local
 DESTDIR      ?=
-STATICCHECK  := honnef.co/go/tools/cmd/staticcheck@2026.2.2
+STATICCHECK  := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages the tests and benchmarks run real programs from.
 APT_PACKAGES := busybox-static poppler-utils coreutils bubblewrap runsc strace attr
 TEST_TIMEOUT ?= 25m
