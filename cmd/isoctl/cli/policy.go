@@ -99,15 +99,15 @@ func runPolicyCheck(stdout, stderr io.Writer, o *policySourceOptions) error {
 	var ve *policy.ValidationErrors
 	if errors.As(err, &ve) {
 		printIssues(stderr, ve.Issues)
-		fmt.Fprintf(stderr, "policy is invalid: %d errors, %d warnings\n", len(ve.Errors()), len(ve.Warnings()))
+		fmt.Fprintf(stderr, "policy is invalid: %s, %s\n", plural(len(ve.Errors()), "error"), plural(len(ve.Warnings()), "warning"))
 		return &ExitError{Code: 1}
 	}
 	if err != nil {
 		return err
 	}
 	printIssues(stderr, p.Warnings())
-	fmt.Fprintf(stdout, "policy OK: %d files, %d rules, version %s, %d warnings (loaded in %v)\n",
-		len(p.Files()), p.NumRules(), p.Version(), len(p.Warnings()), time.Since(start).Round(time.Microsecond))
+	fmt.Fprintf(stdout, "policy OK: %s, %s, version %s, %s (loaded in %v)\n",
+		plural(len(p.Files()), "file"), plural(p.NumRules(), "rule"), p.Version(), plural(len(p.Warnings()), "warning"), time.Since(start).Round(time.Microsecond))
 	for _, f := range p.Files() {
 		fmt.Fprintf(stdout, "  %s\n", f)
 	}
@@ -341,4 +341,12 @@ func humanBytes(n int64) string {
 		}
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+// plural formats a count with its noun, in the plural unless the count is one.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return fmt.Sprintf("%d %ss", n, noun)
 }
