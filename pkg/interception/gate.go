@@ -455,6 +455,7 @@ func (g *Gate) handle(ev permEvent) {
 		Mode:    fileMode(st.Mode),
 		UID:     st.Uid,
 		Ctime:   time.Unix(st.Ctim.Unix()),
+		Mtime:   time.Unix(st.Mtim.Unix()),
 		PID:     int(ev.pid),
 		Program: program,
 	}

@@ -65,6 +65,7 @@ type FileInfo struct {
 	Mode    fs.FileMode // type and permission bits
 	UID     uint32      // owner; isolation runs on behalf of this user
 	Ctime   time.Time   // inode change time, part of the cache key
+	Mtime   time.Time   // content change time; unlike Ctime not changed by the recorded verdict
 	SHA256  string      // hex content hash; set by the Watcher, empty at the Gate
 
 	// OriginURL and ReferrerURL are the user.xdg.origin.url and user.xdg.referrer.url

@@ -492,6 +492,7 @@ func (w *Watcher) decide(ctx context.Context, p string) error {
 		Mode:    fileMode(st.Mode),
 		UID:     st.Uid,
 		Ctime:   time.Unix(st.Ctim.Unix()),
+		Mtime:   time.Unix(st.Mtim.Unix()),
 		SHA256:  sum,
 	}
 	if fi.OriginURL, err = fgetxattr(fd, XattrOriginURL); err != nil {
