@@ -20,7 +20,7 @@ const (
 	PathKill    = "/v1/tasks/{id}/kill"    // POST -> Task
 	PathStatus  = "/v1/status"             // GET -> Status
 	PathRelease = "/v1/release"            // POST ReleaseRequest -> ReleaseResponse
-	PathEvents  = "/v1/events"             // GET -> NDJSON stream of Event (task state changes)
+	PathEvents  = "/v1/events"             // GET -> NDJSON stream of Event (task states, interceptions)
 	PathMetrics = "/metrics"               // GET -> Prometheus text format
 )
 
@@ -146,6 +146,9 @@ const (
 	EventResult   EventType = "result"   // Task finished; Results holds its files
 	EventError    EventType = "error"    // Error ends the stream
 	EventEnd      EventType = "end"      // end of a log stream
+
+	EventDownload EventType = "download"    // an intercepted download was decided (Path, Decision)
+	EventDenied   EventType = "open-denied" // an open was refused by the gate (Path, Decision, Task)
 )
 
 // Event is one line of an NDJSON event stream.

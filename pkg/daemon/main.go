@@ -12,11 +12,13 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/isolator-dev/isolator/pkg/interception"
 	"github.com/isolator-dev/isolator/pkg/policy"
 	"github.com/isolator-dev/isolator/policies"
 )
@@ -42,6 +44,17 @@ type FileConfig struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	MaxInputBytes   int64         `yaml:"max_input_bytes"`
 	BuildImages     *bool         `yaml:"build_images"` // build missing default images at start; default true
+
+	// Transparent interception (docs/INTERCEPTION.md). Intercept enables it on every
+	// regular user's XDG download directory; DownloadDirs lists the directories instead
+	// and enables it too.
+	Intercept      bool          `yaml:"intercept"`
+	DownloadDirs   []string      `yaml:"download_dirs"`
+	Gate           *bool         `yaml:"gate"`            // fanotify permission gate; default true
+	GateDeadline   time.Duration `yaml:"gate_deadline"`   // answer to one open; default 1s
+	GateFallback   string        `yaml:"gate_fallback"`   // deny (default) or trust
+	GateAllow      []string      `yaml:"gate_allow"`      // executables whose opens are always allowed
+	DownloadSettle time.Duration `yaml:"download_settle"` // quiet time before a download is decided; default 2s
 }
 
 // LoadFileConfig reads a configuration file strictly: unknown keys and trailing documents
@@ -100,6 +113,50 @@ type options struct {
 	queueWait       time.Duration
 	shutdownTimeout time.Duration
 	noBuildImages   bool
+
+	intercept      bool
+	watchDirs      stringList
+	noGate         bool
+	gateDeadline   time.Duration
+	gateFallback   string
+	gateAllow      stringList
+	downloadSettle time.Duration
+}
+
+// stringList is a repeatable string flag.
+type stringList []string
+
+func (l *stringList) String() string { return strings.Join(*l, ",") }
+
+func (l *stringList) Set(s string) error {
+	*l = append(*l, s)
+	return nil
+}
+
+// interceptConfig returns the interception configuration, or nil when it is disabled.
+// Without explicit directories it uses every regular user's XDG download directory.
+func (o *options) interceptConfig(passwd string) (*InterceptConfig, error) {
+	if !o.intercept && len(o.watchDirs) == 0 {
+		return nil, nil
+	}
+	var fallback interception.Action
+	switch o.gateFallback {
+	case "", "deny":
+		fallback = interception.ActionDeny
+	case "trust":
+		fallback = interception.ActionTrust
+	default:
+		return nil, fmt.Errorf("--gate-fallback: %q is neither deny nor trust", o.gateFallback)
+	}
+	dirs := []string(o.watchDirs)
+	if len(dirs) == 0 {
+		var err error
+		if dirs, err = interception.DefaultDownloadDirs(passwd, 1000, false); err != nil {
+			return nil, err
+		}
+	}
+	return &InterceptConfig{Dirs: dirs, NoGate: o.noGate, GateDeadline: o.gateDeadline,
+		GateFallback: fallback, AllowPrograms: o.gateAllow, Settle: o.downloadSettle}, nil
 }
 
 func parseOptions(args []string, stderr io.Writer) (*options, error) {
@@ -117,6 +174,13 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.queueWait, "queue-wait", 10*time.Second, "how long a request waits for queue space before it is refused")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long running tasks may finish at shutdown")
 	fs.BoolVar(&o.noBuildImages, "no-build-images", false, "do not build missing default guest images at start")
+	fs.BoolVar(&o.intercept, "intercept", false, "intercept downloads and opens in every regular user's XDG download directory")
+	fs.Var(&o.watchDirs, "watch-dir", "intercept downloads and opens in `DIR` (repeatable; enables interception)")
+	fs.BoolVar(&o.noGate, "no-gate", false, "watch downloads only; do not gate opens with fanotify")
+	fs.DurationVar(&o.gateDeadline, "gate-deadline", interception.DefaultDeadline, "answer each gated open within this time, with --gate-fallback if the policy is late")
+	fs.StringVar(&o.gateFallback, "gate-fallback", "deny", "answer to opens the policy could not decide in time: deny or trust")
+	fs.Var(&o.gateAllow, "gate-allow", "executable `PATH` whose opens the gate always allows (repeatable)")
+	fs.DurationVar(&o.downloadSettle, "download-settle", interception.DefaultSettle, "how long a download must stay unwritten before it is decided")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -164,6 +228,25 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	if fc.BuildImages != nil && !*fc.BuildImages && !set["no-build-images"] {
 		o.noBuildImages = true
 	}
+	if fc.Intercept && !set["intercept"] {
+		o.intercept = true
+	}
+	if len(fc.DownloadDirs) > 0 && !set["watch-dir"] {
+		o.watchDirs = fc.DownloadDirs
+	}
+	if fc.Gate != nil && !*fc.Gate && !set["no-gate"] {
+		o.noGate = true
+	}
+	if fc.GateDeadline > 0 && !set["gate-deadline"] {
+		o.gateDeadline = fc.GateDeadline
+	}
+	str("gate-fallback", &o.gateFallback, fc.GateFallback)
+	if len(fc.GateAllow) > 0 && !set["gate-allow"] {
+		o.gateAllow = fc.GateAllow
+	}
+	if fc.DownloadSettle > 0 && !set["download-settle"] {
+		o.downloadSettle = fc.DownloadSettle
+	}
 	return o, nil
 }
 
@@ -186,8 +269,13 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 	if o.imageDir == "" {
 		o.imageDir = filepath.Join(o.stateDir, "images")
 	}
+	icfg, err := o.interceptConfig("/etc/passwd")
+	if err != nil {
+		return fmt.Errorf("interception: %w", err)
+	}
 
 	// Start-up, in dependency order; shutdown runs in reverse.
+	var icpt atomic.Pointer[Interceptor] // set once interception runs
 	store, err := policy.NewStore(policy.StoreConfig{
 		Dir:      o.policyDir,
 		Defaults: policies.FS(),
@@ -197,6 +285,9 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 				log.Error("policy rejected; the last good policy stays in force", "version", r.Version, "err", r.Err)
 			case r.Changed:
 				log.Info("policy loaded", "version", r.Version, "took", r.Duration, "warnings", len(r.Warnings))
+				if ic := icpt.Load(); ic != nil {
+					ic.Invalidate() // cached verdicts are the old policy's
+				}
 			}
 		},
 	})
@@ -245,6 +336,32 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 			}
 		}
 	}()
+	// Interception last: from here on opens in the download directories wait for answers.
+	icCtx, stopIC := context.WithCancel(ctx)
+	defer stopIC()
+	icDone := make(chan struct{})
+	switch {
+	case icfg == nil:
+		close(icDone)
+	case len(icfg.Dirs) == 0:
+		log.Warn("interception enabled, but no user has a download directory; nothing is intercepted")
+		close(icDone)
+	default:
+		ic, err := NewInterceptor(d, *icfg)
+		if err != nil {
+			stopWatch()
+			<-watchDone
+			l.Close()
+			return err
+		}
+		icpt.Store(ic)
+		go func() {
+			defer close(icDone)
+			if err := ic.Run(icCtx); err != nil {
+				log.Error("interception", "err", err)
+			}
+		}()
+	}
 	log.Info("isolatord ready", "socket", o.socket, "state_dir", o.stateDir, "policy_dir", o.policyDir,
 		"image_dir", o.imageDir, "policy", store.Current().Version(), "max_concurrent", o.maxConcurrent, "queue", o.queue)
 	if err := Notify("READY=1\nSTATUS=serving on " + o.socket); err != nil {
@@ -254,7 +371,22 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 		<-ctx.Done()
 		Notify("STOPPING=1")
 	}()
-	serveErr := d.Serve(ctx, l)
+	// Shutdown in reverse: interception (no process is left waiting on the gate), then the
+	// API and the tasks, then the policy watch.
+	serveCtx, stopServe := context.WithCancel(context.Background())
+	defer stopServe()
+	go func() {
+		select {
+		case <-ctx.Done():
+		case <-serveCtx.Done():
+		}
+		stopIC()
+		<-icDone
+		stopServe()
+	}()
+	serveErr := d.Serve(serveCtx, l)
+	stopIC()
+	<-icDone
 	stopWatch()
 	<-watchDone
 	log.Info("isolatord stopped")
