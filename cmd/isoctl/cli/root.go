@@ -37,7 +37,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.AddCommand(
 		// Commands are added here, one constructor per file.
 		newImageCmd(),
-		newOpenCmd(g), newPsCmd(g), newLogsCmd(g), newKillCmd(g), newStatusCmd(g), newReleaseCmd(g),
+		newOpenCmd(g), newPsCmd(g), newLogsCmd(g), newKillCmd(g), newStatusCmd(g), newReleaseCmd(g), newResultsCmd(g),
 		newRunCmd(),
 		newWatchCmd(g),
 		newPolicyCmd(),

@@ -22,7 +22,8 @@ func newWatchCmd(g *globalOptions) *cobra.Command {
 		Short: "Stream isolatord's events for you: intercepted downloads, denied opens, tasks",
 		Long: `Watch prints every event isolatord sends to the caller as it happens: downloads
 that were decided, opens of untrusted files that were refused and the micro VM tasks they
-started, until interrupted. Root sees the events of every user.`,
+started, until interrupted. Root sees the events of every user. When a task that returned
+files ends, save them with isoctl results TASK.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.dial()
@@ -63,16 +64,22 @@ func printWatchEvent(w io.Writer, ev api.Event) error {
 		if ev.Decision.Rule != "" {
 			line += " (rule " + ev.Decision.Rule + ")"
 		}
-		if ev.Decision.Explanation != "" {
+		switch {
+		case ev.Message != "" && (ev.Type == api.EventDownload || ev.Type == api.EventDenied):
+			line += ": " + ev.Message // names the task, if any
+		case ev.Decision.Explanation != "":
 			line += ": " + ev.Decision.Explanation
 		}
-		if ev.Task != nil {
+		if ev.Task != nil && ev.Message == "" {
 			line += ", task " + ev.Task.ID
 		}
 	case ev.Task != nil:
 		line = fmt.Sprintf("%-8s task %s %s: %s", ev.Type, ev.Task.ID, ev.Task.State, ev.Task.File)
 		if ev.Task.Reason != "" {
 			line += " (" + ev.Task.Reason + ")"
+		}
+		if ev.Task.State.Final() && len(ev.Task.Outputs) > 0 {
+			line += fmt.Sprintf("; %d result file(s): isoctl results %s", len(ev.Task.Outputs), ev.Task.ID)
 		}
 	case ev.Error != nil:
 		line = fmt.Sprintf("%-8s %s", ev.Type, ev.Error.Error())
