@@ -50,6 +50,7 @@ type interceptEnv struct {
 
 	watchMu  sync.Mutex
 	watchOut bytes.Buffer // nobody's isoctl watch --json
+	otherOut bytes.Buffer // uid 1's isoctl watch --json
 }
 
 func newInterceptEnv(t *testing.T) *interceptEnv {
@@ -70,33 +71,40 @@ func newInterceptEnv(t *testing.T) *interceptEnv {
 	return e
 }
 
-// watch starts nobody's isoctl watch --json for the rest of the test.
+// watch starts isoctl watch --json as nobody and as uid 1 for the rest of the test.
 func (e *interceptEnv) watch() {
 	e.t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "isoctl"), "--socket", e.socket, "watch", "--json")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobodyUID, Gid: nobodyUID}}
-	cmd.Stdout = &lockedWriter{mu: &e.watchMu, w: &e.watchOut}
-	if err := cmd.Start(); err != nil {
-		e.t.Fatal(err)
+	for uid, out := range map[uint32]*bytes.Buffer{nobodyUID: &e.watchOut, 1: &e.otherOut} {
+		cmd := exec.Command(filepath.Join(binDir, "isoctl"), "--socket", e.socket, "watch", "--json")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
+		cmd.Stdout = &lockedWriter{mu: &e.watchMu, w: out}
+		if err := cmd.Start(); err != nil {
+			e.t.Fatal(err)
+		}
+		e.t.Cleanup(func() {
+			cmd.Process.Kill()
+			cmd.Wait()
+		})
+		// The subscription is confirmed by the daemon's first event.
+		waitUntil(e.t, 10*time.Second, "isoctl watch subscribed", func() bool {
+			e.watchMu.Lock()
+			defer e.watchMu.Unlock()
+			return strings.Contains(out.String(), "subscribed")
+		})
 	}
-	e.t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-	})
-	// The subscription is confirmed by the daemon's first event.
-	waitUntil(e.t, 10*time.Second, "isoctl watch subscribed", func() bool {
-		e.watchMu.Lock()
-		defer e.watchMu.Unlock()
-		return strings.Contains(e.watchOut.String(), "subscribed")
-	})
 }
 
-// watched returns the events nobody's isoctl watch printed for path.
-func (e *interceptEnv) watched(path string) []api.Event {
+// watched returns the events nobody's (or, with other, uid 1's) isoctl watch printed
+// for path.
+func (e *interceptEnv) watched(path string, other bool) []api.Event {
 	e.watchMu.Lock()
 	defer e.watchMu.Unlock()
+	buf := &e.watchOut
+	if other {
+		buf = &e.otherOut
+	}
 	var evs []api.Event
-	sc := bufio.NewScanner(bytes.NewReader(e.watchOut.Bytes()))
+	sc := bufio.NewScanner(bytes.NewReader(buf.Bytes()))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
 		var ev api.Event
@@ -261,7 +269,7 @@ func (e *interceptEnv) checkIsolatedOnce(t *testing.T, path, origin string) {
 	}
 	// nobody's isoctl watch saw the download decided, the refused open and the task.
 	kinds := map[api.EventType]bool{}
-	for _, ev := range e.watched(path) {
+	for _, ev := range e.watched(path, false) {
 		kinds[ev.Type] = true
 		if ev.Type == api.EventDenied && (ev.Task == nil || ev.Task.ID != task.ID) {
 			t.Errorf("open-denied event without the task: %+v", ev)
@@ -271,6 +279,9 @@ func (e *interceptEnv) checkIsolatedOnce(t *testing.T, path, origin string) {
 		if !kinds[k] {
 			t.Errorf("isoctl watch showed no %s event for %s (saw %v)", k, path, kinds)
 		}
+	}
+	if evs := e.watched(path, true); len(evs) != 0 {
+		t.Errorf("uid 1's isoctl watch showed nobody's events: %+v", evs)
 	}
 }
 
