@@ -1,0 +1,222 @@
+package daemon_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/isolator-dev/isolator/pkg/api"
+	"github.com/isolator-dev/isolator/pkg/client"
+	"github.com/isolator-dev/isolator/pkg/daemon"
+)
+
+// These tests run an Interceptor inside the test process with the stand-in policy and
+// runner of daemon_test.go, against the real inotify and fanotify. The test process is the
+// daemon, so its own opens are not gated: opens under test are made by cat.
+
+func requireFanotify(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("interception needs root (fanotify permission events)")
+	}
+	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT, unix.O_RDONLY)
+	if err != nil {
+		t.Skipf("fanotify permission events unavailable: %v", err)
+	}
+	unix.Close(fd)
+}
+
+type eventLog struct {
+	mu  sync.Mutex
+	evs []api.Event
+}
+
+func (l *eventLog) add(ev api.Event) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.evs = append(l.evs, ev)
+	return nil
+}
+
+func (l *eventLog) about(path string) []api.Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var out []api.Event
+	for _, ev := range l.evs {
+		if ev.Path == path || (ev.Task != nil && ev.Task.File == path) {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func catFile(path string) (string, string, error) {
+	cmd := exec.Command("cat", path)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	return out.String(), errb.String(), err
+}
+
+func auditCount(t *testing.T, state, event, path string) int {
+	t.Helper()
+	f, err := os.Open(filepath.Join(state, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	n := 0
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var rec daemon.AuditRecord
+		if json.Unmarshal(sc.Bytes(), &rec) == nil && rec.Event == event && rec.Path == path {
+			n++
+		}
+	}
+	return n
+}
+
+func TestInterceptor(t *testing.T) {
+	requireFanotify(t)
+	in := start(t, daemon.Config{})
+	dl := t.TempDir()
+	// The owner, nobody, must reach its file: isolation reads it with the owner's identity.
+	for _, d := range []string{dl, filepath.Dir(dl)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ic, err := daemon.NewInterceptor(in.d, daemon.InterceptConfig{Dirs: []string{dl}, Settle: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ic.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if !stopped {
+			stopped = true
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		}
+	}
+	defer stop()
+
+	ec, err := client.Dial(in.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ec.Close()
+	var log eventLog
+	subscribed := make(chan struct{})
+	var once sync.Once
+	go ec.Events(ctx, func(ev api.Event) error {
+		once.Do(func() { close(subscribed) })
+		return log.add(ev)
+	})
+	<-subscribed
+
+	tasksFor := func(path string) []api.Task {
+		var out []api.Task
+		for _, tk := range in.d.Tasks(&daemon.Peer{UID: 0}, true) {
+			if tk.File == path {
+				out = append(out, tk)
+			}
+		}
+		return out
+	}
+
+	t.Run("isolated once for the owner", func(t *testing.T) {
+		p := writeFile(t, dl, "report.bin", "untrusted bytes")
+		if err := os.Chown(p, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool {
+			tasks := tasksFor(p)
+			return len(tasks) == 1 && tasks[0].State.Final()
+		})
+		// cat is refused; the cached verdict points at the same task.
+		out, errOut, err := catFile(p)
+		if err == nil || out != "" || !strings.Contains(errOut, "Operation not permitted") {
+			t.Errorf("cat: %v %q %q", err, out, errOut)
+		}
+		waitFor(t, func() bool {
+			for _, ev := range log.about(p) {
+				if ev.Type == api.EventDenied {
+					return true
+				}
+			}
+			return false
+		})
+		tasks := tasksFor(p)
+		if len(tasks) != 1 || tasks[0].UID != 65534 || tasks[0].State != api.StateDone || tasks[0].Decision.Rule != "other" {
+			t.Fatalf("tasks %+v", tasks)
+		}
+		if n := auditCount(t, in.state, "decision", p); n != 1 {
+			t.Errorf("%d audited decisions, want 1", n)
+		}
+		res, err := in.d.Results(&daemon.Peer{UID: 65534}, tasks[0].ID)
+		if err != nil || len(res.Files) != 1 || string(res.Files[0].Data) != "15\n" {
+			t.Errorf("owner's results: %+v, %v", res, err)
+		}
+		if _, err := in.d.Results(&daemon.Peer{UID: 1000}, tasks[0].ID); err == nil {
+			t.Error("another user fetched the results")
+		}
+		var download, denied bool
+		for _, ev := range log.about(p) {
+			switch ev.Type {
+			case api.EventDownload:
+				download = ev.Decision != nil && ev.Decision.Action == api.ActionIsolate
+			case api.EventDenied:
+				denied = ev.Task != nil && ev.Task.ID == tasks[0].ID
+			}
+		}
+		if !download || !denied {
+			t.Errorf("events: download %v, denied with task %v: %+v", download, denied, log.about(p))
+		}
+	})
+
+	t.Run("trusted opens", func(t *testing.T) {
+		p := writeFile(t, dl, "notes.txt", "plain notes\n")
+		out, errOut, err := catFile(p)
+		if err != nil || out != "plain notes\n" {
+			t.Errorf("cat: %v %q %q", err, out, errOut)
+		}
+	})
+
+	t.Run("denied is not isolated", func(t *testing.T) {
+		p := writeFile(t, dl, "setup.exe", "MZ")
+		if _, _, err := catFile(p); err == nil {
+			t.Error("cat of a denied file succeeded")
+		}
+		waitFor(t, func() bool { return auditCount(t, in.state, "decision", p) == 1 })
+		time.Sleep(300 * time.Millisecond) // past the settle interval: the Watcher decided it too
+		if tasks := tasksFor(p); len(tasks) != 0 {
+			t.Errorf("denied file isolated: %+v", tasks)
+		}
+		if n := auditCount(t, in.state, "decision", p); n != 1 {
+			t.Errorf("%d audited decisions, want 1", n)
+		}
+	})
+
+	t.Run("stopped", func(t *testing.T) {
+		stop()
+		p := filepath.Join(dl, "report.bin")
+		if out, _, err := catFile(p); err != nil || out != "untrusted bytes" {
+			t.Errorf("cat after the interceptor stopped: %v %q", err, out)
+		}
+	})
+}
