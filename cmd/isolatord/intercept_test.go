@@ -378,6 +378,33 @@ func TestInterception(t *testing.T) {
 		}
 	})
 
+	t.Run("policy reload", func(t *testing.T) {
+		// notes.txt is trusted and its inode carries the Gate's ignore mark. A policy that
+		// isolates everything in dl must reach its next open.
+		p := filepath.Join(e.dl, "notes.txt")
+		if out, _, code := run(t, "cat", p); code != 0 || out != "just notes\n" {
+			t.Fatalf("cat before the reload: exit %d %q", code, out)
+		}
+		loaded := strings.Count(e.logs(), "policy loaded")
+		pol := strings.ReplaceAll(interceptPolicy, "ROOT", e.root)
+		pol = pol[:strings.Index(pol, "  - name: dl-notes")] + pol[strings.Index(pol, "  - name: dl-scripts"):]
+		tmp := filepath.Join(e.root, "policy.tmp")
+		if err := os.WriteFile(tmp, []byte(pol), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(e.policy, "01-intercept.yaml")); err != nil {
+			t.Fatal(err)
+		}
+		e.d.Process.Signal(syscall.SIGHUP)
+		waitUntil(t, 10*time.Second, "the policy reload", func() bool {
+			return strings.Count(e.logs(), "policy loaded") > loaded
+		})
+		out, errOut, code := run(t, "cat", p)
+		if code == 0 || !strings.Contains(errOut, "Operation not permitted") {
+			t.Errorf("cat of a file the new policy isolates: exit %d %q %q", code, out, errOut)
+		}
+	})
+
 	t.Run("daemon stopped mid-way", func(t *testing.T) {
 		// A fresh untrusted file, so that cat's open must wait for the Gate.
 		p := filepath.Join(e.dl, "late.sh")
