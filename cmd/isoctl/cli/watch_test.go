@@ -46,6 +46,13 @@ func TestWatch(t *testing.T) {
 			Task:     &api.Task{ID: "t1"}},
 		{Type: api.EventState, Time: when, Task: &api.Task{ID: "t1", State: api.StateRunning, File: "/home/a/Downloads/x.pdf"}},
 		{Type: api.EventNotice, Time: when, Path: "/home/a/Downloads/y.sh", Message: "open refused"},
+		{Type: api.EventDownload, Time: when, Path: "/home/a/Downloads/z.sh", Message: "z.sh: isolate (a script)",
+			Decision: &api.Decision{Action: api.ActionIsolate, Rule: "scripts", Explanation: "a script"}},
+		{Type: api.EventState, Time: when, Task: &api.Task{ID: "t2", State: api.StateDone, File: "/home/a/Downloads/z.sh",
+			Outputs: []string{"report.txt"}}},
+		{Type: api.EventDenied, Time: when, Path: "/home/a/Downloads/z.sh", Task: &api.Task{ID: "t2"},
+			Message:  "z.sh is untrusted: opening it in a micro VM (a script); task t2 (isoctl results t2)",
+			Decision: &api.Decision{Action: api.ActionIsolate, Rule: "scripts", Explanation: "a script"}},
 	}
 	sock := serveEvents(t, events)
 	var out, errb bytes.Buffer
@@ -56,6 +63,9 @@ func TestWatch(t *testing.T) {
 		"10:00:00 decision /home/a/Downloads/x.pdf: isolate (rule downloads): downloaded from the web, task t1",
 		"10:00:00 state    task t1 running: /home/a/Downloads/x.pdf",
 		"10:00:00 notice   /home/a/Downloads/y.sh: open refused",
+		"10:00:00 download /home/a/Downloads/z.sh: isolate (rule scripts): z.sh: isolate (a script)",
+		"10:00:00 state    task t2 done: /home/a/Downloads/z.sh; 1 result file(s): isoctl results t2",
+		"10:00:00 open-denied /home/a/Downloads/z.sh: isolate (rule scripts): z.sh is untrusted: opening it in a micro VM (a script); task t2 (isoctl results t2)",
 	}
 	if got := strings.Split(strings.TrimSpace(out.String()), "\n"); strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Errorf("output:\n%s\nwant:\n%s", out.String(), strings.Join(want, "\n"))
