@@ -69,7 +69,7 @@ func requireKVM(t testing.TB) {
 
 // env is one test's world: directories for files, policy, state and results.
 type env struct {
-	t      *testing.T
+	t      testing.TB
 	root   string
 	socket string
 	state  string
@@ -105,7 +105,7 @@ rules:
       path: ["ROOT/denied/**"]
 `
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	requireKVM(t)
 	root := t.TempDir()
@@ -136,7 +136,7 @@ var (
 )
 
 // sharedImages is one image directory for all tests, so the images are built once.
-func sharedImages(t *testing.T) string {
+func sharedImages(t testing.TB) string {
 	imagesOnce.Do(func() { imagesDir = filepath.Join(binDir, "images") })
 	return imagesDir
 }
@@ -223,6 +223,16 @@ func (e *env) file(rel, content string, mode os.FileMode) string {
 // isoctl runs the isoctl binary, as uid when uid >= 0, and returns stdout, stderr, exit code.
 func (e *env) isoctl(uid int, args ...string) (string, string, int) {
 	e.t.Helper()
+	out, errOut, code, err := e.runIsoctl(uid, args...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out, errOut, code
+}
+
+// runIsoctl is isoctl for any goroutine: it reports a failure to run the binary as an
+// error instead of failing the test.
+func (e *env) runIsoctl(uid int, args ...string) (stdout, stderr string, code int, err error) {
 	cmd := exec.Command(filepath.Join(binDir, "isoctl"), append([]string{"--socket", e.socket}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -230,14 +240,11 @@ func (e *env) isoctl(uid int, args ...string) (string, string, int) {
 	if uid >= 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
 	}
-	err := cmd.Run()
-	code := 0
+	err = cmd.Run()
 	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		e.t.Fatal(err)
+		return out.String(), errb.String(), ee.ExitCode(), nil
 	}
-	return out.String(), errb.String(), code
+	return out.String(), errb.String(), 0, err
 }
 
 func (e *env) openJSON(uid int, args ...string) (openReport, string, int) {
