@@ -60,9 +60,10 @@ func newInterceptEnv(t *testing.T) *interceptEnv {
 		t.Fatal(err)
 	}
 	os.Chown(e.dl, nobodyUID, nobodyUID)
-	res := filepath.Join(e.root, "nobody-results")
-	os.Mkdir(res, 0o755)
-	os.Chown(res, nobodyUID, nobodyUID)
+	for _, d := range []string{"nobody-results", "nobody-saved"} {
+		os.Mkdir(filepath.Join(e.root, d), 0o755)
+		os.Chown(filepath.Join(e.root, d), nobodyUID, nobodyUID)
+	}
 	pol := strings.ReplaceAll(interceptPolicy, "ROOT", e.root)
 	if err := os.WriteFile(filepath.Join(e.policy, "01-intercept.yaml"), []byte(pol), 0o644); err != nil {
 		t.Fatal(err)
@@ -71,11 +72,16 @@ func newInterceptEnv(t *testing.T) *interceptEnv {
 	return e
 }
 
-// watch starts isoctl watch --json as nobody and as uid 1 for the rest of the test.
+// watch starts isoctl watch --json as nobody (saving results into nobody-saved) and as
+// uid 1 for the rest of the test.
 func (e *interceptEnv) watch() {
 	e.t.Helper()
 	for uid, out := range map[uint32]*bytes.Buffer{nobodyUID: &e.watchOut, 1: &e.otherOut} {
-		cmd := exec.Command(filepath.Join(binDir, "isoctl"), "--socket", e.socket, "watch", "--json")
+		args := []string{"--socket", e.socket, "watch", "--json"}
+		if uid == nobodyUID {
+			args = append(args, "--save", "--results-dir", filepath.Join(e.root, "nobody-saved"))
+		}
+		cmd := exec.Command(filepath.Join(binDir, "isoctl"), args...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 		cmd.Stdout = &lockedWriter{mu: &e.watchMu, w: out}
 		if err := cmd.Start(); err != nil {
@@ -255,6 +261,12 @@ func (e *interceptEnv) checkIsolatedOnce(t *testing.T, path, origin string) {
 	if fi, err := os.Stat(report); err != nil || fi.Sys().(*syscall.Stat_t).Uid != nobodyUID {
 		t.Errorf("result not written as its owner: %v", err)
 	}
+	// nobody's isoctl watch --save saved them too.
+	saved := filepath.Join(e.root, "nobody-saved", task.ID, "report.txt")
+	waitUntil(t, 10*time.Second, "isoctl watch --save to save "+saved, func() bool {
+		got, err := os.ReadFile(saved)
+		return err == nil && string(got) == "isolated-result\n"
+	})
 	// Another user cannot fetch them.
 	if _, errOut, code := e.isoctl(1, "results", "--dir", t.TempDir(), task.ID); code == 0 || !strings.Contains(errOut, "no such task") {
 		t.Errorf("isoctl results as uid 1: exit %d %q", code, errOut)

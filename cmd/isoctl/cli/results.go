@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/isolator-dev/isolator/pkg/broker"
+	"github.com/isolator-dev/isolator/pkg/client"
 )
 
 // resultsReport is what isoctl results --json prints.
@@ -33,40 +35,18 @@ files isolatord intercepted on its own (see isoctl watch); isoctl open saves its
 itself.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if dir == "" {
-				home, err := os.UserHomeDir()
-				if err != nil {
-					return fmt.Errorf("no home directory for results; use --dir: %w", err)
-				}
-				dir = filepath.Join(home, "Isolated")
+			dir, err := resultsDir(dir)
+			if err != nil {
+				return err
 			}
 			c, err := g.dial()
 			if err != nil {
 				return err
 			}
 			defer c.Close()
-			res, err := c.Results(cmd.Context(), args[0])
+			rep, err := saveResults(cmd.Context(), c, dir, args[0])
 			if err != nil {
 				return err
-			}
-			rep := resultsReport{Task: res.Task, Written: []string{}}
-			for _, r := range res.Rejected {
-				rep.Refused = append(rep.Refused, r.Name+": "+r.Reason)
-			}
-			if len(res.Files) > 0 {
-				d, err := broker.Deliver(broker.DeliverConfig{
-					Dir: dir, TaskID: res.Task, SourceSHA256: res.SHA256, Handler: res.Handler,
-				}, res.Files)
-				if err != nil {
-					return fmt.Errorf("results not saved: %w", err)
-				}
-				rep.ResultsDir, rep.XattrWarning = d.Dir, d.XattrWarning
-				for _, w := range d.Written {
-					rep.Written = append(rep.Written, w.Name)
-				}
-				for _, r := range d.Refused {
-					rep.Refused = append(rep.Refused, r.Name+": "+r.Reason)
-				}
 			}
 			out := cmd.OutOrStdout()
 			if asJSON {
@@ -92,4 +72,45 @@ itself.`,
 	cmd.Flags().StringVar(&dir, "dir", "", "where results go, one directory per task (default ~/Isolated)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
 	return cmd
+}
+
+// resultsDir returns dir, or ~/Isolated when dir is empty.
+func resultsDir(dir string) (string, error) {
+	if dir != "" {
+		return dir, nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no home directory for results; use --dir: %w", err)
+	}
+	return filepath.Join(home, "Isolated"), nil
+}
+
+// saveResults fetches the results of task id and writes its files into dir/id.
+func saveResults(ctx context.Context, c *client.Client, dir, id string) (*resultsReport, error) {
+	res, err := c.Results(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	rep := &resultsReport{Task: res.Task, Written: []string{}}
+	for _, r := range res.Rejected {
+		rep.Refused = append(rep.Refused, r.Name+": "+r.Reason)
+	}
+	if len(res.Files) == 0 {
+		return rep, nil
+	}
+	d, err := broker.Deliver(broker.DeliverConfig{
+		Dir: dir, TaskID: res.Task, SourceSHA256: res.SHA256, Handler: res.Handler,
+	}, res.Files)
+	if err != nil {
+		return nil, fmt.Errorf("results of task %s not saved: %w", id, err)
+	}
+	rep.ResultsDir, rep.XattrWarning = d.Dir, d.XattrWarning
+	for _, w := range d.Written {
+		rep.Written = append(rep.Written, w.Name)
+	}
+	for _, r := range d.Refused {
+		rep.Refused = append(rep.Refused, r.Name+": "+r.Reason)
+	}
+	return rep, nil
 }

@@ -8,22 +8,26 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
 	"github.com/isolator-dev/isolator/pkg/api"
+	"github.com/isolator-dev/isolator/pkg/client"
 )
 
 func newWatchCmd(g *globalOptions) *cobra.Command {
-	var asJSON bool
+	var asJSON, save bool
+	var dir string
 	cmd := &cobra.Command{
 		Use:   "watch",
 		Short: "Stream isolatord's events for you: intercepted downloads, denied opens, tasks",
 		Long: `Watch prints every event isolatord sends to the caller as it happens: downloads
 that were decided, opens of untrusted files that were refused and the micro VM tasks they
 started, until interrupted. Root sees the events of every user. When a task that returned
-files ends, save them with isoctl results TASK.`,
+files ends, save them with isoctl results TASK, or run watch with --save to have the results
+of intercepted files written to DIR/<task>/ (default ~/Isolated) as their tasks finish.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.dial()
@@ -33,13 +37,26 @@ files ends, save them with isoctl results TASK.`,
 			defer c.Close()
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			var saver *resultSaver
+			if save {
+				if dir, err = resultsDir(dir); err != nil {
+					return err
+				}
+				saver = &resultSaver{dir: dir, paths: map[string]bool{}, tasks: map[string]bool{}, saved: map[string]bool{}}
+			}
 			out := cmd.OutOrStdout()
 			enc := json.NewEncoder(out)
 			err = c.Events(ctx, func(ev api.Event) error {
+				var err error
 				if asJSON {
-					return enc.Encode(ev)
+					err = enc.Encode(ev)
+				} else {
+					err = printWatchEvent(out, ev)
 				}
-				return printWatchEvent(out, ev)
+				if err == nil && saver != nil {
+					saver.handle(ctx, c, ev, out, cmd.ErrOrStderr(), asJSON)
+				}
+				return err
 			})
 			if ctx.Err() != nil && (errors.Is(err, context.Canceled) || err == nil) {
 				return nil // interrupted: the normal way to end
@@ -48,6 +65,8 @@ files ends, save them with isoctl results TASK.`,
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print each event as one JSON line")
+	cmd.Flags().BoolVar(&save, "save", false, "save the results of intercepted files as their tasks finish")
+	cmd.Flags().StringVar(&dir, "results-dir", "", "where --save writes results, one directory per task (default ~/Isolated)")
 	return cmd
 }
 
@@ -98,4 +117,60 @@ func orDash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// resultSaver saves the results of the tasks isolatord started for intercepted files: those
+// named by an open-denied event, or whose file an isolate download event named.
+type resultSaver struct {
+	dir   string
+	paths map[string]bool // files of isolate download events whose task is not known yet
+	tasks map[string]bool // intercepted tasks not saved yet
+	saved map[string]bool // tasks saved, or found saved already
+}
+
+func (s *resultSaver) handle(ctx context.Context, c *client.Client, ev api.Event, out, errOut io.Writer, quiet bool) {
+	isolate := ev.Decision != nil && ev.Decision.Action == api.ActionIsolate
+	switch ev.Type {
+	case api.EventDownload:
+		if isolate {
+			s.paths[ev.Path] = true
+		}
+		return
+	case api.EventDenied:
+		if ev.Task != nil && isolate {
+			s.tasks[ev.Task.ID] = true
+		}
+		if ev.Task == nil || !ev.Task.State.Final() {
+			return
+		}
+	case api.EventState:
+	default:
+		return
+	}
+	t := ev.Task
+	if t == nil {
+		return
+	}
+	if s.paths[t.File] {
+		delete(s.paths, t.File)
+		s.tasks[t.ID] = true
+	}
+	if !s.tasks[t.ID] || !t.State.Final() {
+		return
+	}
+	delete(s.tasks, t.ID)
+	if t.State != api.StateDone || s.saved[t.ID] {
+		return
+	}
+	s.saved[t.ID] = true
+	if _, err := os.Lstat(filepath.Join(s.dir, t.ID)); err == nil {
+		return // saved before, by isoctl results or an earlier watch
+	}
+	rep, err := saveResults(ctx, c, s.dir, t.ID)
+	switch {
+	case err != nil:
+		fmt.Fprintf(errOut, "isoctl: %v\n", err)
+	case !quiet && rep.ResultsDir != "":
+		fmt.Fprintf(out, "saved    %d result file(s) of task %s in %s\n", len(rep.Written), t.ID, rep.ResultsDir)
+	}
 }

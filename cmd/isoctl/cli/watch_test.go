@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"net"
 	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -92,5 +94,68 @@ func TestWatchNoDaemon(t *testing.T) {
 	code := run([]string{"--socket", filepath.Join(t.TempDir(), "none.sock"), "watch"}, &out, &errb)
 	if code == 0 || !strings.Contains(errb.String(), "no socket") {
 		t.Errorf("exit %d, stderr %q; want a not-running error", code, errb.String())
+	}
+}
+
+func TestWatchSave(t *testing.T) {
+	isolate := &api.Decision{Action: api.ActionIsolate, Rule: "scripts"}
+	events := []api.Event{
+		{Type: api.EventDownload, Path: "/d/a.sh", Decision: isolate},
+		{Type: api.EventState, Task: &api.Task{ID: "t1", File: "/d/a.sh", State: api.StateQueued}},
+		{Type: api.EventState, Task: &api.Task{ID: "t9", File: "/d/other.sh", State: api.StateDone, Outputs: []string{"x"}}},
+		{Type: api.EventState, Task: &api.Task{ID: "t1", File: "/d/a.sh", State: api.StateDone, Outputs: []string{"out.txt"}}},
+		{Type: api.EventDenied, Path: "/d/b.sh", Decision: isolate, Task: &api.Task{ID: "t2", File: "/d/b.sh", State: api.StateDone}},
+		{Type: api.EventDenied, Path: "/d/b.sh", Decision: isolate, Task: &api.Task{ID: "t2", File: "/d/b.sh", State: api.StateDone}},
+		{Type: api.EventDenied, Path: "/d/a.sh", Decision: isolate, Task: &api.Task{ID: "t1", File: "/d/a.sh", State: api.StateDone}},
+	}
+	sock := filepath.Join(t.TempDir(), "isolator.sock")
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	fetched := map[string]int{}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET "+api.PathEvents, func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", api.ContentTypeNDJSON)
+		enc := json.NewEncoder(w)
+		for _, ev := range events {
+			enc.Encode(ev)
+			http.NewResponseController(w).Flush()
+		}
+	})
+	mux.HandleFunc("GET "+api.PathResults, func(w http.ResponseWriter, r *http.Request) {
+		id := r.PathValue("id")
+		mu.Lock()
+		fetched[id]++
+		mu.Unlock()
+		json.NewEncoder(w).Encode(&api.Results{Task: id, Handler: "script",
+			Files: []api.File{{Name: "out.txt", Mode: 0o644, Data: []byte("from " + id)}}})
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+
+	dir := t.TempDir()
+	var out, errb bytes.Buffer
+	if code := run([]string{"--socket", sock, "watch", "--save", "--results-dir", dir}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	for _, id := range []string{"t1", "t2"} {
+		got, err := os.ReadFile(filepath.Join(dir, id, "out.txt"))
+		if err != nil || string(got) != "from "+id {
+			t.Errorf("%s: %q, %v", id, got, err)
+		}
+		if !strings.Contains(out.String(), "saved    1 result file(s) of task "+id) {
+			t.Errorf("output does not report %s saved:\n%s", id, out.String())
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fetched["t1"] != 1 || fetched["t2"] != 1 || fetched["t9"] != 0 {
+		t.Errorf("results fetched %v; want t1 and t2 once, t9 (not intercepted) never", fetched)
+	}
+	if errb.Len() != 0 {
+		t.Errorf("stderr: %s", errb.String())
 	}
 }
