@@ -8,12 +8,22 @@ import (
 )
 
 // ioctl issues an ioctl whose argument is an integer.
+//
+// A signal can interrupt any KVM ioctl that sleeps (KVM_CREATE_VM does when the host is
+// busy), and the Go runtime sends SIGURG to running threads at any time, so every request but
+// KVM_RUN is retried on EINTR. KVM_RUN returns EINTR on purpose when a vCPU is kicked; its
+// caller handles that.
 func ioctl(fd int, req uintptr, arg uintptr) (uintptr, error) {
-	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
-	if e != 0 {
-		return r, e
+	for {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		if e == unix.EINTR && req != kvmRun {
+			continue
+		}
+		if e != 0 {
+			return r, e
+		}
+		return r, nil
 	}
-	return r, nil
 }
 
 // ioctlPtr issues an ioctl whose argument points at a struct mirroring the kernel's.
@@ -24,11 +34,16 @@ func ioctlPtr[T any](fd int, req uintptr, p *T) error {
 
 // ioctlPtrN is ioctlPtr for ioctls that return a count.
 func ioctlPtrN[T any](fd int, req uintptr, p *T) (uintptr, error) {
-	r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(p)))
-	if e != 0 {
-		return r, e
+	for {
+		r, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(unsafe.Pointer(p)))
+		if e == unix.EINTR {
+			continue // see ioctl
+		}
+		if e != 0 {
+			return r, e
+		}
+		return r, nil
 	}
-	return r, nil
 }
 
 // runArea is the mmap'ed struct kvm_run of one vCPU.
