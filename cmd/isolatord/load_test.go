@@ -125,7 +125,7 @@ func TestLoad(t *testing.T) {
 					fail("client %d open %d: %v (exit %d, stdout %q, stderr %q)", cl, i, err, code, out, stderr)
 					continue
 				case code != 0 || rep.Task == nil || rep.Task.State != api.StateDone || !slices.Equal(rep.Written, []string{"x.txt"}):
-					fail("client %d open %d: exit %d %+v %s", cl, i, code, rep, stderr)
+					fail("client %d open %d: exit %d, report %s, stderr %q", cl, i, code, out, stderr)
 					continue
 				}
 				if got, err := os.ReadFile(filepath.Join(results, rep.Task.ID, "x.txt")); err != nil || string(got) != "payload\n" {
