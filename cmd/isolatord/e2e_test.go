@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -34,11 +33,8 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	os.Chmod(dir, 0o755)
-	goBin, err := exec.LookPath("go")
-	if err != nil {
-		goBin = filepath.Join(runtime.GOROOT(), "bin", "go")
-	}
-	cmd := exec.Command(goBin, "build", "-o", dir+"/", "github.com/isolator-dev/isolator/cmd/isolatord", "github.com/isolator-dev/isolator/cmd/isoctl")
+	// go test puts its own GOROOT/bin first on the PATH of the test binary.
+	cmd := exec.Command("go", "build", "-o", dir+"/", "github.com/isolator-dev/isolator/cmd/isolatord", "github.com/isolator-dev/isolator/cmd/isoctl")
 	cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building binaries:", err)
