@@ -23,6 +23,8 @@ func TestABISizes(t *testing.T) {
 		{"kvm_xcrs", unsafe.Sizeof(xcrs{}), 392},
 		{"kvm_run header", unsafe.Sizeof(runHeader{}), 32},
 		{"kvm_run io", unsafe.Sizeof(runIO{}), 16},
+		{"offsetof kvm_run s.regs.regs - kvm_valid_regs", unsafe.Offsetof(runSync{}.Regs), 304 - runSyncOffset},
+		{"offsetof kvm_run s.regs.sregs - kvm_valid_regs", unsafe.Offsetof(runSync{}.Sregs), 448 - runSyncOffset},
 	} {
 		if c.got != c.want {
 			t.Errorf("sizeof %s = %d, want %d", c.name, c.got, c.want)

@@ -38,6 +38,7 @@ type System struct {
 	vcpuMmap  int
 	cpuid     *cpuid2 // KVM_GET_SUPPORTED_CPUID, given to every vCPU
 	hasXCRS   bool
+	syncRegs  bool // KVM_CAP_SYNC_REGS covers regs and sregs
 	mode      SyscallMode
 	closeOnce sync.Once
 }
@@ -79,6 +80,9 @@ func (s *System) init() error {
 	}
 	if ok, _ := ioctl(s.fd, kvmCheckExtension, capXCRS); ok != 0 {
 		s.hasXCRS = true
+	}
+	if m, _ := ioctl(s.fd, kvmCheckExtension, capSyncRegs); m&(syncX86Regs|syncX86Sregs) == syncX86Regs|syncX86Sregs {
+		s.syncRegs = true
 	}
 	n, err := ioctl(s.fd, kvmGetVCPUMmapSize, 0)
 	if err != nil {

@@ -255,9 +255,14 @@ func (v *VCPU) Run() (Exit, error) {
 			if !canonical(v.Regs.RCX) {
 				return Exit{Kind: ExitException, Vector: VectorGP}, nil
 			}
-			// The stub's sysretq finishes the call on VT-x unless system registers must be
-			// rewritten, which would leave it at CPL3 in the stub: then the VMM finishes it.
-			if v.vm.sys.mode == SyscallStaysCPL3 || v.sregsDirty || v.flushedGen.Load() < v.vm.tlbGen.Load() {
+			switch {
+			case v.vm.sys.mode == SyscallStaysCPL3:
+				// The vCPU is at CPL3 in the stub: the VMM finishes the call.
+				userReturn(&v.Regs)
+			case v.sregsDirty || v.flushedGen.Load() < v.vm.tlbGen.Load():
+				// The stub's sysretq finishes the call on VT-x unless system registers
+				// must be rewritten, which would leave it at CPL3 in the stub: then the
+				// VMM finishes it and enters user mode directly.
 				userReturn(&v.Regs)
 				v.sregsDirty = true
 			}
@@ -267,37 +272,72 @@ func (v *VCPU) Run() (Exit, error) {
 			v.flushTLB()
 			v.flushedGen.Store(g)
 		}
-		if v.sregsDirty {
-			if err := ioctlPtr(v.fd, kvmSetSregs, &v.sregs); err != nil {
-				v.inGuest.Store(false)
-				return Exit{}, fmt.Errorf("KVM_SET_SREGS: %w", err)
-			}
-			v.sregsDirty = false
-		}
-		if err := ioctlPtr(v.fd, kvmSetRegs, &v.Regs); err != nil {
+		if err := v.runOnce(); err != nil {
 			v.inGuest.Store(false)
-			return Exit{}, fmt.Errorf("KVM_SET_REGS: %w", err)
-		}
-		_, err := ioctl(v.fd, kvmRun, 0)
-		v.inGuest.Store(false)
-		if err != nil {
 			if errors.Is(err, unix.EINTR) || errors.Is(err, unix.EAGAIN) {
+				// Kicked, or a signal for this thread: re-check the state.
 				v.run.setImmediateExit(false)
-				if err := ioctlPtr(v.fd, kvmGetRegs, &v.Regs); err != nil {
-					return Exit{}, fmt.Errorf("KVM_GET_REGS: %w", err)
-				}
 				continue
 			}
-			return Exit{}, fmt.Errorf("KVM_RUN: %w", err)
+			return Exit{}, err
 		}
-		if err := ioctlPtr(v.fd, kvmGetRegs, &v.Regs); err != nil {
-			return Exit{}, fmt.Errorf("KVM_GET_REGS: %w", err)
-		}
+		v.inGuest.Store(false)
 		exit, again, err := v.decode()
 		if err != nil || !again {
 			return exit, err
 		}
 	}
+}
+
+// runOnce writes the registers that changed, enters the guest with one KVM_RUN and reads
+// the registers back. With KVM_CAP_SYNC_REGS the registers travel in kvm_run and KVM_RUN
+// is the only ioctl of an exit; otherwise KVM_SET_SREGS (when needed), KVM_SET_REGS and
+// KVM_GET_REGS surround it. Registers are read back also when KVM_RUN was interrupted.
+func (v *VCPU) runOnce() error {
+	sys := v.vm.sys
+	var runErr error
+	if sys.syncRegs {
+		sync := v.run.sync()
+		sync.ValidRegs = syncX86Regs
+		sync.Regs = v.Regs
+		sync.DirtyRegs = syncX86Regs
+		if v.sregsDirty {
+			sync.Sregs = v.sregs
+			sync.DirtyRegs |= syncX86Sregs
+		}
+		_, runErr = ioctl(v.fd, kvmRun, 0)
+		if runErr != nil && !errors.Is(runErr, unix.EINTR) && !errors.Is(runErr, unix.EAGAIN) {
+			return fmt.Errorf("KVM_RUN: %w", runErr)
+		}
+		if sync.DirtyRegs != 0 {
+			// KVM clears the bits of what it loaded; an interrupted KVM_RUN may not have
+			// got that far, and then v.Regs still holds the registers.
+			if runErr != nil {
+				return runErr
+			}
+			return fmt.Errorf("KVM_RUN did not load the registers (dirty %#x)", sync.DirtyRegs)
+		}
+		v.sregsDirty = false
+		v.Regs = sync.Regs
+		return runErr
+	}
+	if v.sregsDirty {
+		if err := ioctlPtr(v.fd, kvmSetSregs, &v.sregs); err != nil {
+			return fmt.Errorf("KVM_SET_SREGS: %w", err)
+		}
+		v.sregsDirty = false
+	}
+	if err := ioctlPtr(v.fd, kvmSetRegs, &v.Regs); err != nil {
+		return fmt.Errorf("KVM_SET_REGS: %w", err)
+	}
+	_, runErr = ioctl(v.fd, kvmRun, 0)
+	if runErr != nil && !errors.Is(runErr, unix.EINTR) && !errors.Is(runErr, unix.EAGAIN) {
+		return fmt.Errorf("KVM_RUN: %w", runErr)
+	}
+	if err := ioctlPtr(v.fd, kvmGetRegs, &v.Regs); err != nil {
+		return fmt.Errorf("KVM_GET_REGS: %w", err)
+	}
+	return runErr
 }
 
 // decode classifies the exit in kvm_run.

@@ -16,9 +16,14 @@ const (
 )
 
 // newTestVM returns a VM with code mapped read/exec at testCode, one data page and a stack.
-func newTestVM(t *testing.T, code []byte) *VM {
+func newTestVM(t testing.TB, code []byte) *VM {
 	t.Helper()
-	s := requireKVM(t)
+	return newTestVMOn(t, requireKVM(t), code)
+}
+
+// newTestVMOn is newTestVM on the given System.
+func newTestVMOn(t testing.TB, s *System, code []byte) *VM {
+	t.Helper()
 	vm, err := s.NewVM(Config{Memory: 4 << 20, MaxVCPUs: 4})
 	if err != nil {
 		t.Fatalf("NewVM: %v", err)
@@ -31,7 +36,7 @@ func newTestVM(t *testing.T, code []byte) *VM {
 	return vm
 }
 
-func must(t *testing.T, err error) {
+func must(t testing.TB, err error) {
 	t.Helper()
 	if err != nil {
 		t.Fatal(err)
@@ -113,7 +118,22 @@ var (
 	asmDivZero  = []byte{0x31, 0xc9, 0xf7, 0xf1} // xor ecx, ecx ; div ecx
 )
 
-func TestSyscallRoundTrip(t *testing.T) {
+// registerPaths runs test with registers passed in kvm_run (KVM_CAP_SYNC_REGS, where the
+// host has it) and with KVM_GET_REGS/KVM_SET_REGS/KVM_SET_SREGS, the fallback.
+func registerPaths(t *testing.T, test func(t *testing.T, s *System)) {
+	s := requireKVM(t)
+	if !s.syncRegs {
+		t.Log("this host lacks KVM_CAP_SYNC_REGS: only the ioctl path runs")
+	}
+	t.Run("sync-regs="+map[bool]string{true: "yes", false: "unsupported"}[s.syncRegs], func(t *testing.T) { test(t, s) })
+	ioctls := requireKVM(t)
+	ioctls.syncRegs = false
+	t.Run("ioctls", func(t *testing.T) { test(t, ioctls) })
+}
+
+func TestSyscallRoundTrip(t *testing.T) { registerPaths(t, testSyscallRoundTrip) }
+
+func testSyscallRoundTrip(t *testing.T, s *System) {
 	// Loop: rax = 39; syscall; store the result at [testData]; repeat 100 times; then exit(60).
 	code := cat(
 		movRBXImm(testData),
@@ -123,7 +143,7 @@ func TestSyscallRoundTrip(t *testing.T) {
 		[]byte{0x75, 0xf1},       // jnz back to mov eax
 		movEAX(60), asmSyscall, asmUD2,
 	)
-	vm := newTestVM(t, code)
+	vm := newTestVMOn(t, s, code)
 	calls := 0
 	exit, regs := runUntil(t, vm, func(v *VCPU) bool {
 		if v.Regs.RAX == 60 {
@@ -150,7 +170,9 @@ func TestSyscallRoundTrip(t *testing.T) {
 
 // TestRemapVisible checks that the guest sees page-table changes the VMM makes between two
 // of its accesses: a changed frame, then an unmapped page.
-func TestRemapVisible(t *testing.T) {
+func TestRemapVisible(t *testing.T) { registerPaths(t, testRemapVisible) }
+
+func testRemapVisible(t *testing.T, s *System) {
 	code := cat(
 		movRBXImm(testData),
 		asmLoadRDI, movEAX(1), asmSyscall, // report [testData]
@@ -158,7 +180,7 @@ func TestRemapVisible(t *testing.T) {
 		asmLoadRDI, movEAX(3), asmSyscall, // after unmap: must fault
 		asmUD2,
 	)
-	vm := newTestVM(t, code)
+	vm := newTestVMOn(t, s, code)
 	put := func(v uint64) {
 		b := make([]byte, 8)
 		binary.LittleEndian.PutUint64(b, v)
