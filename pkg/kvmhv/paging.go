@@ -22,12 +22,14 @@ const (
 
 // Page-table entry bits.
 const (
-	ptePresent = 1 << 0
-	pteWrite   = 1 << 1
-	pteUser    = 1 << 2
-	pteOwned   = 1 << 9 // software bit: the entry holds a frame even when not present
-	pteNX      = 1 << 63
-	pteAddr    = 0x000f_ffff_ffff_f000
+	ptePresent  = 1 << 0
+	pteWrite    = 1 << 1
+	pteUser     = 1 << 2
+	pteAccessed = 1 << 5 // set by the processor
+	pteDirty    = 1 << 6 // set by the processor
+	pteOwned    = 1 << 9 // software bit: the entry holds a frame even when not present
+	pteNX       = 1 << 63
+	pteAddr     = 0x000f_ffff_ffff_f000
 )
 
 // Prot is the protection of guest user pages.
@@ -153,51 +155,71 @@ func (as *addressSpace) entry(va uint64, create bool) (*uint64, error) {
 	return as.mem.word(table + 8*index(va, 0)), nil
 }
 
+// stale reports whether replacing the leaf entry old by next can leave a translation that a
+// TLB must drop: old was present and the entry changes (its frame or its permissions). The
+// accessed and dirty bits, which the processor sets, do not count.
+//
+// A not-present entry is never cached (Intel SDM vol. 3A, 4.10.2.3; AMD APM vol. 2, 5.5.1),
+// so making a page present needs no flush. Raising the permissions of a present entry does:
+// without an invalidation the processor may still use the old, narrower translation and raise
+// a "spurious" page fault (SDM 4.10.4.3), which this VMM would deliver as SIGSEGV.
+func stale(old, next uint64) bool {
+	const ad = pteAccessed | pteDirty
+	return old&ptePresent != 0 && old&^ad != next&^ad
+}
+
 // mapPages makes [va, va+n pages) present with prot, allocating zeroed frames for pages that
-// hold none and keeping the contents of pages that do.
-func (as *addressSpace) mapPages(va, n uint64, prot Prot) error {
+// hold none and keeping the contents of pages that do. flush reports whether a present entry
+// changed (see stale), even when err is not nil.
+func (as *addressSpace) mapPages(va, n uint64, prot Prot) (flush bool, err error) {
 	for i := uint64(0); i < n; i++ {
 		a := va + i*pageSize
 		e, err := as.entry(a, true)
 		if err != nil {
-			return err
+			return flush, err
 		}
 		v := atomic.LoadUint64(e)
 		frame := v & pteAddr
 		if v&pteOwned == 0 {
 			if frame, err = as.frames.alloc(); err != nil {
-				return err
+				return flush, err
 			}
 		}
-		atomic.StoreUint64(e, frame|leafBits(prot))
+		nv := frame | leafBits(prot)
+		flush = flush || stale(v, nv)
+		atomic.StoreUint64(e, nv)
 	}
-	return nil
+	return flush, nil
 }
 
-// protect changes the protection of the pages in range that hold frames.
-func (as *addressSpace) protect(va, n uint64, prot Prot) error {
+// protect changes the protection of the pages in range that hold frames. flush is as for
+// mapPages.
+func (as *addressSpace) protect(va, n uint64, prot Prot) (flush bool, err error) {
 	for i := uint64(0); i < n; i++ {
 		e, err := as.entry(va+i*pageSize, false)
 		if err != nil {
-			return err
+			return flush, err
 		}
 		if e == nil {
 			continue
 		}
 		if v := atomic.LoadUint64(e); v&pteOwned != 0 {
-			atomic.StoreUint64(e, v&pteAddr|leafBits(prot))
+			nv := v&pteAddr | leafBits(prot)
+			flush = flush || stale(v, nv)
+			atomic.StoreUint64(e, nv)
 		}
 	}
-	return nil
+	return flush, nil
 }
 
-// unmap removes the pages in range and queues their frames for release.
-func (as *addressSpace) unmap(va, n uint64) error {
+// unmap removes the pages in range and queues their frames for release. flush reports
+// whether a present entry was removed.
+func (as *addressSpace) unmap(va, n uint64) (flush bool, err error) {
 	for i := uint64(0); i < n; i++ {
 		a := va + i*pageSize
 		e, err := as.entry(a, false)
 		if err != nil {
-			return err
+			return flush, err
 		}
 		if e == nil {
 			// Skip the rest of an absent page table.
@@ -207,19 +229,22 @@ func (as *addressSpace) unmap(va, n uint64) error {
 			}
 			continue
 		}
-		if v := atomic.SwapUint64(e, 0); v&pteOwned != 0 {
+		v := atomic.SwapUint64(e, 0)
+		flush = flush || stale(v, 0)
+		if v&pteOwned != 0 {
 			as.dirty = append(as.dirty, v&pteAddr)
 		}
 	}
-	return nil
+	return flush, nil
 }
 
-// move moves the frames of n pages from src to dst (mremap); dst must be unmapped.
-func (as *addressSpace) move(src, dst, n uint64) error {
+// move moves the frames of n pages from src to dst (mremap); dst must be unmapped. flush
+// reports whether a present entry was removed or replaced.
+func (as *addressSpace) move(src, dst, n uint64) (flush bool, err error) {
 	for i := uint64(0); i < n; i++ {
 		se, err := as.entry(src+i*pageSize, false)
 		if err != nil {
-			return err
+			return flush, err
 		}
 		if se == nil {
 			continue
@@ -230,18 +255,23 @@ func (as *addressSpace) move(src, dst, n uint64) error {
 		}
 		de, err := as.entry(dst+i*pageSize, true)
 		if err != nil {
-			return err
+			return flush, err
 		}
-		if old := atomic.SwapUint64(de, v); old&pteOwned != 0 {
+		old := atomic.SwapUint64(de, v)
+		flush = flush || stale(old, v)
+		if old&pteOwned != 0 {
 			as.dirty = append(as.dirty, old&pteAddr)
 		}
 		atomic.StoreUint64(se, 0)
+		flush = flush || stale(v, 0)
 	}
-	return nil
+	return flush, nil
 }
 
 // release zeroes the queued frames (returning their memory to the host) and recycles them.
-// It must run after every vCPU has flushed its TLB of the old mappings.
+// It must run after every vCPU has flushed its TLB of the old mappings: after a shootdown
+// when the operation that queued them removed a present entry. A frame whose entry was not
+// present needs none, since the change that made it not present already shot it down.
 func (as *addressSpace) release() {
 	for _, f := range as.dirty {
 		// MADV_DONTNEED on private anonymous memory drops the page: it reads as zero next time.

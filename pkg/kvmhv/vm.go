@@ -30,7 +30,7 @@ type VM struct {
 	memMu sync.Mutex   // guards as and serializes address-space changes
 	as    addressSpace // guarded by memMu
 
-	tlbGen atomic.Uint64 // bumped by every change that needs a TLB flush
+	tlbGen atomic.Uint64 // bumped by every change that needs a TLB flush (see stale)
 
 	vcpuMu sync.Mutex // guards vcpus and nextID
 	vcpus  []*VCPU    // live vCPUs
@@ -163,16 +163,18 @@ func checkRange(va, length uint64) error {
 }
 
 // Map makes the user pages in [va, va+length) present with prot. Pages that already hold a
-// frame keep their contents; the others read as zeros. ErrNoMemory past the budget.
+// frame keep their contents; the others read as zeros. ErrNoMemory past the budget. TLBs
+// are shot down only if a page that was present changes its protection (see stale).
 func (vm *VM) Map(va, length uint64, prot Prot) error {
 	if err := checkRange(va, length); err != nil {
 		return err
 	}
 	vm.memMu.Lock()
 	defer vm.memMu.Unlock()
-	err := vm.as.mapPages(va, length/pageSize, prot)
-	// Permissions may have been reduced on pages that held frames.
-	vm.shootdown()
+	flush, err := vm.as.mapPages(va, length/pageSize, prot)
+	if flush {
+		vm.shootdown()
+	}
 	return err
 }
 
@@ -183,8 +185,10 @@ func (vm *VM) Protect(va, length uint64, prot Prot) error {
 	}
 	vm.memMu.Lock()
 	defer vm.memMu.Unlock()
-	err := vm.as.protect(va, length/pageSize, prot)
-	vm.shootdown()
+	flush, err := vm.as.protect(va, length/pageSize, prot)
+	if flush {
+		vm.shootdown()
+	}
 	return err
 }
 
@@ -195,8 +199,10 @@ func (vm *VM) Unmap(va, length uint64) error {
 	}
 	vm.memMu.Lock()
 	defer vm.memMu.Unlock()
-	err := vm.as.unmap(va, length/pageSize)
-	vm.shootdown()
+	flush, err := vm.as.unmap(va, length/pageSize)
+	if flush {
+		vm.shootdown()
+	}
 	vm.as.release()
 	return err
 }
@@ -211,8 +217,10 @@ func (vm *VM) Move(src, dst, length uint64) error {
 	}
 	vm.memMu.Lock()
 	defer vm.memMu.Unlock()
-	err := vm.as.move(src, dst, length/pageSize)
-	vm.shootdown()
+	flush, err := vm.as.move(src, dst, length/pageSize)
+	if flush {
+		vm.shootdown()
+	}
 	vm.as.release()
 	return err
 }
