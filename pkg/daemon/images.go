@@ -77,9 +77,11 @@ var DefaultImages = map[string][]string{
 	"documents": {"/usr/bin/pdftotext", "/usr/bin/pdftoppm", "/usr/bin/busybox"},
 }
 
-// EnsureImages builds each image of want that is missing from dir, from the host programs
-// it lists, and logs what it did. An image whose programs are not installed is skipped
-// with a warning; the handlers that need it then fail with a clear error.
+// EnsureImages builds each image of want that is missing from dir, or is in the old image
+// format (version 1, which the micro VMs cannot use), from the host programs it lists, and
+// logs what it did. An image whose programs are not installed is skipped with a warning;
+// the handlers that need it then fail with a clear error. Other images of dir in the old
+// format are reported, not rebuilt: nothing says what they were built from.
 func EnsureImages(dir string, want map[string][]string, log *slog.Logger) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("image dir: %w", err)
@@ -90,10 +92,21 @@ func EnsureImages(dir string, want map[string][]string, log *slog.Logger) error 
 	}
 	sort.Strings(names)
 	var errs []error
+	for _, name := range NewImages(dir).Names() {
+		if _, ok := want[name]; !ok {
+			if err := image.CheckFormat(filepath.Join(dir, name+".img")); errors.Is(err, image.ErrOldFormat) {
+				log.Warn("guest image in the old format cannot be used: rebuild it with isoctl image build", "image", name, "error", err)
+			}
+		}
+	}
 	for _, name := range names {
 		path := filepath.Join(dir, name+".img")
+		rebuild := false
 		if _, err := os.Stat(path); err == nil {
-			continue
+			if err := image.CheckFormat(path); !errors.Is(err, image.ErrOldFormat) {
+				continue // current, or broken in a way Get reports
+			}
+			rebuild = true
 		} else if !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 			continue
@@ -105,12 +118,22 @@ func EnsureImages(dir string, want map[string][]string, log *slog.Logger) error 
 			}
 		}
 		if len(missing) > 0 {
+			if rebuild {
+				log.Warn("guest image in the old format cannot be used and host programs to rebuild it are missing: rebuild it with isoctl image build",
+					"image", name, "path", path, "missing", missing)
+				continue
+			}
 			log.Warn("guest image not built: host programs missing", "image", name, "missing", missing)
 			continue
 		}
 		rep, err := image.BuildFile(path, image.BuildConfig{Programs: want[name]})
 		if err != nil {
 			errs = append(errs, fmt.Errorf("build image %s: %w", name, err))
+			continue
+		}
+		if rebuild {
+			log.Warn("rebuilt guest image in the old format (version 1) from host programs; an image built with other contents must be rebuilt with isoctl image build",
+				"image", name, "path", path, "programs", want[name], "entries", rep.Entries, "bytes", rep.Bytes, "digest", rep.Digest)
 			continue
 		}
 		log.Info("built missing guest image from host programs", "image", name, "path", path, "programs", want[name], "entries", rep.Entries, "bytes", rep.Bytes, "digest", rep.Digest)

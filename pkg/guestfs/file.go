@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"io"
+	"os"
 	"sync"
 	"time"
 
@@ -61,6 +62,26 @@ type file struct {
 }
 
 func (fl *file) Path() string { return fl.path }
+
+// ImageExtent tells where the content of f lies in the image file, when f is an open,
+// readable regular file of the read-only image, so that the content can be mapped rather
+// than read (see image.Image.Extent: off is page-aligned, the rest of the last page is zero).
+// ok is false for every other file (scratch, input, /dev and /proc files) and once f is
+// closed. The returned file belongs to the image and must not be closed.
+func ImageExtent(f File) (host *os.File, off, size int64, ok bool) {
+	fl, isFile := f.(*file)
+	if !isFile {
+		return nil, 0, 0, false
+	}
+	fl.mu.Lock()
+	err := fl.readable()
+	fl.mu.Unlock()
+	n, isImg := fl.n.(*imgNode)
+	if err != nil || !isImg || !n.e.IsRegular() {
+		return nil, 0, 0, false
+	}
+	return fl.fs.im.Extent(n.e)
+}
 
 func (fl *file) Flags() int {
 	fl.mu.Lock()

@@ -92,6 +92,7 @@ type node struct {
 	target string // symlinks
 	host   string // regular files: host file holding the content
 	size   int64  // regular files
+	off    int64  // regular files: offset of the content in the image, set by write
 	sum    [32]byte
 	synth  bool // a directory made up as a parent, with default metadata
 }
@@ -448,8 +449,8 @@ func (b *builder) write(w io.Writer) (*BuildReport, error) {
 	for _, n := range nodes {
 		indexLen += recordSize + int64(len(n.path)) + int64(len(n.target))
 	}
-	dataOff := int64(headerSize) + indexLen
-	off := dataOff
+	dataOff := pageUp(int64(headerSize) + indexLen)
+	end := dataOff // where the previous content ended
 	for _, n := range nodes {
 		clear(rec[:])
 		le.PutUint32(rec[0:], modeToUnix(n.mode))
@@ -457,10 +458,11 @@ func (b *builder) write(w io.Writer) (*BuildReport, error) {
 		le.PutUint64(rec[16:], uint64(n.mtime.UnixNano()))
 		switch {
 		case n.mode.IsRegular():
+			n.off = pageUp(end)
 			le.PutUint64(rec[8:], uint64(n.size))
-			le.PutUint64(rec[24:], uint64(off))
+			le.PutUint64(rec[24:], uint64(n.off))
 			copy(rec[32:], n.sum[:])
-			off += n.size
+			end = n.off + n.size
 		case n.mode&fs.ModeSymlink != 0:
 			le.PutUint64(rec[8:], uint64(len(n.target)))
 		}
@@ -479,7 +481,7 @@ func (b *builder) write(w io.Writer) (*BuildReport, error) {
 	le.PutUint64(hdr[24:], headerSize)
 	le.PutUint64(hdr[32:], uint64(indexLen))
 	le.PutUint64(hdr[40:], uint64(dataOff))
-	le.PutUint64(hdr[48:], uint64(total))
+	le.PutUint64(hdr[48:], uint64(end-dataOff))
 	h := sha256.New()
 	h.Write(hdr[:hdrSumOff])
 	h.Write(index.Bytes())
@@ -489,6 +491,13 @@ func (b *builder) write(w io.Writer) (*BuildReport, error) {
 	cw := &countWriter{w: io.MultiWriter(w, whole)}
 	cw.Write(hdr[:])
 	cw.Write(index.Bytes())
+	zeros := make([]byte, PageSize)
+	pad := func(to int64) {
+		for cw.n < to && cw.err == nil {
+			cw.Write(zeros[:min(int64(len(zeros)), to-cw.n)])
+		}
+	}
+	pad(dataOff)
 	if cw.err != nil {
 		return nil, fmt.Errorf("write image: %w", cw.err)
 	}
@@ -504,6 +513,7 @@ func (b *builder) write(w io.Writer) (*BuildReport, error) {
 		if err != nil {
 			return nil, err
 		}
+		pad(n.off)
 		fh.Reset()
 		start := cw.n
 		_, err = io.CopyBuffer(io.MultiWriter(cw, fh), io.LimitReader(f, n.size), buf)
@@ -517,6 +527,9 @@ func (b *builder) write(w io.Writer) (*BuildReport, error) {
 		if cw.n-start != n.size || !bytes.Equal(fh.Sum(sum[:0]), n.sum[:]) {
 			return nil, fmt.Errorf("%s changed while building", n.host)
 		}
+	}
+	if cw.err != nil {
+		return nil, fmt.Errorf("write image: %w", cw.err)
 	}
 	rep.DataBytes = total
 	rep.Bytes = cw.n

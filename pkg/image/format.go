@@ -1,23 +1,26 @@
 package image
 
-// On-disk format, version 1. All integers are little endian.
+// On-disk format, version 2. All integers are little endian.
 //
-// An image file is three consecutive sections with no gaps and nothing after them:
+// An image file is three consecutive sections with nothing after them:
 //
 //	header  128 bytes at offset 0
 //	index   IndexLen bytes at IndexOff (= 128)
-//	data    DataLen bytes at DataOff (= IndexOff + IndexLen); file size = DataOff + DataLen
+//	data    DataLen bytes at DataOff; file size = DataOff + DataLen
+//
+// DataOff is the first multiple of PageSize at or after the end of the index; the bytes in
+// between are zero.
 //
 // Header:
 //
 //	off  size  field
 //	  0     8  magic "ISOLIMG\x00"
-//	  8     4  version (1)
+//	  8     4  version (2)
 //	 12     4  flags (0; every other value is rejected)
 //	 16     8  entry count
 //	 24     8  index offset (128)
 //	 32     8  index length
-//	 40     8  data offset
+//	 40     8  data offset (the index end rounded up to a multiple of PageSize)
 //	 48     8  data length
 //	 56    40  reserved, zero
 //	 96    32  SHA-256 of header bytes [0, 96) followed by the whole index
@@ -41,15 +44,22 @@ package image
 // path appears twice; the parent of every entry is an earlier directory entry. The inode number
 // of an entry is its position in the index plus one, so the root is inode 1.
 //
-// The contents of regular files are stored back to back in index order: the first one starts
-// at DataOff, each next one where the previous one ends, and the last one ends at the end of
-// the file, so data ranges can neither overlap nor leave the file.
+// The contents of regular files are stored in index order, each starting at a page boundary:
+// the first one at DataOff, each next one at the first multiple of PageSize at or after the
+// end of the previous one, and the file ends exactly where the last one ends (at DataOff if
+// there is no regular file). Every byte between two contents is zero. So data ranges can
+// neither overlap nor leave the file, page k of a file's content is page-aligned in the image
+// file, and the rest of a content's last page reads as zero (or lies past the end of the
+// file): a content can be mapped from the image file page by page (Image.Extent).
+//
+// Version 1 (files back to back, no alignment) is not read: Load fails with ErrOldFormat.
+// Images are built from host programs, so rebuilding one gives the new format.
 //
 // Integrity: the header digest covers the header and the index, so any change to them is
 // detected; Load also reads the whole data section once, checking every file's SHA-256 and
-// computing the digest of the whole file (Image.Digest). Tampering with a file's bytes after
-// Load is the caller's concern: an image is immutable once built, and its file must not be
-// writable by whoever the micro VM protects against.
+// that the padding is zero, and computing the digest of the whole file (Image.Digest).
+// Tampering with a file's bytes after Load is the caller's concern: an image is immutable
+// once built, and its file must not be writable by whoever the micro VM protects against.
 
 import (
 	"errors"
@@ -60,7 +70,12 @@ const (
 	// magic starts every image file.
 	magic = "ISOLIMG\x00"
 	// formatVersion is the only version this package reads and writes.
-	formatVersion = 1
+	formatVersion = 2
+	// oldFormatVersion is the version before file contents were page-aligned.
+	oldFormatVersion = 1
+
+	// PageSize is the alignment of file contents in the image file.
+	PageSize = 4096
 
 	headerSize   = 128
 	hdrSumOff    = 96
@@ -84,6 +99,13 @@ const (
 
 // ErrCorrupt is wrapped by every error reporting a malformed or tampered image.
 var ErrCorrupt = errors.New("corrupt image")
+
+// ErrOldFormat is returned (wrapped) by Load and Open for an image in format version 1,
+// which this package no longer reads.
+var ErrOldFormat = errors.New("image format version 1: rebuild with isoctl image build")
+
+// pageUp rounds n up to a multiple of PageSize.
+func pageUp(n int64) int64 { return (n + PageSize - 1) &^ (PageSize - 1) }
 
 // FormatError reports why an image was rejected. It wraps ErrCorrupt.
 type FormatError struct {

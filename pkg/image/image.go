@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"os"
 	"path"
+	"slices"
 	"strings"
 	"time"
 )
@@ -51,6 +52,7 @@ func (e *Entry) IsSymlink() bool { return e.Mode&fs.ModeSymlink != 0 }
 type Image struct {
 	r       io.ReaderAt
 	closer  io.Closer // the file Open opened, or nil
+	file    *os.File  // r when it is a file: what Extent hands out
 	size    int64
 	digest  string
 	entries []*Entry            // in index (path) order; entries[i].Ino == i+1
@@ -83,6 +85,40 @@ func Open(name string) (*Image, error) {
 	return im, nil
 }
 
+// CheckFormat reads only the header of the image file at name and reports whether this
+// package can read its format: the error wraps ErrOldFormat for a version 1 image (which
+// must be rebuilt) and ErrCorrupt for a file that is not an image of a known version. It
+// validates nothing else; Open does.
+func CheckFormat(name string) error {
+	f, err := os.Open(name)
+	if err != nil {
+		return fmt.Errorf("open image: %w", err)
+	}
+	defer f.Close()
+	var hdr [12]byte
+	if err := readFullAt(f, hdr[:], 0); err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	if err := checkMagicVersion(hdr[:]); err != nil {
+		return fmt.Errorf("image %s: %w", name, err)
+	}
+	return nil
+}
+
+// checkMagicVersion checks the magic and the version at the start of a header.
+func checkMagicVersion(hdr []byte) error {
+	if string(hdr[:8]) != magic {
+		return corrupt(0, "bad magic")
+	}
+	if v := binary.LittleEndian.Uint32(hdr[8:]); v != formatVersion {
+		if v == oldFormatVersion {
+			return ErrOldFormat
+		}
+		return corrupt(8, "unsupported version %d", v)
+	}
+	return nil
+}
+
 // Load reads an image of size bytes from r. It validates the header and the whole index,
 // reads every file's content once to check its SHA-256, and computes the digest of the whole
 // image. A malformed or tampered image yields an error wrapping ErrCorrupt (a *FormatError).
@@ -96,13 +132,10 @@ func Load(r io.ReaderAt, size int64) (*Image, error) {
 	if err := readFullAt(r, hdr[:], 0); err != nil {
 		return nil, err
 	}
-	if string(hdr[:8]) != magic {
-		return nil, corrupt(0, "bad magic")
+	if err := checkMagicVersion(hdr[:]); err != nil {
+		return nil, err
 	}
 	le := binary.LittleEndian
-	if v := le.Uint32(hdr[8:]); v != formatVersion {
-		return nil, corrupt(8, "unsupported version %d", v)
-	}
 	if fl := le.Uint32(hdr[12:]); fl != 0 {
 		return nil, corrupt(12, "unknown flags %#x", fl)
 	}
@@ -122,8 +155,10 @@ func Load(r io.ReaderAt, size int64) (*Image, error) {
 		return nil, corrupt(24, "index offset %d, want %d", indexOff, headerSize)
 	case indexLen > maxIndexLen || indexLen > usize-headerSize:
 		return nil, corrupt(32, "index length %d out of range", indexLen)
-	case dataOff != indexOff+indexLen:
-		return nil, corrupt(40, "data offset %d does not follow the index", dataOff)
+	case dataOff != uint64(pageUp(int64(indexOff+indexLen))):
+		return nil, corrupt(40, "data offset %d is not the end of the index rounded up to a page", dataOff)
+	case dataOff > usize:
+		return nil, corrupt(40, "data offset %d beyond the end of the file", dataOff)
 	case dataLen != usize-dataOff:
 		return nil, corrupt(48, "data length %d does not match file size %d", dataLen, size)
 	case count == 0 || count > indexLen/recordSize:
@@ -148,6 +183,9 @@ func Load(r io.ReaderAt, size int64) (*Image, error) {
 		byPath:  make(map[string]*Entry, count),
 		kids:    make(map[*Entry][]*Entry),
 	}
+	if f, ok := r.(*os.File); ok {
+		im.file = f
+	}
 	if err := im.parseIndex(index, int64(indexOff), count, int64(dataOff)); err != nil {
 		return nil, err
 	}
@@ -158,11 +196,12 @@ func Load(r io.ReaderAt, size int64) (*Image, error) {
 }
 
 // parseIndex decodes and validates count records from index, which starts at file offset
-// base; file contents must tile the data section starting at dataOff.
+// base; file contents must tile the data section starting at dataOff, each at a page
+// boundary.
 func (im *Image) parseIndex(index []byte, base int64, count uint64, dataOff int64) error {
 	le := binary.LittleEndian
 	pos := 0
-	nextData := dataOff
+	nextData := dataOff // where the previous content ended
 	for i := uint64(0); i < count; i++ {
 		at := base + int64(pos)
 		if len(index)-pos < recordSize {
@@ -209,16 +248,17 @@ func (im *Image) parseIndex(index []byte, base int64, count uint64, dataOff int6
 			}
 			e.Size = int64(size)
 		default: // regular
-			if off != uint64(nextData) {
-				return corrupt(at+24, "entry %d (%s): content offset %d, want %d", i, p, off, nextData)
+			start := pageUp(nextData)
+			if off != uint64(start) {
+				return corrupt(at+24, "entry %d (%s): content offset %d, want %d", i, p, off, start)
 			}
-			if size > uint64(im.size-nextData) {
+			if start > im.size || size > uint64(im.size-start) {
 				return corrupt(at+8, "entry %d (%s): content size %d beyond end of file", i, p, size)
 			}
 			e.Size = int64(size)
-			e.off = nextData
+			e.off = start
 			copy(e.sum[:], rec[32:64])
-			nextData += int64(size)
+			nextData = start + int64(size)
 		}
 
 		if i == 0 {
@@ -248,8 +288,8 @@ func (im *Image) parseIndex(index []byte, base int64, count uint64, dataOff int6
 	return nil
 }
 
-// verifyData reads the data section once, checking every file's checksum and computing the
-// digest of the whole image.
+// verifyData reads the rest of the image once, checking that the padding is zero and every
+// file's checksum, and computing the digest of the whole image.
 func (im *Image) verifyData(hdr, index []byte) error {
 	whole := sha256.New()
 	whole.Write(hdr)
@@ -257,10 +297,15 @@ func (im *Image) verifyData(hdr, index []byte) error {
 	buf := make([]byte, 128<<10)
 	fh := sha256.New()
 	var sum [32]byte
+	pos := int64(len(hdr) + len(index))
 	for _, e := range im.entries {
 		if !e.IsRegular() {
 			continue
 		}
+		if err := im.checkZero(pos, e.off, buf, whole); err != nil {
+			return err
+		}
+		pos = e.off + e.Size
 		fh.Reset()
 		n, err := io.CopyBuffer(io.MultiWriter(fh, whole), io.NewSectionReader(im.r, e.off, e.Size), buf)
 		if err != nil {
@@ -273,7 +318,33 @@ func (im *Image) verifyData(hdr, index []byte) error {
 			return corrupt(e.off, "%s: content checksum mismatch", e.Path)
 		}
 	}
+	// Without regular files the image ends with the padding after the index.
+	if err := im.checkZero(pos, im.size, buf, whole); err != nil {
+		return err
+	}
 	im.digest = hex.EncodeToString(whole.Sum(nil))
+	return nil
+}
+
+var zeroPage [PageSize]byte
+
+// checkZero reads the padding [from, to) into whole, checking that it is zero.
+func (im *Image) checkZero(from, to int64, buf []byte, whole io.Writer) error {
+	for from < to {
+		n := int(min(int64(len(buf)), to-from))
+		if err := readFullAt(im.r, buf[:n], from); err != nil {
+			return err
+		}
+		for i := 0; i < n; i += PageSize {
+			chunk := buf[i:min(i+PageSize, n)]
+			if !bytes.Equal(chunk, zeroPage[:len(chunk)]) {
+				j := slices.IndexFunc(chunk, func(b byte) bool { return b != 0 })
+				return corrupt(from+int64(i+j), "padding byte not zero")
+			}
+		}
+		whole.Write(buf[:n])
+		from += int64(n)
+	}
 	return nil
 }
 
@@ -349,6 +420,24 @@ func (im *Image) Open(e *Entry) (*io.SectionReader, error) {
 		return nil, &fs.PathError{Op: "open", Path: ie.Path, Err: ErrNotRegular}
 	}
 	return io.NewSectionReader(im.r, ie.off, ie.Size), nil
+}
+
+// Extent tells where the content of the regular file e, an entry of im, lies in the image
+// file, so that it can be mapped rather than read: the image file, the offset of the content
+// (a multiple of PageSize) and its size. The rest of the content's last page is zero or past
+// the end of the file, so the whole pages from off that hold the content can be mapped as
+// they are (mmap reads zeros past the end of a file within its last page). ok is false
+// if e is not a regular file of im or im was not loaded from an *os.File. The file belongs
+// to im: it must not be closed, and it is usable only until im.Close.
+func (im *Image) Extent(e *Entry) (f *os.File, off, size int64, ok bool) {
+	if im.file == nil || e == nil || e.Ino == 0 || e.Ino > uint64(len(im.entries)) || im.entries[e.Ino-1].Path != e.Path {
+		return nil, 0, 0, false
+	}
+	ie := im.entries[e.Ino-1] // our own copy of the layout, as in Open
+	if !ie.IsRegular() {
+		return nil, 0, 0, false
+	}
+	return im.file, ie.off, ie.Size, true
 }
 
 func entryPath(e *Entry) string {

@@ -1,7 +1,12 @@
 package kvmhv
 
 import (
+	"bytes"
 	"encoding/binary"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -95,4 +100,227 @@ func TestAdditionVisibleWithoutFlush(t *testing.T) {
 		t.Errorf("write after the page became read-only: exit %v vector %d addr %#x, want a page fault at %#x",
 			exit.Kind, exit.Vector, exit.Address, next)
 	}
+}
+
+// testFile writes a file of n bytes, byte i being a function of i, and opens it.
+func testFile(t *testing.T, n int) (*os.File, []byte) {
+	t.Helper()
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(i/pageSize*7 + i%251 + 1)
+	}
+	name := filepath.Join(t.TempDir(), "file")
+	must(t, os.WriteFile(name, data, 0o644))
+	f, err := os.Open(name)
+	must(t, err)
+	t.Cleanup(func() { f.Close() })
+	return f, data
+}
+
+func readGuest(t *testing.T, vm *VM, va uint64, n int) []byte {
+	t.Helper()
+	b := make([]byte, n)
+	vm.memMu.Lock()
+	defer vm.memMu.Unlock()
+	for i := 0; i < n; i += pageSize {
+		gpa, _, ok := vm.as.translate(va + uint64(i))
+		if !ok {
+			t.Fatalf("%#x not mapped", va+uint64(i))
+		}
+		copy(b[i:], vm.mem.mem[gpa:gpa+pageSize])
+	}
+	return b
+}
+
+// TestMapFileCopyOnWrite maps a file into a running guest: the guest reads the file's bytes,
+// zeros past its end, and its writes stay private to the VM.
+func TestMapFileCopyOnWrite(t *testing.T) {
+	const fileVA = 0x10000000
+	f, data := testFile(t, 3*pageSize+100)
+	code := cat(
+		movRBXImm(fileVA+pageSize+8),
+		asmLoadRDI, movEAX(1), asmSyscall, // report a word of the file's second page
+		movRBXImm(fileVA+3*pageSize+100),
+		asmLoadRDI, movEAX(2), asmSyscall, // report the word just past the end of the file
+		movRBXImm(fileVA+pageSize+8),
+		movEAX(0x5a5a5a5a), asmStoreRAX, // write to the second page
+		asmLoadRDI, movEAX(3), asmSyscall, // report what the guest reads back
+		movEAX(60), asmSyscall,
+		asmUD2,
+	)
+	vm := newTestVM(t, code)
+	must(t, vm.MapFile(fileVA, 5*pageSize, ProtRead|ProtWrite, f, 0))
+	if vm.as.hostMaps != 1 || !vm.as.fileBacked.has(mustTranslate(t, vm, fileVA)/pageSize) {
+		t.Errorf("%d host mappings, first frame file-backed %v: want the file mapped, not copied",
+			vm.as.hostMaps, vm.as.fileBacked.has(mustTranslate(t, vm, fileVA)/pageSize))
+	}
+	if used, _ := vm.MemoryStats(); used < 5*pageSize {
+		t.Errorf("%d bytes used after mapping 5 pages", used)
+	}
+	want := append(slices.Clone(data), make([]byte, 5*pageSize-len(data))...)
+	if got := readGuest(t, vm, fileVA, 5*pageSize); !bytes.Equal(got, want) {
+		t.Fatal("mapped pages differ from the file followed by zeros")
+	}
+	var seen []uint64
+	exit, _ := runUntil(t, vm, func(v *VCPU) bool {
+		if v.Regs.RAX == 60 {
+			return false
+		}
+		seen = append(seen, v.Regs.RDI)
+		v.CompleteSyscall(0)
+		return true
+	})
+	wantWord := binary.LittleEndian.Uint64(data[pageSize+8:])
+	if exit.Kind != ExitSyscall || len(seen) != 3 || seen[0] != wantWord || seen[1] != 0 || seen[2] != 0x5a5a5a5a {
+		t.Fatalf("exit %v, guest saw %#x, want [%#x 0 0x5a5a5a5a]", exit.Kind, seen, wantWord)
+	}
+	// The VMM sees the guest's write; the file does not.
+	if got := binary.LittleEndian.Uint64(readGuest(t, vm, fileVA+pageSize, 16)[8:]); got != 0x5a5a5a5a {
+		t.Errorf("VMM reads %#x after the guest's write", got)
+	}
+	if _, err := vm.WriteAt([]byte("vmm write"), fileVA); err != nil {
+		t.Fatal(err)
+	}
+	disk, err := os.ReadFile(f.Name())
+	must(t, err)
+	if !bytes.Equal(disk, data) {
+		t.Error("writes to the mapping reached the file")
+	}
+	// Another VM mapping the same file sees the original bytes.
+	vm2 := newTestVM(t, []byte{0xf4})
+	must(t, vm2.MapFile(fileVA, 5*pageSize, ProtRead, f, 0))
+	if got := readGuest(t, vm2, fileVA, 5*pageSize); !bytes.Equal(got, want) {
+		t.Error("a second VM does not see the file's bytes")
+	}
+	// From an offset, and a range that starts past the end of the file.
+	must(t, vm2.MapFile(fileVA, 2*pageSize, ProtRead, f, 2*pageSize))
+	if got := readGuest(t, vm2, fileVA, 2*pageSize); !bytes.Equal(got, want[2*pageSize:4*pageSize]) {
+		t.Error("mapping from an offset")
+	}
+	must(t, vm2.MapFile(fileVA, pageSize, ProtRead, f, 8*pageSize))
+	if got := readGuest(t, vm2, fileVA, pageSize); !bytes.Equal(got, make([]byte, pageSize)) {
+		t.Error("a page past the end of the file is not zero")
+	}
+	if err := vm2.MapFile(fileVA, pageSize, ProtRead, f, 100); err == nil {
+		t.Error("MapFile at an unaligned offset succeeded")
+	}
+}
+
+func mustTranslate(t *testing.T, vm *VM, va uint64) uint64 {
+	t.Helper()
+	vm.memMu.Lock()
+	defer vm.memMu.Unlock()
+	gpa, _, ok := vm.as.translate(va)
+	if !ok {
+		t.Fatalf("%#x not mapped", va)
+	}
+	return gpa
+}
+
+// TestRecycledFileFrameReadsZero frees frames a file backed and checks that they read as
+// zero when handed out again, both when they are mapped anonymous again and, past
+// maxHostMaps, when they are zeroed in place; and that a file is read in, not mapped, past
+// maxHostMaps.
+func TestRecycledFileFrameReadsZero(t *testing.T) {
+	const fileVA, anonVA = 0x10000000, 0x20000000
+	f, data := testFile(t, 4*pageSize)
+	vm := newTestVM(t, []byte{0xf4})
+	zero := make([]byte, 4*pageSize)
+	framesAt := func(va uint64) []uint64 {
+		var fr []uint64
+		for i := uint64(0); i < 4; i++ {
+			fr = append(fr, mustTranslate(t, vm, va+i*pageSize))
+		}
+		slices.Sort(fr)
+		return fr
+	}
+	// Page tables for anonVA first, so that mapping it later takes only the freed frames.
+	must(t, vm.Map(anonVA, pageSize, ProtRead))
+	must(t, vm.Unmap(anonVA, pageSize))
+	recycle := func(what string) {
+		t.Helper()
+		freed := framesAt(fileVA)
+		must(t, vm.Unmap(fileVA, 4*pageSize))
+		must(t, vm.Map(anonVA, 4*pageSize, ProtRead|ProtWrite))
+		if got := framesAt(anonVA); !slices.Equal(got, freed) {
+			t.Fatalf("%s: frames %#x not reused (got %#x)", what, freed, got)
+		}
+		if got := readGuest(t, vm, anonVA, 4*pageSize); !bytes.Equal(got, zero) {
+			t.Errorf("%s: recycled frames do not read as zero", what)
+		}
+		// Dirty them and free them again: anonymous or not, they must come back zero.
+		_, err := vm.WriteAt(bytes.Repeat([]byte{0xee}, 4*pageSize), anonVA)
+		must(t, err)
+		must(t, vm.Unmap(anonVA, 4*pageSize))
+		must(t, vm.Map(anonVA, 4*pageSize, ProtRead|ProtWrite))
+		if got := readGuest(t, vm, anonVA, 4*pageSize); !bytes.Equal(got, zero) {
+			t.Errorf("%s: frames freed a second time do not read as zero", what)
+		}
+		must(t, vm.Unmap(anonVA, 4*pageSize))
+	}
+
+	must(t, vm.MapFile(fileVA, 4*pageSize, ProtRead|ProtWrite, f, 0))
+	_, err := vm.WriteAt([]byte("private"), fileVA+pageSize) // one copied page, three file pages
+	must(t, err)
+	frame := mustTranslate(t, vm, fileVA) / pageSize
+	recycle("mapped anonymous again")
+	if vm.as.fileBacked.has(frame) || vm.as.hostMaps != 2 {
+		t.Errorf("after release: frame file-backed %v, %d host mappings; want remapped anonymous, 2",
+			vm.as.fileBacked.has(frame), vm.as.hostMaps)
+	}
+
+	must(t, vm.MapFile(fileVA, 4*pageSize, ProtRead|ProtWrite, f, 0))
+	vm.as.hostMaps = maxHostMaps // as if the guest had used them all up
+	frame = mustTranslate(t, vm, fileVA) / pageSize
+	recycle("zeroed in place")
+	if !vm.as.fileBacked.has(frame) {
+		t.Error("a frame zeroed in place is no longer marked file-backed")
+	}
+
+	// Past the bound MapFile reads the bytes in.
+	must(t, vm.MapFile(fileVA, 4*pageSize, ProtRead, f, 0))
+	if got := readGuest(t, vm, fileVA, 4*pageSize); !bytes.Equal(got, data) {
+		t.Error("file read in past maxHostMaps differs")
+	}
+	if vm.as.hostMaps != maxHostMaps {
+		t.Errorf("%d host mappings, bound %d", vm.as.hostMaps, maxHostMaps)
+	}
+}
+
+// TestMapFileBudgetAndMappings checks that file-backed pages count against the budget and
+// that closing a VM removes every host mapping MapFile made.
+func TestMapFileBudgetAndMappings(t *testing.T) {
+	s := requireKVM(t)
+	f, _ := testFile(t, 64*pageSize)
+	before := hostMappings(t)
+	vm, err := s.NewVM(Config{Memory: 1 << 20})
+	must(t, err)
+	used, _ := vm.MemoryStats()
+	if err := vm.MapFile(0x10000000, 512*pageSize, ProtRead, f, 0); !errors.Is(err, ErrNoMemory) {
+		t.Errorf("mapping 2 MiB of file in a 1 MiB budget: %v, want ErrNoMemory", err)
+	}
+	if now, _ := vm.MemoryStats(); now > used+4*pageSize {
+		t.Errorf("a failed MapFile left %d bytes in use (from %d)", now, used)
+	}
+	// Many small mappings at scattered places: frames of different runs, one host mapping each.
+	for i := uint64(0); i < 40; i++ {
+		must(t, vm.MapFile(0x10000000+i*0x10000, 2*pageSize, ProtRead, f, int64(i%30)*pageSize))
+	}
+	for i := uint64(0); i < 40; i += 2 {
+		must(t, vm.Unmap(0x10000000+i*0x10000, pageSize))
+	}
+	if during := hostMappings(t); during <= before {
+		t.Errorf("%d host mappings with file mappings in place, %d before: not mapped?", during, before)
+	}
+	must(t, vm.Close())
+	if after := hostMappings(t); after > before {
+		t.Errorf("%d host mappings after Close, %d before", after, before)
+	}
+}
+
+func hostMappings(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/maps")
+	must(t, err)
+	return bytes.Count(b, []byte("\n"))
 }

@@ -3,6 +3,7 @@ package kvmhv
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 
 	"golang.org/x/sys/unix"
@@ -80,8 +81,9 @@ func protOf(pte uint64) Prot {
 }
 
 // frames allocates 4 KiB guest-physical frames. Never-used frames come from a bump pointer;
-// freed frames are returned to the host with MADV_DONTNEED, so every frame handed out
-// reads as zeros. The fields are guarded by the owning addressSpace's mutex.
+// freed frames are returned to the host with MADV_DONTNEED (or, if a file backed them, see
+// addressSpace.release), so every frame handed out reads as zeros. The fields are guarded by
+// the owning addressSpace's mutex.
 type frames struct {
 	next  uint64   // next never-used frame (guest-physical address)
 	limit uint64   // end of guest memory
@@ -113,6 +115,37 @@ func (f *frames) alloc() (uint64, error) {
 	return gpa, nil
 }
 
+// allocRun allocates n frames, contiguous from the bump pointer if there is room there (so
+// that a file can back them with one host mapping), else one by one, sorted. It takes all n
+// or none.
+func (f *frames) allocRun(n uint64) ([]uint64, error) {
+	if n > uint64(f.max-f.used) {
+		return nil, ErrNoMemory
+	}
+	out := make([]uint64, 0, n)
+	if f.next <= f.limit && n <= (f.limit-f.next)/pageSize {
+		for i := uint64(0); i < n; i++ {
+			out = append(out, f.next+i*pageSize)
+		}
+		f.next += n * pageSize
+		f.used += int64(n)
+		f.peak = max(f.peak, f.used)
+		return out, nil
+	}
+	for range n {
+		gpa, err := f.alloc()
+		if err != nil {
+			f.free = append(f.free, out...) // still zero: never handed out
+			f.used -= int64(len(out))
+			return nil, err
+		}
+		out = append(out, gpa)
+	}
+	// Any order serves the caller; ascending makes the longest runs of contiguous frames.
+	slices.Sort(out)
+	return out, nil
+}
+
 // addressSpace is the guest's 4-level page table. The mutex is the VM's memMu.
 type addressSpace struct {
 	mem    *guestMemory
@@ -123,6 +156,12 @@ type addressSpace struct {
 	pml4Alt uint64
 	// dirty collects frames freed by the current operation; release zeroes and recycles them.
 	dirty []uint64
+	// fileBacked marks the frames whose host pages lie in a private file mapping (see
+	// VM.MapFile): MADV_DONTNEED would bring the file's bytes back there, not zeros.
+	fileBacked bitmap
+	// hostMaps counts the host mmap calls made over parts of guest memory, bounded by
+	// maxHostMaps (see VM.MapFile).
+	hostMaps int
 }
 
 func index(va uint64, level int) uint64 { return (va >> (pageShift + 9*uint(level))) & 511 }
@@ -273,11 +312,20 @@ func (as *addressSpace) move(src, dst, n uint64) (flush bool, err error) {
 // when the operation that queued them removed a present entry. A frame whose entry was not
 // present needs none, since the change that made it not present already shot it down.
 func (as *addressSpace) release() {
+	var fromFile []uint64
 	for _, f := range as.dirty {
-		// MADV_DONTNEED on private anonymous memory drops the page: it reads as zero next time.
-		_ = unix.Madvise(as.mem.mem[f:f+pageSize], unix.MADV_DONTNEED)
+		if as.fileBacked.has(f / pageSize) {
+			fromFile = append(fromFile, f)
+		} else {
+			// MADV_DONTNEED on private anonymous memory drops the page: it reads as zero
+			// next time.
+			_ = unix.Madvise(as.mem.mem[f:f+pageSize], unix.MADV_DONTNEED)
+		}
 		as.frames.free = append(as.frames.free, f)
 		as.frames.used--
+	}
+	if len(fromFile) > 0 {
+		as.zeroFileFrames(fromFile)
 	}
 	as.dirty = as.dirty[:0]
 }

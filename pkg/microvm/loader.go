@@ -61,8 +61,13 @@ func (vm *VM) openELF(path string) (guestfs.File, *elfFile, error) {
 	return f, e, nil
 }
 
-// mapELF maps the loadable segments of e at bias.
+// mapELF maps the loadable segments of e at bias. When f is a file of the image, the whole
+// pages of a segment's file content are mapped copy-on-write from the image file (see
+// kvmhv.VM.MapFile) rather than copied; only the partial pages at either end are copied,
+// so that, as before, the bytes of those pages outside the segment are zero (or another
+// segment's), and the bss is anonymous.
 func (vm *VM) mapELF(f guestfs.File, e *elfFile, bias uint64) error {
+	host, hostOff, hostSize, inImage := guestfs.ImageExtent(f)
 	for _, p := range e.Phdrs {
 		if p.Type != ptLoad || p.Memsz == 0 {
 			continue
@@ -77,23 +82,56 @@ func (vm *VM) mapELF(f guestfs.File, e *elfFile, bias uint64) error {
 		if p.Flags&pfX != 0 {
 			prot |= kvmhv.ProtExec | kvmhv.ProtRead
 		}
-		start, end := pageDown(bias+p.Vaddr), pageUp(bias+p.Vaddr+p.Memsz)
+		lo := bias + p.Vaddr
+		start, end := pageDown(lo), pageUp(lo+p.Memsz)
+		// The whole pages of the file content: [fileStart, fileEnd) in the guest.
+		fileStart, fileEnd := pageUp(lo), pageDown(lo+p.Filesz)
+		mapped := inImage && fileStart < fileEnd && (p.Off-p.Vaddr)%pageSize == 0 &&
+			p.Off <= uint64(hostSize) && p.Filesz <= uint64(hostSize)-p.Off
 		vm.mm.mu.Lock()
 		// Segments may share a page at their boundary: keep the union of protections.
-		if err := vm.hv.Map(start, end-start, prot|vm.mm.protAt(start)); err != nil {
+		segProt := prot | vm.mm.protAt(start)
+		var err error
+		if mapped {
+			err = vm.hv.Map(start, fileStart-start, segProt)
+			if err == nil {
+				err = vm.hv.Map(fileEnd, end-fileEnd, segProt)
+			}
+			if err == nil {
+				err = vm.hv.MapFile(fileStart, fileEnd-fileStart, segProt, host, hostOff+int64(p.Off+fileStart-lo))
+			}
+		} else {
+			err = vm.hv.Map(start, end-start, segProt)
+		}
+		if err != nil {
 			vm.mm.mu.Unlock()
 			return fmt.Errorf("map segment at %#x: %w", start, err)
 		}
 		vm.mm.insert(start, end, prot)
 		vm.mm.mu.Unlock()
-		if p.Filesz > 0 {
-			buf := make([]byte, p.Filesz)
-			if _, err := f.ReadAt(buf, int64(p.Off)); err != nil {
+		copyRange := func(va, n uint64) error {
+			if n == 0 {
+				return nil
+			}
+			buf := make([]byte, n)
+			if _, err := f.ReadAt(buf, int64(p.Off+va-lo)); err != nil {
 				return fmt.Errorf("read segment: %w", err)
 			}
-			if err := vm.hv.Poke(buf, bias+p.Vaddr); err != nil {
-				return fmt.Errorf("load segment at %#x: %w", bias+p.Vaddr, err)
+			if err := vm.hv.Poke(buf, va); err != nil {
+				return fmt.Errorf("load segment at %#x: %w", va, err)
 			}
+			return nil
+		}
+		if mapped {
+			err = copyRange(lo, fileStart-lo)
+			if err == nil {
+				err = copyRange(fileEnd, lo+p.Filesz-fileEnd)
+			}
+		} else {
+			err = copyRange(lo, p.Filesz)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

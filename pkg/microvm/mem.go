@@ -2,6 +2,7 @@ package microvm
 
 import (
 	"errors"
+	"os"
 	"sort"
 	"sync"
 
@@ -159,9 +160,20 @@ func (m *memory) overlaps(start, end uint64) bool {
 	return false
 }
 
-// mmap implements mmap for anonymous memory and, with data, private file mappings. It
-// returns the address or an errno.
-func (m *memory) mmap(addr, length uint64, prot kvmhv.Prot, flags int, data func(buf []byte) error) (uint64, unix.Errno) {
+// fileSource is the file content a file mapping starts with.
+type fileSource struct {
+	off    uint64                                 // file offset of the mapping's first byte
+	readAt func(p []byte, off int64) (int, error) // reads the guest file (pread semantics)
+	// When host is not nil, the file's content is the size bytes of host at hostOff (a
+	// page-aligned extent of the image file), which can be mapped rather than read.
+	host    *os.File
+	hostOff int64
+	size    int64
+}
+
+// mmap implements mmap for anonymous memory and, with src, file mappings. It returns the
+// address or an errno.
+func (m *memory) mmap(addr, length uint64, prot kvmhv.Prot, flags int, src *fileSource) (uint64, unix.Errno) {
 	if length == 0 {
 		return 0, unix.EINVAL
 	}
@@ -188,12 +200,15 @@ func (m *memory) mmap(addr, length uint64, prot kvmhv.Prot, flags int, data func
 		}
 		addr = a
 	}
+	if src != nil && src.host != nil && src.off < uint64(src.size) {
+		return m.mmapImage(addr, length, prot, src)
+	}
 	if err := m.mapAnonLocked(addr, length, prot); err != nil {
 		return 0, errnoOf(err)
 	}
-	if data != nil {
+	if src != nil {
 		buf := make([]byte, length)
-		if err := data(buf); err != nil {
+		if err := src.read(buf); err != nil {
 			m.hv.Unmap(addr, length)
 			m.carve(addr, addr+length)
 			return 0, unix.EIO
@@ -209,6 +224,48 @@ func (m *memory) mmap(addr, length uint64, prot kvmhv.Prot, flags int, data func
 			return 0, errnoOf(err)
 		}
 	}
+	return addr, 0
+}
+
+// read fills buf with the file's bytes from src.off; past the end of the file it reads as
+// zeros (where Linux would raise SIGBUS).
+func (src *fileSource) read(buf []byte) error {
+	n, err := src.readAt(buf, int64(src.off))
+	if n > 0 || err == nil {
+		return nil
+	}
+	if toErrno(err) == 0 {
+		return nil // EOF
+	}
+	return err
+}
+
+// mmapImage maps a file of the image at addr: the pages that hold file content from the
+// image file, copy-on-write, and anonymous zero pages past the end of the file. Called with
+// mu held; src.off < src.size.
+func (m *memory) mmapImage(addr, length uint64, prot kvmhv.Prot, src *fileSource) (uint64, unix.Errno) {
+	if err := m.hv.Unmap(addr, length); err != nil {
+		return 0, errnoOf(err)
+	}
+	m.carve(addr, addr+length)
+	filePages := min(length, pageUp(uint64(src.size)-src.off))
+	fail := func(err error) (uint64, unix.Errno) {
+		m.hv.Unmap(addr, length)
+		if errors.Is(err, kvmhv.ErrNoMemory) {
+			return 0, unix.ENOMEM
+		}
+		return 0, unix.EIO
+	}
+	if length > filePages && prot != kvmhv.ProtNone {
+		if err := m.hv.Map(addr+filePages, length-filePages, prot); err != nil {
+			return fail(err)
+		}
+	}
+	// With PROT_NONE the frames are kept, so that a later mprotect reveals the file contents.
+	if err := m.hv.MapFile(addr, filePages, prot, src.host, src.hostOff+int64(src.off)); err != nil {
+		return fail(err)
+	}
+	m.insert(addr, addr+length, prot)
 	return addr, 0
 }
 

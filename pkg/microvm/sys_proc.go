@@ -3,10 +3,12 @@ package microvm
 import (
 	"crypto/rand"
 	"encoding/binary"
+	"math"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/isolator-dev/isolator/pkg/guestfs"
 	"github.com/isolator-dev/isolator/pkg/kvmhv"
 )
 
@@ -42,16 +44,14 @@ func (t *thread) mmap(addr, length, protBits uint64, flags, fd int, off uint64) 
 		// Writable shared file mappings would need write-back to the file.
 		return 0, unix.ENODEV
 	}
-	return t.vm.mm.mmap(addr, length, prot, flags, func(buf []byte) error {
-		n, err := ff.f.ReadAt(buf, int64(off))
-		if n > 0 || err == nil {
-			return nil
-		}
-		if toErrno(err) == 0 {
-			return nil // EOF: past the end of the file reads as zeros (SIGBUS on Linux)
-		}
-		return err
-	})
+	// A private mapping is the program's own copy; so is a read-only shared one, since
+	// nothing can write the file (image files are read-only; other files are copied at
+	// mmap time). Files of the image are mapped from the image file copy-on-write.
+	src := &fileSource{off: off, readAt: ff.f.ReadAt}
+	if host, hostOff, size, ok := guestfs.ImageExtent(ff.f); ok && off <= math.MaxInt64 {
+		src.host, src.hostOff, src.size = host, hostOff, size
+	}
+	return t.vm.mm.mmap(addr, length, prot, flags, src)
 }
 
 const (
