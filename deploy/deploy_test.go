@@ -318,9 +318,10 @@ func TestExampleConfig(t *testing.T) {
 	num("queue", fc.Queue, "queue")
 	dur("queue_wait", fc.QueueWait, "queue-wait")
 	dur("shutdown_timeout", fc.ShutdownTimeout, "shutdown-timeout")
-	// No flag; daemon.Config documents the default as 1 GiB and does not export it.
-	if fc.MaxInputBytes != 1<<30 {
-		t.Errorf("max_input_bytes: %d, want %d", fc.MaxInputBytes, 1<<30)
+	if want, err := strconv.ParseInt(def["max-input-bytes"], 10, 64); err != nil || fc.MaxInputBytes != want ||
+		want != daemon.DefaultMaxInputBytes {
+		t.Errorf("max_input_bytes: %d, daemon default (--max-input-bytes) %q, daemon.DefaultMaxInputBytes %d",
+			fc.MaxInputBytes, def["max-input-bytes"], daemon.DefaultMaxInputBytes)
 	}
 	if fc.BuildImages == nil || !*fc.BuildImages {
 		t.Errorf("build_images: %s, want true", boolPtr(fc.BuildImages))

@@ -161,6 +161,7 @@ func (e *env) start(extra ...string) {
 		}
 		select {
 		case err := <-e.waited:
+			e.d = nil // nothing left to stop
 			e.t.Fatalf("isolatord exited: %v\n%s", err, e.logs())
 		case <-time.After(20 * time.Millisecond):
 		}
@@ -551,5 +552,34 @@ func TestRestartKeepsHistory(t *testing.T) {
 	audit, _ := os.ReadFile(filepath.Join(e.state, "audit.log"))
 	if !strings.Contains(string(audit), `"reason":"daemon restarted"`) {
 		t.Error("restart kill not audited")
+	}
+}
+
+// TestMaxInputBytes checks that max_input_bytes in the configuration file, and the flag
+// over it, bound what is isolated, with a clear message for a file over the limit.
+func TestMaxInputBytes(t *testing.T) {
+	e := newEnv(t)
+	conf := e.file("isolatord.yaml", "max_input_bytes: 64\n", 0o644)
+	e.start("--config", conf)
+	big := e.file("untrusted/big.sh", "echo big\n"+strings.Repeat("#", 100)+"\n", 0o644)
+	small := e.file("untrusted/small.sh", "echo small\n", 0o644)
+	results := filepath.Join(e.root, "Isolated")
+	_, errOut, code := e.isoctl(-1, "open", "--no-launch", "--results-dir", results, big)
+	want := "isoctl: " + big + ": file too large to isolate: " + big + " is 110 bytes; the limit is 64 bytes (max_input_bytes, --max-input-bytes) (too_large)"
+	if code != 1 || !strings.Contains(errOut, want) {
+		t.Errorf("open of a file over max_input_bytes: exit %d, stderr %q\nwant %q", code, errOut, want)
+	}
+	if rep, stderr, code := e.openJSON(-1, "--results-dir", results, small); code != 0 || rep.Task == nil || rep.Task.State != api.StateDone {
+		t.Errorf("open of a file under the limit: exit %d, %+v\n%s", code, rep, stderr)
+	}
+	if !strings.Contains(e.logs(), "max_input_bytes=64") {
+		t.Errorf("the ready line does not show the limit:\n%s", e.logs())
+	}
+	e.stop(syscall.SIGTERM)
+
+	// The flag overrides the file.
+	e.start("--config", conf, "--max-input-bytes", "200")
+	if rep, stderr, code := e.openJSON(-1, "--results-dir", results, big); code != 0 || rep.Task == nil || rep.Task.State != api.StateDone {
+		t.Errorf("open with --max-input-bytes 200: exit %d, %+v\n%s", code, rep, stderr)
 	}
 }

@@ -200,6 +200,7 @@ const (
 	CodeBadRequest   = "bad_request"
 	CodeForbidden    = "forbidden"
 	CodeNotFound     = "not_found"
+	CodeTooLarge     = "too_large"
 	CodeBusy         = "busy"
 	CodeDenied       = "denied"
 	CodeUnavailable  = "unavailable"

@@ -107,7 +107,7 @@ type Config struct {
 	Queue           int             // tasks waiting for a slot at most; default 32
 	QueueWait       time.Duration   // how long an open waits for queue space before it is refused; default 10s
 	ShutdownTimeout time.Duration   // how long running tasks may finish at shutdown; default 10s
-	MaxInputBytes   int64           // largest file accepted for isolation; default 1 GiB
+	MaxInputBytes   int64           // largest file accepted for isolation; default DefaultMaxInputBytes (1 GiB)
 	Decider         Decider         // required
 	Runner          Runner          // required
 	Images          func() []string // names of the available guest images, for status; optional
@@ -149,9 +149,13 @@ type task struct {
 	t api.Task
 }
 
+// DefaultMaxInputBytes is the default of Config.MaxInputBytes: 1 GiB.
+const DefaultMaxInputBytes = 1 << 30
+
 // Errors the daemon returns.
 var (
 	ErrBusy         = errors.New("isolatord is busy")
+	ErrTooLarge     = errors.New("file too large to isolate")
 	ErrShuttingDown = errors.New("isolatord is shutting down")
 	ErrNotFound     = errors.New("no such task")
 )
@@ -178,7 +182,7 @@ func New(cfg Config) (*Daemon, error) {
 		cfg.ShutdownTimeout = 10 * time.Second
 	}
 	if cfg.MaxInputBytes <= 0 {
-		cfg.MaxInputBytes = 1 << 30
+		cfg.MaxInputBytes = DefaultMaxInputBytes
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

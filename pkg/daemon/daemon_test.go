@@ -484,3 +484,28 @@ func TestRelease(t *testing.T) {
 		t.Errorf("release not audited: %s", audit)
 	}
 }
+
+func TestMaxInputBytes(t *testing.T) {
+	in := start(t, daemon.Config{MaxInputBytes: 8})
+	dir := t.TempDir()
+	evs, err := openAll(in.c, writeFile(t, dir, "small.bin", "12345678"))
+	if err != nil || evs[len(evs)-1].Type != api.EventResult || evs[len(evs)-1].Task.State != api.StateDone {
+		t.Fatalf("a file at the limit: %v, %+v", err, evs)
+	}
+	big := writeFile(t, dir, "big.bin", "123456789")
+	evs, err = openAll(in.c, big)
+	var ae *api.Error
+	want := "file too large to isolate: " + big + " is 9 bytes; the limit is 8 bytes (max_input_bytes, --max-input-bytes)"
+	if !errors.As(err, &ae) || ae.Code != api.CodeTooLarge || ae.Message != want {
+		t.Fatalf("a file over the limit: %v, want code %s and %q", err, api.CodeTooLarge, want)
+	}
+	if len(evs) != 1 || evs[0].Type != api.EventDecision || evs[0].Decision.Action != api.ActionIsolate {
+		t.Errorf("events before the refusal: %+v", evs)
+	}
+	if tasks, _ := in.c.Tasks(context.Background(), false); len(tasks) != 1 {
+		t.Errorf("%d tasks, want 1 (none for the refused file)", len(tasks))
+	}
+	if ents, _ := os.ReadDir(filepath.Join(in.state, "staging")); len(ents) != 0 {
+		t.Errorf("staging not cleaned up: %v", ents)
+	}
+}

@@ -112,6 +112,7 @@ type options struct {
 	queue           int
 	queueWait       time.Duration
 	shutdownTimeout time.Duration
+	maxInputBytes   int64
 	noBuildImages   bool
 
 	intercept      bool
@@ -173,6 +174,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&o.queue, "queue", 32, "tasks waiting for a micro VM at most")
 	fs.DurationVar(&o.queueWait, "queue-wait", 10*time.Second, "how long a request waits for queue space before it is refused")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long running tasks may finish at shutdown")
+	fs.Int64Var(&o.maxInputBytes, "max-input-bytes", DefaultMaxInputBytes, "largest file, in bytes, accepted for isolation")
 	fs.BoolVar(&o.noBuildImages, "no-build-images", false, "do not build missing default guest images at start")
 	fs.BoolVar(&o.intercept, "intercept", false, "intercept downloads and opens in every regular user's XDG download directory")
 	fs.Var(&o.watchDirs, "watch-dir", "intercept downloads and opens in `DIR` (repeatable; enables interception)")
@@ -224,6 +226,9 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	}
 	if fc.ShutdownTimeout > 0 && !set["shutdown-timeout"] {
 		o.shutdownTimeout = fc.ShutdownTimeout
+	}
+	if fc.MaxInputBytes > 0 && !set["max-input-bytes"] {
+		o.maxInputBytes = fc.MaxInputBytes
 	}
 	if fc.BuildImages != nil && !*fc.BuildImages && !set["no-build-images"] {
 		o.noBuildImages = true
@@ -302,7 +307,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 	}
 	d, err := New(Config{
 		Socket: o.socket, StateDir: o.stateDir, MaxConcurrent: o.maxConcurrent, Queue: o.queue,
-		QueueWait: o.queueWait, ShutdownTimeout: o.shutdownTimeout,
+		QueueWait: o.queueWait, ShutdownTimeout: o.shutdownTimeout, MaxInputBytes: o.maxInputBytes,
 		Decider: NewPolicyDecider(store), Runner: newRunner(images), Images: images.Names, Logger: log,
 	})
 	if err != nil {
@@ -363,7 +368,8 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 		}()
 	}
 	log.Info("isolatord ready", "socket", o.socket, "state_dir", o.stateDir, "policy_dir", o.policyDir,
-		"image_dir", o.imageDir, "policy", store.Current().Version(), "max_concurrent", o.maxConcurrent, "queue", o.queue)
+		"image_dir", o.imageDir, "policy", store.Current().Version(), "max_concurrent", o.maxConcurrent, "queue", o.queue,
+		"max_input_bytes", d.cfg.MaxInputBytes)
 	if err := Notify("READY=1\nSTATUS=serving on " + o.socket); err != nil {
 		log.Warn("sd_notify", "err", err)
 	}

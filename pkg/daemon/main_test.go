@@ -54,7 +54,7 @@ func TestOptions(t *testing.T) {
 		}
 		return p
 	}
-	good := write("good.yaml", "socket: /tmp/x.sock\nstate_dir: /tmp/state\nmax_concurrent: 7\nqueue_wait: 3s\nlog_level: debug\nbuild_images: false\n")
+	good := write("good.yaml", "socket: /tmp/x.sock\nstate_dir: /tmp/state\nmax_concurrent: 7\nqueue_wait: 3s\nlog_level: debug\nbuild_images: false\nmax_input_bytes: 4096\n")
 	tests := []struct {
 		name    string
 		args    []string
@@ -62,14 +62,14 @@ func TestOptions(t *testing.T) {
 		wantErr string
 	}{
 		{"defaults", []string{"--config", write("empty.yaml", "")}, func(o *options) bool {
-			return o.socket == DefaultSocket && o.maxConcurrent == 4 && o.queue == 32
+			return o.socket == DefaultSocket && o.maxConcurrent == 4 && o.queue == 32 && o.maxInputBytes == DefaultMaxInputBytes
 		}, ""},
 		{"file", []string{"--config", good}, func(o *options) bool {
 			return o.socket == "/tmp/x.sock" && o.stateDir == "/tmp/state" && o.maxConcurrent == 7 &&
-				o.queueWait == 3*time.Second && o.logLevel == "debug" && o.noBuildImages
+				o.queueWait == 3*time.Second && o.logLevel == "debug" && o.noBuildImages && o.maxInputBytes == 4096
 		}, ""},
-		{"flags override file", []string{"--config", good, "--socket", "/s", "--max-concurrent", "2"}, func(o *options) bool {
-			return o.socket == "/s" && o.maxConcurrent == 2 && o.stateDir == "/tmp/state"
+		{"flags override file", []string{"--config", good, "--socket", "/s", "--max-concurrent", "2", "--max-input-bytes", "100"}, func(o *options) bool {
+			return o.socket == "/s" && o.maxConcurrent == 2 && o.stateDir == "/tmp/state" && o.maxInputBytes == 100
 		}, ""},
 		{"typo", []string{"--config", write("typo.yaml", "sockett: /x\n")}, nil, "field sockett not found"},
 		{"wrong type", []string{"--config", write("type.yaml", "queue: many\n")}, nil, "cannot unmarshal"},

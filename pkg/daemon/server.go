@@ -99,6 +99,8 @@ func errorStatus(err error) (int, string) {
 		return http.StatusNotFound, api.CodeNotFound
 	case errors.Is(err, ErrNotPermitted), errors.Is(err, fs.ErrPermission):
 		return http.StatusForbidden, api.CodeForbidden
+	case errors.Is(err, ErrTooLarge):
+		return http.StatusRequestEntityTooLarge, api.CodeTooLarge
 	case errors.Is(err, ErrBusy):
 		return http.StatusServiceUnavailable, api.CodeBusy
 	case errors.Is(err, ErrShuttingDown):

@@ -155,8 +155,14 @@ func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit f
 }
 
 // stage copies the file into a private staging directory, so the guest sees exactly the
-// bytes that were decided on and hashed, whatever happens to the original afterwards.
+// bytes that were decided on and hashed, whatever happens to the original afterwards. A file
+// over MaxInputBytes is refused with ErrTooLarge before anything is copied (and if it grows
+// past the limit while being copied).
 func (d *Daemon) stage(id string, f *os.File, real string) (string, string, error) {
+	limit := d.cfg.MaxInputBytes
+	if fi, err := f.Stat(); err == nil && fi.Size() > limit {
+		return "", "", tooLarge(real, fi.Size(), limit)
+	}
 	dir := filepath.Join(d.cfg.StateDir, "staging", id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", fmt.Errorf("stage input: %w", err)
@@ -168,18 +174,30 @@ func (d *Daemon) stage(id string, f *os.File, real string) (string, string, erro
 		return "", "", fmt.Errorf("stage input: %w", err)
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(out, h), io.LimitReader(f, d.cfg.MaxInputBytes+1))
+	n, err := io.Copy(io.MultiWriter(out, h), io.LimitReader(f, limit+1))
 	if cerr := out.Close(); err == nil {
 		err = cerr
-	}
-	if err == nil && n > d.cfg.MaxInputBytes {
-		err = fmt.Errorf("file is larger than the %d-byte limit", d.cfg.MaxInputBytes)
 	}
 	if err != nil {
 		os.RemoveAll(dir)
 		return "", "", fmt.Errorf("stage input: %w", err)
 	}
+	if n > limit {
+		os.RemoveAll(dir)
+		return "", "", tooLarge(real, -1, limit)
+	}
 	return path, hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// tooLarge is the error for a file over the isolation limit; n < 0 means the file grew
+// past the limit while it was copied.
+func tooLarge(path string, n, limit int64) error {
+	if n < 0 {
+		return fmt.Errorf("%w: %s grew past the limit of %d bytes while it was copied (max_input_bytes, --max-input-bytes)",
+			ErrTooLarge, path, limit)
+	}
+	return fmt.Errorf("%w: %s is %d bytes; the limit is %d bytes (max_input_bytes, --max-input-bytes)",
+		ErrTooLarge, path, n, limit)
 }
 
 // enqueue admits a task to the bounded queue, waiting up to QueueWait for room, and
