@@ -463,6 +463,40 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("results of a running task", func(t *testing.T) {
+		c, err := client.Dial(e.socket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		running := make(chan string, 1)
+		go c.Open(context.Background(), api.OpenRequest{Path: e.file("untrusted/busy.sh", "while true; do :; done\n", 0o644)},
+			func(ev api.Event) error {
+				if ev.Type == api.EventState && ev.Task.State == api.StateRunning {
+					running <- ev.Task.ID
+				}
+				return nil
+			})
+		var id string
+		select {
+		case id = <-running:
+		case <-time.After(30 * time.Second):
+			t.Fatal("task did not start")
+		}
+		out, errOut, code := e.isoctl(-1, "results", "--dir", filepath.Join(e.root, "early"), id)
+		want := "isoctl: task " + id + " is still running; it has no results yet: wait for it with isoctl logs -f " + id +
+			", then run isoctl results " + id + " again\n"
+		if code != 1 || errOut != want || out != "" {
+			t.Errorf("isoctl results of a running task: exit %d, stdout %q, stderr %q\nwant %q", code, out, errOut, want)
+		}
+		if _, err := os.Stat(filepath.Join(e.root, "early")); !os.IsNotExist(err) {
+			t.Errorf("results directory created for a running task: %v", err)
+		}
+		if _, _, code := e.isoctl(-1, "kill", id); code != 0 {
+			t.Errorf("kill: exit %d", code)
+		}
+	})
+
 	t.Run("reload on SIGHUP", func(t *testing.T) {
 		audit := filepath.Join(e.state, "audit.log")
 		if err := os.Rename(audit, audit+".1"); err != nil {

@@ -201,6 +201,7 @@ const (
 	CodeForbidden    = "forbidden"
 	CodeNotFound     = "not_found"
 	CodeTooLarge     = "too_large"
+	CodeConflict     = "conflict" // the task is not in a state that allows the request
 	CodeBusy         = "busy"
 	CodeDenied       = "denied"
 	CodeUnavailable  = "unavailable"

@@ -158,7 +158,20 @@ var (
 	ErrTooLarge     = errors.New("file too large to isolate")
 	ErrShuttingDown = errors.New("isolatord is shutting down")
 	ErrNotFound     = errors.New("no such task")
+	// ErrNotFinished is wrapped by the error for the results of a task that is queued or
+	// running (409 Conflict over the API).
+	ErrNotFinished = errors.New("task has not finished")
 )
+
+// notFinishedError says that task id, in state, has no results yet.
+type notFinishedError struct {
+	id    string
+	state api.State
+}
+
+func (e *notFinishedError) Error() string { return fmt.Sprintf("task %s is still %s", e.id, e.state) }
+
+func (e *notFinishedError) Unwrap() error { return ErrNotFinished }
 
 // New prepares a daemon: the state directory, the audit log and the task history. Tasks
 // that were queued or running when a previous daemon died are marked killed.

@@ -509,3 +509,41 @@ func TestMaxInputBytes(t *testing.T) {
 		t.Errorf("staging not cleaned up: %v", ents)
 	}
 }
+
+func TestResultsOfUnfinishedTask(t *testing.T) {
+	r := &countRunner{gate: make(chan struct{})}
+	in := start(t, daemon.Config{Runner: r})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		openAll(in.c, writeFile(t, t.TempDir(), "slow.bin", "x"))
+	}()
+	waitFor(t, func() bool { return r.running.Load() == 1 })
+	tasks, err := in.c.Tasks(context.Background(), false)
+	if err != nil || len(tasks) != 1 {
+		t.Fatalf("Tasks = %+v, %v", tasks, err)
+	}
+	id := tasks[0].ID
+	_, err = in.c.Results(context.Background(), id)
+	var ae *api.Error
+	if !errors.As(err, &ae) || ae.Code != api.CodeConflict || ae.Message != "task "+id+" is still running" {
+		t.Errorf("results of a running task: %v, want %s %q", err, api.CodeConflict, "task "+id+" is still running")
+	}
+	// The status is 409 on the wire.
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", in.socket)
+	}}}
+	resp, err := hc.Get("http://isolatord/v1/tasks/" + id + "/results")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusConflict {
+		t.Errorf("status %d, want 409", resp.StatusCode)
+	}
+	close(r.gate)
+	<-done
+	if res, err := in.c.Results(context.Background(), id); err != nil || len(res.Files) != 1 {
+		t.Errorf("results after the task finished: %+v, %v", res, err)
+	}
+}

@@ -99,6 +99,8 @@ func errorStatus(err error) (int, string) {
 		return http.StatusNotFound, api.CodeNotFound
 	case errors.Is(err, ErrNotPermitted), errors.Is(err, fs.ErrPermission):
 		return http.StatusForbidden, api.CodeForbidden
+	case errors.Is(err, ErrNotFinished):
+		return http.StatusConflict, api.CodeConflict
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, api.CodeTooLarge
 	case errors.Is(err, ErrBusy):

@@ -484,7 +484,8 @@ func (d *Daemon) Logs(ctx context.Context, p *Peer, id string, follow bool, fn f
 	return nil
 }
 
-// Results returns the output files of task id.
+// Results returns the output files of task id; for a task that has not finished, an
+// error wrapping ErrNotFinished.
 func (d *Daemon) Results(p *Peer, id string) (*api.Results, error) {
 	tk, err := d.lookup(p, id)
 	if err != nil {
@@ -494,7 +495,7 @@ func (d *Daemon) Results(p *Peer, id string) (*api.Results, error) {
 	state := tk.t.State
 	d.mu.Unlock()
 	if !state.Final() {
-		return nil, fmt.Errorf("task %s is still %s", id, state)
+		return nil, &notFinishedError{id: id, state: state}
 	}
 	r, err := d.store.loadResults(id)
 	if errors.Is(err, os.ErrNotExist) {

@@ -3,12 +3,14 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
 
+	"github.com/isolator-dev/isolator/pkg/api"
 	"github.com/isolator-dev/isolator/pkg/broker"
 	"github.com/isolator-dev/isolator/pkg/client"
 )
@@ -89,6 +91,12 @@ func resultsDir(dir string) (string, error) {
 // saveResults fetches the results of task id and writes its files into dir/id.
 func saveResults(ctx context.Context, c *client.Client, dir, id string) (*resultsReport, error) {
 	res, err := c.Results(ctx, id)
+	var ae *api.Error
+	if errors.As(err, &ae) && ae.Code == api.CodeConflict {
+		// "task ID is still running": say what to do about it, without the error code.
+		return nil, fmt.Errorf("%s; it has no results yet: wait for it with isoctl logs -f %s, then run isoctl results %s again",
+			ae.Message, id, id)
+	}
 	if err != nil {
 		return nil, err
 	}
