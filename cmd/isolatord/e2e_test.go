@@ -587,6 +587,74 @@ func TestRestartKeepsHistory(t *testing.T) {
 	if !strings.Contains(string(audit), `"reason":"daemon restarted"`) {
 		t.Error("restart kill not audited")
 	}
+	// Both starts are audited; the second names the task the first left running.
+	var restarts []string
+	for _, line := range strings.Split(string(audit), "\n") {
+		if strings.Contains(line, `"event":"restart"`) {
+			restarts = append(restarts, line)
+		}
+	}
+	if len(restarts) != 2 || strings.Contains(restarts[0], `"tasks"`) ||
+		!strings.Contains(restarts[1], `"tasks":["`+spin+`"]`) ||
+		!strings.Contains(restarts[1], "1 task(s) of the previous run interrupted") {
+		t.Errorf("restart records:\n%s", strings.Join(restarts, "\n"))
+	}
+}
+
+// TestFailClosedStart starts the daemon on a policy that does not load: it denies every
+// file, isoctl status says why, and the rejection is logged once (and once more per
+// SIGHUP), until a valid policy is written.
+func TestFailClosedStart(t *testing.T) {
+	e := newEnv(t)
+	bad := filepath.Join(e.policy, "00-test.yaml")
+	if err := os.WriteFile(bad, []byte("rules:\n  - {name: x, acton: trust}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e.start()
+	rejections := func() int { return strings.Count(e.logs(), "policy rejected") }
+	waitLog := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for rejections() < n && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(500 * time.Millisecond) // and no more come
+		if got := rejections(); got != n {
+			t.Errorf("the rejected policy is logged %d times, want %d:\n%s", got, n, e.logs())
+		}
+	}
+	waitLog(1)
+	if !strings.Contains(e.logs(), "no valid policy is loaded, so every file is denied (fail-closed)") {
+		t.Errorf("the log does not say the daemon is fail-closed:\n%s", e.logs())
+	}
+	out, _, code := e.isoctl(65534, "status")
+	for _, want := range []string{
+		"policy:     fail-closed: no valid policy is loaded, every file is denied\n",
+		"rejected:   " + bad + `:2:5: rule "x" has no action` + "\n",
+		"            " + bad + `:2:15: unknown key "acton" in rule (did you mean "action"?)` + "\n",
+	} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("isoctl status: exit %d, lacks %q:\n%s", code, want, out)
+		}
+	}
+	rep, _, code := e.openJSON(-1, e.file("trusted/a.txt", "a\n", 0o644))
+	if code != 2 || rep.Decision == nil || rep.Decision.Rule != "fail-closed" {
+		t.Errorf("open while fail-closed: exit %d, %+v", code, rep)
+	}
+	e.d.Process.Signal(syscall.SIGHUP)
+	waitLog(2)
+
+	if err := os.WriteFile(bad, []byte(strings.ReplaceAll(testPolicy, "ROOT", e.root)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(e.logs(), "policy loaded") && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	out, _, _ = e.isoctl(-1, "status")
+	if strings.Contains(out, "fail-closed") || strings.Contains(out, "rejected:") {
+		t.Errorf("isoctl status after a valid policy loaded:\n%s", out)
+	}
 }
 
 // TestMaxInputBytes checks that max_input_bytes in the configuration file, and the flag

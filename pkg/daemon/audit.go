@@ -25,6 +25,7 @@ type AuditRecord struct {
 	PolicyVersion string    `json:"policy_version,omitempty"`
 	Handler       string    `json:"handler,omitempty"`
 	Task          string    `json:"task,omitempty"`
+	Tasks         []string  `json:"tasks,omitempty"` // restart: the tasks the previous run left unfinished
 	State         string    `json:"state,omitempty"`
 	ExitCode      *int      `json:"exit_code,omitempty"`
 	Reason        string    `json:"reason,omitempty"`

@@ -68,6 +68,14 @@ type Reloader interface {
 	Reload() error
 }
 
+// PolicyStatus is implemented by Deciders that can say why their policy did not load; the
+// daemon shows it in Status.PolicyError.
+type PolicyStatus interface {
+	// PolicyError is why the latest load attempt failed ("" when it succeeded). With no
+	// valid policy loaded since the start, every file is denied (fail-closed).
+	PolicyError() string
+}
+
 // Job is one handler run.
 type Job struct {
 	Task      string
@@ -236,7 +244,7 @@ func (d *Daemon) loadHistory() {
 	for _, err := range errs {
 		d.log.Warn("skipping unreadable task history", "err", err)
 	}
-	var killed int
+	var killed []*api.Task
 	for _, t := range tasks {
 		if !t.State.Final() {
 			t.State = api.StateKilled
@@ -244,21 +252,34 @@ func (d *Daemon) loadHistory() {
 			if t.Finished.IsZero() {
 				t.Finished = time.Now()
 			}
-			killed++
+			killed = append(killed, t)
 			if err := d.store.saveTask(t); err != nil {
 				d.log.Error("cannot update task history", "task", t.ID, "err", err)
 			}
-			d.auditTask(t)
 		}
 		d.tasks[t.ID] = &task{created: t.Created, t: *t}
+	}
+	// The start itself, naming the tasks the previous run left unfinished, then each of
+	// them as killed.
+	rec := &AuditRecord{Event: "restart", UID: os.Geteuid(), PolicyVersion: d.cfg.Decider.Version(),
+		Reason: fmt.Sprintf("isolatord %s started (pid %d); %d task(s) of the previous run interrupted", Version, os.Getpid(), len(killed))}
+	for _, t := range killed {
+		rec.Tasks = append(rec.Tasks, t.ID)
+	}
+	d.writeAudit(rec)
+	for _, t := range killed {
+		d.auditTask(t)
 	}
 	// Staged inputs of tasks that will never run.
 	os.RemoveAll(filepath.Join(d.cfg.StateDir, "staging"))
 	os.MkdirAll(filepath.Join(d.cfg.StateDir, "staging"), 0o700)
 	if len(tasks) > 0 {
-		d.log.Info("task history loaded", "tasks", len(tasks), "killed_by_restart", killed)
+		d.log.Info("task history loaded", "tasks", len(tasks), "killed_by_restart", len(killed))
 	}
 }
+
+// ReopenAudit closes the audit log and opens it again at its path (after log rotation).
+func (d *Daemon) ReopenAudit() error { return d.audit.Reopen() }
 
 // Reload reopens the audit log and rereads the policy when the Decider can.
 func (d *Daemon) Reload() error {
@@ -290,6 +311,9 @@ func (d *Daemon) Status(p *Peer) api.Status {
 		PeakRunning:   d.peakRunning,
 		PeakQueued:    d.peakQueued,
 		You:           p.UID,
+	}
+	if ps, ok := d.cfg.Decider.(PolicyStatus); ok {
+		st.PolicyError = ps.PolicyError()
 	}
 	for _, t := range d.tasks {
 		if p.IsRoot() || t.t.UID == p.UID {

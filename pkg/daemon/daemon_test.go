@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"github.com/isolator-dev/isolator/pkg/api"
 	"github.com/isolator-dev/isolator/pkg/client"
 	"github.com/isolator-dev/isolator/pkg/daemon"
+	"github.com/isolator-dev/isolator/pkg/policy"
 )
 
 // extDecider decides by file extension: .txt trusted, .exe denied, anything else isolated
@@ -398,6 +400,62 @@ func TestRestartMarksUnfinishedKilled(t *testing.T) {
 		t.Errorf("after restart: %+v", tasks)
 	}
 	close(r.gate)
+	// Each start is audited, the second with the task the first left unfinished.
+	var restarts []daemon.AuditRecord
+	for _, rec := range auditRecords(t, in.state) {
+		if rec.Event == "restart" {
+			restarts = append(restarts, rec)
+		}
+	}
+	if len(restarts) != 2 || len(restarts[0].Tasks) != 0 || len(tasks) != 1 ||
+		fmt.Sprint(restarts[1].Tasks) != "["+tasks[0].ID+"]" || restarts[1].PolicyVersion != "test-1" ||
+		!strings.Contains(restarts[1].Reason, "1 task(s) of the previous run interrupted") {
+		t.Errorf("restart records %+v", restarts)
+	}
+}
+
+// auditRecords reads the audit log of a state directory.
+func auditRecords(t *testing.T, state string) []daemon.AuditRecord {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(state, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []daemon.AuditRecord
+	for _, line := range strings.Split(strings.TrimSpace(string(data)), "\n") {
+		var rec daemon.AuditRecord
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("audit line %q: %v", line, err)
+		}
+		recs = append(recs, rec)
+	}
+	return recs
+}
+
+func TestStatusPolicyError(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "50-bad.yaml"), []byte("rules:\n  - {name: x, acton: trust}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	store, err := policy.NewStore(policy.StoreConfig{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := start(t, daemon.Config{Decider: daemon.NewPolicyDecider(store)})
+	st, err := in.c.Status(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.PolicyVersion != "fail-closed" || !strings.Contains(st.PolicyError, `50-bad.yaml:2:15: unknown key "acton" in rule`) {
+		t.Errorf("status of a fail-closed start: version %q, policy error %q", st.PolicyVersion, st.PolicyError)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "50-bad.yaml"), []byte("default: {action: deny, untrusted_action: deny}\nrules:\n  - {name: x, action: trust}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	store.Reload()
+	if st, err := in.c.Status(context.Background()); err != nil || st.PolicyError != "" || st.PolicyVersion == "fail-closed" {
+		t.Errorf("status after a good reload: %+v, %v", st, err)
+	}
 }
 
 func TestRefusesBrowsers(t *testing.T) {

@@ -31,6 +31,9 @@ const (
 	DefaultConfig    = "/etc/isolator/isolatord.yaml"
 )
 
+// failClosedVersion is the version of policy.FailClosed, in force until a policy loads.
+var failClosedVersion = policy.FailClosed("").Version()
+
 // FileConfig is the YAML configuration file. Unknown keys are errors.
 type FileConfig struct {
 	Socket          string        `yaml:"socket"`
@@ -286,6 +289,8 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 		Defaults: policies.FS(),
 		OnReload: func(r policy.ReloadResult) {
 			switch {
+			case r.Err != nil && r.Version == failClosedVersion:
+				log.Error("policy rejected; no valid policy is loaded, so every file is denied (fail-closed)", "err", r.Err)
 			case r.Err != nil:
 				log.Error("policy rejected; the last good policy stays in force", "version", r.Version, "err", r.Err)
 			case r.Changed:
@@ -334,9 +339,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 				Notify(reloadingState())
 				log.Info("SIGHUP: reloading policy, reopening audit log, forgetting cached images")
 				images.Forget()
-				if err := d.Reload(); err != nil {
-					log.Error("reload", "err", err)
+				if err := d.ReopenAudit(); err != nil {
+					log.Error("SIGHUP: audit log not reopened", "err", err)
 				}
+				store.Reload() // OnReload logs the outcome
 				Notify("READY=1")
 			}
 		}

@@ -14,8 +14,9 @@ type PolicyDecider struct {
 }
 
 var (
-	_ Decider  = (*PolicyDecider)(nil)
-	_ Reloader = (*PolicyDecider)(nil)
+	_ Decider      = (*PolicyDecider)(nil)
+	_ Reloader     = (*PolicyDecider)(nil)
+	_ PolicyStatus = (*PolicyDecider)(nil)
 )
 
 // NewPolicyDecider returns a Decider that evaluates the policy store's current policy.
@@ -47,6 +48,14 @@ func (p *PolicyDecider) Decide(_ context.Context, req *DecideRequest) (*Decision
 
 // Version is the content hash of the policy in force.
 func (p *PolicyDecider) Version() string { return p.store.Current().Version() }
+
+// PolicyError is why the latest load of the policy failed, or "" when it succeeded.
+func (p *PolicyDecider) PolicyError() string {
+	if err := p.store.Last().Err; err != nil {
+		return err.Error()
+	}
+	return ""
+}
 
 // Reload rereads the policy; an invalid one is reported and the last good one stays.
 func (p *PolicyDecider) Reload() error {

@@ -34,7 +34,10 @@ type StoreConfig struct {
 	// LoadConfig.Sources describes; nil for none.
 	Defaults fs.FS
 	// OnReload, if set, is called after every load attempt, including the first in
-	// NewStore, in order, from the goroutine that loaded. It must not block for long.
+	// NewStore, in order, from the goroutine that loaded. It must not block for long. The
+	// one exception is the check Watch makes when it starts (for changes made since
+	// NewStore): it is not reported when it finds exactly what the attempt before it found
+	// (no new policy, and the same error or none), so a rejected policy is reported once.
 	OnReload func(ReloadResult)
 	// Debounce overrides DefaultDebounce.
 	Debounce time.Duration
@@ -110,7 +113,10 @@ func (s *Store) Sources() []Source {
 
 // Reload loads the policy now (the daemon calls it on SIGHUP) and installs it if it is
 // valid and differs from the one in force.
-func (s *Store) Reload() ReloadResult {
+func (s *Store) Reload() ReloadResult { return s.reload(false) }
+
+// reload loads the policy; quiet leaves out OnReload when the outcome repeats the last one.
+func (s *Store) reload(quiet bool) ReloadResult {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	start := time.Now()
@@ -127,11 +133,19 @@ func (s *Store) Reload() ReloadResult {
 			r.Version, r.Changed = p.Version(), true
 		}
 	}
+	repeat := !r.Changed && errText(r.Err) == errText(s.last.Err)
 	s.last = r
-	if s.cfg.OnReload != nil {
+	if s.cfg.OnReload != nil && !(quiet && repeat) {
 		s.cfg.OnReload(r)
 	}
 	return r
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }
 
 // Watch reloads the policy whenever the directory changes, until ctx is done; then it
@@ -173,7 +187,7 @@ func (s *Store) Watch(ctx context.Context) error {
 	}
 	resync()
 	// A change may have happened between the load in NewStore and the first watch.
-	s.Reload()
+	s.reload(true)
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()

@@ -304,3 +304,25 @@ func TestStoreAtomic(t *testing.T) {
 		t.Fatal(bad)
 	}
 }
+
+// TestStoreReportsRejectionOnce: a policy that does not load is reported once at start,
+// not again by the check Watch makes when it starts; a later attempt is reported again.
+func TestStoreReportsRejectionOnce(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"50-bad.yaml": "rules:\n  - {name: x, acton: trust}\n"})
+	h := newStoreHarness(t, StoreConfig{Dir: dir})
+	first := h.store.Last().Time
+	deadline := time.Now().Add(10 * time.Second)
+	for h.store.Last().Time.Equal(first) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // until Watch has made its check
+	}
+	if h.store.Last().Time.Equal(first) {
+		t.Fatal("Watch made no load attempt at start")
+	}
+	if n := h.count(); n != 1 {
+		t.Errorf("%d reports of the rejected policy, want 1", n)
+	}
+	if r := h.store.Reload(); r.Err == nil || h.count() != 2 {
+		t.Errorf("an explicit reload: %v, %d reports, want 2", r.Err, h.count())
+	}
+}

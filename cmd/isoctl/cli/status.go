@@ -33,7 +33,24 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 			}
 			fmt.Fprintf(out, "isolatord %s, pid %d, up %v, socket %s\n", st.Version, st.PID,
 				time.Since(st.Started).Round(time.Second), g.socket)
-			fmt.Fprintf(out, "policy:     %s\n", st.PolicyVersion)
+			switch {
+			case st.PolicyVersion == "fail-closed":
+				fmt.Fprintf(out, "policy:     fail-closed: no valid policy is loaded, every file is denied\n")
+			case st.PolicyError != "":
+				fmt.Fprintf(out, "policy:     %s (the latest change was rejected; this version stays in force)\n", st.PolicyVersion)
+			default:
+				fmt.Fprintf(out, "policy:     %s\n", st.PolicyVersion)
+			}
+			for i, line := range strings.Split(st.PolicyError, "\n") {
+				if line == "" {
+					continue
+				}
+				label := "            "
+				if i == 0 {
+					label = "rejected:   "
+				}
+				fmt.Fprintf(out, "%s%s\n", label, line)
+			}
 			fmt.Fprintf(out, "micro VMs:  %d running (limit %d, peak %d)\n", st.ActiveVMs, st.MaxConcurrent, st.PeakRunning)
 			fmt.Fprintf(out, "queue:      %d waiting (limit %d, peak %d)\n", st.Queued, st.QueueLimit, st.PeakQueued)
 			fmt.Fprintf(out, "tasks:      %d visible to uid %d\n", st.TasksTotal, st.You)
