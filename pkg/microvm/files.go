@@ -241,28 +241,104 @@ func (o *outFile) path() string                     { return o.name }
 func (o *outFile) close()                           {}
 func (o *outFile) ready() (bool, bool)              { return false, true }
 
-// stdinReader is the guest's stdin. Reads block on the host reader; nil reads as empty.
+// stdinReader is the guest's stdin; nil reads as empty. The host reader may block for as
+// long as it likes, so it is read by a goroutine of its own (started by the first read or
+// poll) into a buffer, like the writer end of a pipe: a guest read that finds the buffer
+// empty blocks in the VMM's wait, which the VM's end interrupts, and never in the host
+// reader. The goroutine stops at the reader's EOF or error, or at the VM's end; if the host
+// reader blocks then, the goroutine is left in its Read until it returns.
 type stdinReader struct {
-	mu sync.Mutex // serializes reads
-	r  io.Reader
+	r    io.Reader
+	hub  *pollHub
+	done <-chan struct{} // closed when the VM ends
+
+	mu      sync.Mutex // guards the fields below
+	started bool
+	buf     []byte // read from r, not yet by the guest
+	eof     bool   // r is at its end: reads return 0 once buf is empty
+	ioErr   bool   // r failed: the next read after buf fails with EIO
+	drained chan struct{}
 }
 
-func newStdinReader(r io.Reader) *stdinReader { return &stdinReader{r: r} }
+const stdinChunk = 64 << 10
+
+func newStdinReader(r io.Reader, hub *pollHub, done <-chan struct{}) *stdinReader {
+	return &stdinReader{r: r, hub: hub, done: done, drained: make(chan struct{}, 1)}
+}
+
+// startLocked starts the goroutine reading the host reader. Called with mu held.
+func (s *stdinReader) startLocked() {
+	if s.started || s.r == nil {
+		return
+	}
+	s.started = true
+	go s.pump()
+}
+
+func (s *stdinReader) pump() {
+	b := make([]byte, stdinChunk)
+	for {
+		n, err := s.r.Read(b)
+		s.mu.Lock()
+		s.buf = append(s.buf, b[:n]...)
+		if err != nil {
+			s.eof, s.ioErr = true, err != io.EOF
+		}
+		full := len(s.buf) > 0
+		s.mu.Unlock()
+		s.hub.notify()
+		if err != nil {
+			return
+		}
+		if full {
+			// Read on only once the guest has taken the data, as a pipe of stdinChunk bytes.
+			select {
+			case <-s.drained:
+			case <-s.done:
+				return
+			}
+		}
+	}
+}
 
 func (s *stdinReader) read(p []byte) (int, unix.Errno) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.r == nil {
+	if s.r == nil || len(p) == 0 {
 		return 0, 0
 	}
-	n, err := s.r.Read(p)
-	if err != nil && err != io.EOF {
-		return n, unix.EIO
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.startLocked()
+	if len(s.buf) > 0 {
+		n := copy(p, s.buf)
+		s.buf = s.buf[n:]
+		if len(s.buf) == 0 {
+			select {
+			case s.drained <- struct{}{}:
+			default:
+			}
+		}
+		return n, 0
 	}
-	return n, 0
+	if s.ioErr {
+		s.ioErr = false
+		return 0, unix.EIO
+	}
+	if s.eof {
+		return 0, 0
+	}
+	return 0, unix.EAGAIN
 }
+
 func (s *stdinReader) write([]byte) (int, unix.Errno)   { return 0, unix.EBADF }
 func (s *stdinReader) stat() (guestfs.Stat, unix.Errno) { return pipeStat(1), 0 }
 func (s *stdinReader) path() string                     { return "pipe:[stdin]" }
 func (s *stdinReader) close()                           {}
-func (s *stdinReader) ready() (bool, bool)              { return true, false }
+func (s *stdinReader) ready() (bool, bool) {
+	if s.r == nil {
+		return true, false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.startLocked()
+	return len(s.buf) > 0 || s.eof, false
+}

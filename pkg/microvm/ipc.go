@@ -38,6 +38,9 @@ func (e *pipeEnd) read(b []byte) (int, unix.Errno) {
 	if e.writeEnd {
 		return 0, unix.EBADF
 	}
+	if len(b) == 0 {
+		return 0, 0 // even on an empty pipe, as Linux
+	}
 	p := e.p
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -42,20 +42,30 @@ func (t *thread) blockingIO(o *openFile, op func() (int, unix.Errno)) (int, unix
 func accessMode(flags int) int { return flags & unix.O_ACCMODE }
 
 func (t *thread) read(fd int, buf, count uint64) (uint64, unix.Errno) {
-	o, e := t.file(fd)
+	b, e := t.readHost(fd, count)
 	if e != 0 {
 		return 0, e
 	}
+	return uint64(len(b)), t.writeMem(buf, b)
+}
+
+// readHost reads up to count (at most maxIO) bytes from fd into a host buffer, blocking
+// like read(2).
+func (t *thread) readHost(fd int, count uint64) ([]byte, unix.Errno) {
+	o, e := t.file(fd)
+	if e != 0 {
+		return nil, e
+	}
 	defer o.unref()
 	if accessMode(o.flags) == unix.O_WRONLY {
-		return 0, unix.EBADF
+		return nil, unix.EBADF
 	}
 	b := make([]byte, min(count, maxIO))
 	n, e := t.blockingIO(o, func() (int, unix.Errno) { return o.read(b) })
 	if e != 0 {
-		return 0, e
+		return nil, e
 	}
-	return uint64(n), t.writeMem(buf, b[:n])
+	return b[:n], 0
 }
 
 func (t *thread) write(fd int, buf, count uint64) (uint64, unix.Errno) {
@@ -103,20 +113,29 @@ func (t *thread) positional(fd int) (*openFile, guestfs.File, unix.Errno) {
 }
 
 func (t *thread) pread(fd int, buf, count uint64, off int64) (uint64, unix.Errno) {
+	b, e := t.preadHost(fd, count, off)
+	if e != 0 {
+		return 0, e
+	}
+	return uint64(len(b)), t.writeMem(buf, b)
+}
+
+// preadHost reads up to count (at most maxIO) bytes at off from fd into a host buffer.
+func (t *thread) preadHost(fd int, count uint64, off int64) ([]byte, unix.Errno) {
 	if off < 0 {
-		return 0, unix.EINVAL
+		return nil, unix.EINVAL
 	}
 	o, f, e := t.positional(fd)
 	if e != 0 {
-		return 0, e
+		return nil, e
 	}
 	defer o.unref()
 	b := make([]byte, min(count, maxIO))
 	n, err := f.ReadAt(b, off)
 	if err != nil && err != io.EOF {
-		return 0, toErrno(err)
+		return nil, toErrno(err)
 	}
-	return uint64(n), t.writeMem(buf, b[:n])
+	return b[:n], 0
 }
 
 func (t *thread) pwrite(fd int, buf, count uint64, off int64) (uint64, unix.Errno) {
@@ -136,59 +155,66 @@ func (t *thread) pwrite(fd int, buf, count uint64, off int64) (uint64, unix.Errn
 	return uint64(n), toErrno(err)
 }
 
-// iovecs reads an iovec array.
-func (t *thread) iovecs(addr, n uint64) ([][2]uint64, unix.Errno) {
+// iovecs reads an iovec array and the total length, which is at most maxIO: like Linux
+// with MAX_RW_COUNT, a longer request is cut short (so one call moves a bounded amount
+// however many iovecs name the same guest memory).
+func (t *thread) iovecs(addr, n uint64) ([][2]uint64, uint64, unix.Errno) {
 	if n > maxIOV {
-		return nil, unix.EINVAL
+		return nil, 0, unix.EINVAL
 	}
 	b, e := t.readMem(addr, n*16)
 	if e != 0 {
-		return nil, e
+		return nil, 0, e
 	}
 	v := make([][2]uint64, n)
 	var total uint64
 	for i := range v {
 		v[i] = [2]uint64{binary.LittleEndian.Uint64(b[i*16:]), binary.LittleEndian.Uint64(b[i*16+8:])}
-		total += v[i][1]
-		if total > 1<<31 {
-			return nil, unix.EINVAL
+		if int64(v[i][1]) < 0 {
+			return nil, 0, unix.EINVAL // iov_len is checked as ssize_t
 		}
+		v[i][1] = min(v[i][1], maxIO-total)
+		total += v[i][1]
 	}
-	return v, 0
+	return v, total, 0
 }
 
+// readv implements readv and (off >= 0) preadv: one read of the total length, scattered
+// over the iovecs, so that it blocks only while nothing can be read, as on Linux.
 func (t *thread) readv(fd int, iov, n uint64, off int64) (uint64, unix.Errno) {
-	v, e := t.iovecs(iov, n)
+	v, total, e := t.iovecs(iov, n)
 	if e != 0 {
 		return 0, e
 	}
-	var total uint64
+	var b []byte
+	if off >= 0 {
+		b, e = t.preadHost(fd, total, off)
+	} else {
+		b, e = t.readHost(fd, total)
+	}
+	if e != 0 {
+		return 0, e
+	}
+	done := 0
 	for _, x := range v {
-		if x[1] == 0 {
-			continue
+		if done == len(b) {
+			break
 		}
-		var got uint64
-		if off >= 0 {
-			got, e = t.pread(fd, x[0], x[1], off+int64(total))
-		} else {
-			got, e = t.read(fd, x[0], x[1])
-		}
-		if e != 0 {
-			if total > 0 {
-				return total, 0
+		p := b[done:min(len(b), done+int(x[1]))]
+		if e := t.writeMem(x[0], p); e != 0 {
+			if done > 0 {
+				break
 			}
 			return 0, e
 		}
-		total += got
-		if got < x[1] {
-			break
-		}
+		done += len(p)
 	}
-	return total, 0
+	return uint64(done), 0
 }
 
+// writev implements writev and (off >= 0) pwritev.
 func (t *thread) writev(fd int, iov, n uint64, off int64) (uint64, unix.Errno) {
-	v, e := t.iovecs(iov, n)
+	v, _, e := t.iovecs(iov, n)
 	if e != 0 {
 		return 0, e
 	}
@@ -612,6 +638,9 @@ func (t *thread) eventfd(initval uint32, flags int) (uint64, unix.Errno) {
 	return uint64(n), e
 }
 
+// sendfile copies from in, which must be a file of the namespace (Linux refuses pipes,
+// eventfds and the like with EINVAL), to out. Reads are positional: from *offAddr, which is
+// advanced, or from in's offset, which is advanced, in both cases by the bytes written.
 func (t *thread) sendfile(out, in int, offAddr, count uint64) (uint64, unix.Errno) {
 	ino, e := t.file(in)
 	if e != 0 {
@@ -623,56 +652,62 @@ func (t *thread) sendfile(out, in int, offAddr, count uint64) (uint64, unix.Errn
 		return 0, e
 	}
 	defer outo.unref()
-	count = min(count, maxIO)
-	b := make([]byte, min(count, 1<<20))
-	var total uint64
-	var off int64 = -1
+	ff, ok := ino.file.(*fsFile)
+	if !ok {
+		return 0, unix.EINVAL
+	}
+	if accessMode(ino.flags) == unix.O_WRONLY || accessMode(outo.flags) == unix.O_RDONLY {
+		return 0, unix.EBADF
+	}
+	var off int64
 	if offAddr != 0 {
 		v, e := t.readU64(offAddr)
 		if e != 0 {
 			return 0, e
 		}
-		off = int64(v)
+		if off = int64(v); off < 0 {
+			return 0, unix.EINVAL
+		}
+	} else {
+		pos, err := ff.f.Seek(0, io.SeekCurrent)
+		if err != nil {
+			return 0, toErrno(err)
+		}
+		off = pos
 	}
+	count = min(count, maxIO)
+	b := make([]byte, min(count, 1<<20))
+	var total uint64
+	var fail unix.Errno
+chunks:
 	for total < count {
 		chunk := b[:min(uint64(len(b)), count-total)]
-		var n int
-		if off >= 0 {
-			ff, ok := ino.file.(*fsFile)
-			if !ok {
-				return 0, unix.ESPIPE
-			}
-			var err error
-			n, err = ff.f.ReadAt(chunk, off)
-			if err != nil && err != io.EOF {
-				return total, toErrno(err)
-			}
-			off += int64(n)
-		} else {
-			n, e = t.blockingIO(ino, func() (int, unix.Errno) { return ino.read(chunk) })
-			if e != 0 {
-				if total > 0 {
-					break
-				}
-				return 0, e
-			}
-		}
+		n, err := ff.f.ReadAt(chunk, off+int64(total))
 		if n == 0 {
+			if err != nil && err != io.EOF {
+				fail = toErrno(err)
+			}
 			break
 		}
-		w, e := t.blockingIO(outo, func() (int, unix.Errno) { return outo.write(chunk[:n]) })
-		total += uint64(w)
-		if e != 0 {
-			if total > 0 {
-				break
+		for w := 0; w < n; {
+			m, e := t.blockingIO(outo, func() (int, unix.Errno) { return outo.write(chunk[w:n]) })
+			w += m
+			total += uint64(m)
+			if e != 0 || m == 0 {
+				fail = e
+				break chunks
 			}
-			return 0, e
 		}
 	}
+	if total == 0 && fail != 0 {
+		return 0, fail
+	}
 	if offAddr != 0 {
-		if e := t.writeU64(offAddr, uint64(off)); e != 0 {
+		if e := t.writeU64(offAddr, uint64(off)+total); e != 0 {
 			return 0, e
 		}
+	} else if _, err := ff.f.Seek(off+int64(total), io.SeekStart); err != nil {
+		return 0, toErrno(err)
 	}
 	return total, 0
 }

@@ -96,11 +96,12 @@ func (t *thread) readiness(fd int, want uint32) uint32 {
 	return ev
 }
 
-func deadlineOf(timeoutMs int) time.Time {
-	if timeoutMs < 0 {
+// deadlineOf returns when a wait of timeout ends; zero (none) for a negative timeout.
+func deadlineOf(timeout time.Duration) time.Time {
+	if timeout < 0 {
 		return time.Time{}
 	}
-	return time.Now().Add(time.Duration(timeoutMs) * time.Millisecond)
+	return time.Now().Add(timeout)
 }
 
 func (t *thread) epollWait(epfd int, evAddr uint64, max, timeoutMs int) (uint64, unix.Errno) {
@@ -112,7 +113,7 @@ func (t *thread) epollWait(epfd int, evAddr uint64, max, timeoutMs int) (uint64,
 		return 0, e
 	}
 	defer o.unref()
-	deadline := deadlineOf(timeoutMs)
+	deadline := deadlineOf(time.Duration(timeoutMs) * time.Millisecond)
 	for {
 		ch := t.vm.poll.wait()
 		ep.mu.Lock()
@@ -146,7 +147,8 @@ func (t *thread) epollWait(epfd int, evAddr uint64, max, timeoutMs int) (uint64,
 	}
 }
 
-func (t *thread) poll(fdsAddr, nfds uint64, timeoutMs int) (uint64, unix.Errno) {
+// poll implements poll and ppoll; a negative timeout waits without limit.
+func (t *thread) poll(fdsAddr, nfds uint64, timeout time.Duration) (uint64, unix.Errno) {
 	if nfds > maxFDs {
 		return 0, unix.EINVAL
 	}
@@ -154,7 +156,7 @@ func (t *thread) poll(fdsAddr, nfds uint64, timeoutMs int) (uint64, unix.Errno) 
 	if e != 0 {
 		return 0, e
 	}
-	deadline := deadlineOf(timeoutMs)
+	deadline := deadlineOf(timeout)
 	for {
 		ch := t.vm.poll.wait()
 		n := 0
@@ -170,7 +172,7 @@ func (t *thread) poll(fdsAddr, nfds uint64, timeoutMs int) (uint64, unix.Errno) 
 				n++
 			}
 		}
-		if n > 0 || timeoutMs == 0 {
+		if n > 0 || timeout == 0 {
 			return uint64(n), t.writeMem(fdsAddr, b)
 		}
 		switch t.vm.block(ch, deadline) {

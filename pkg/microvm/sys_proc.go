@@ -160,13 +160,13 @@ func (t *thread) futex(a args) (uint64, unix.Errno) {
 			if e != 0 {
 				return 0, e
 			}
-			d := time.Duration(sec)*time.Second + time.Duration(nsec)
+			d := timespecDuration(sec, nsec)
 			if cmd == futexWait {
 				deadline = time.Now().Add(d) // relative
 			} else if op&futexClockRealtime != 0 {
 				deadline = time.Unix(sec, nsec)
 			} else {
-				deadline = time.Now().Add(time.Duration(sec)*time.Second + time.Duration(nsec) - monotonicNow())
+				deadline = time.Now().Add(d - monotonicNow())
 			}
 		}
 		return 0, t.vm.futex.wait(t.vm, addr, val, bitset, deadline)
@@ -408,7 +408,7 @@ func (t *thread) nanosleep(clk, flags int, req uint64) unix.Errno {
 		return e
 	}
 	var deadline time.Time
-	d := time.Duration(sec)*time.Second + time.Duration(nsec)
+	d := timespecDuration(sec, nsec)
 	switch {
 	case flags&unix.TIMER_ABSTIME == 0:
 		deadline = time.Now().Add(d)
@@ -499,7 +499,9 @@ func (t *thread) sysinfo(addr uint64) unix.Errno {
 	le.PutUint64(b[32:], uint64(t.vm.cfg.Memory))
 	used, _ := t.vm.hv.MemoryStats()
 	le.PutUint64(b[40:], uint64(t.vm.cfg.Memory-used))
+	t.vm.threadMu.Lock()
 	le.PutUint16(b[80:], uint16(len(t.vm.threads)))
+	t.vm.threadMu.Unlock()
 	le.PutUint32(b[104:], 1)
 	return t.writeMem(addr, b)
 }

@@ -5,6 +5,8 @@ package microvm
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -82,8 +84,14 @@ func (t *thread) dispatch(v *kvmhv.VCPU, nr uint64, a args) (res uint64, handled
 	case unix.SYS_WRITEV:
 		return ret(t.writev(int(a[0]), a[1], a[2], -1)), true
 	case unix.SYS_PREADV:
+		if int64(a[3]) < 0 {
+			return errnoResult(unix.EINVAL), true // not "the current offset", as readv
+		}
 		return ret(t.readv(int(a[0]), a[1], a[2], int64(a[3]))), true
 	case unix.SYS_PWRITEV:
+		if int64(a[3]) < 0 {
+			return errnoResult(unix.EINVAL), true
+		}
 		return ret(t.writev(int(a[0]), a[1], a[2], int64(a[3]))), true
 	case unix.SYS_OPEN:
 		return ret(t.openat(unix.AT_FDCWD, a[0], int(a[1]), uint32(a[2]))), true
@@ -120,18 +128,22 @@ func (t *thread) dispatch(v *kvmhv.VCPU, nr uint64, a args) (res uint64, handled
 	case unix.SYS_DUP:
 		return ret(t.dup(int(a[0]), -1, 0, false)), true
 	case unix.SYS_DUP2:
-		if a[0] == a[1] {
-			if _, ok := vm.fds.path(int(a[0])); !ok {
+		// Both descriptors are unsigned int: a "negative" newfd is past the limit (EBADF),
+		// not a request for the lowest free one.
+		oldfd, newfd := int(uint32(a[0])), int(uint32(a[1]))
+		if oldfd == newfd {
+			if _, ok := vm.fds.path(oldfd); !ok {
 				return errnoResult(unix.EBADF), true
 			}
-			return a[1], true
+			return uint64(newfd), true
 		}
-		return ret(t.dup(int(a[0]), int(a[1]), 0, false)), true
+		return ret(t.dup(oldfd, newfd, 0, false)), true
 	case unix.SYS_DUP3:
-		if a[0] == a[1] || a[2]&^unix.O_CLOEXEC != 0 {
+		oldfd, newfd := int(uint32(a[0])), int(uint32(a[1]))
+		if oldfd == newfd || int32(a[2])&^unix.O_CLOEXEC != 0 {
 			return errnoResult(unix.EINVAL), true
 		}
-		return ret(t.dup(int(a[0]), int(a[1]), 0, a[2]&unix.O_CLOEXEC != 0)), true
+		return ret(t.dup(oldfd, newfd, 0, a[2]&unix.O_CLOEXEC != 0)), true
 	case unix.SYS_FCNTL:
 		return ret(t.fcntl(int(a[0]), int(a[1]), a[2])), true
 	case unix.SYS_IOCTL:
@@ -156,15 +168,15 @@ func (t *thread) dispatch(v *kvmhv.VCPU, nr uint64, a args) (res uint64, handled
 	case unix.SYS_EPOLL_WAIT, unix.SYS_EPOLL_PWAIT:
 		return ret(t.epollWait(int(a[0]), a[1], int(a[2]), int(int32(a[3])))), true
 	case unix.SYS_POLL:
-		return ret(t.poll(a[0], a[1], int(int32(a[2])))), true
+		return ret(t.poll(a[0], a[1], time.Duration(int32(a[2]))*time.Millisecond)), true
 	case unix.SYS_PPOLL:
-		timeout := -1
+		timeout := time.Duration(-1)
 		if a[2] != 0 {
 			sec, nsec, e := t.readTimespec(a[2])
 			if e != 0 {
 				return errnoResult(e), true
 			}
-			timeout = int(sec*1000 + nsec/1e6)
+			timeout = timespecDuration(sec, nsec)
 		}
 		return ret(t.poll(a[0], a[1], timeout)), true
 	case unix.SYS_SENDFILE:
@@ -418,6 +430,16 @@ func (t *thread) readTimespec(addr uint64) (sec, nsec int64, e unix.Errno) {
 		return 0, 0, unix.EINVAL
 	}
 	return sec, nsec, 0
+}
+
+// timespecDuration converts a valid timespec to a Duration, saturating: a guest may ask
+// for any number of seconds, and an overflow would turn a wait of centuries into none.
+func timespecDuration(sec, nsec int64) time.Duration {
+	const maxSec = int64(math.MaxInt64 / time.Second)
+	if sec >= maxSec {
+		return math.MaxInt64
+	}
+	return time.Duration(sec)*time.Second + time.Duration(nsec)
 }
 
 func hex(v uint64) string { return fmt.Sprintf("%012x", v) }

@@ -154,7 +154,7 @@ func (vm *VM) init() error {
 	if err != nil {
 		return fmt.Errorf("guest files: %w", err)
 	}
-	vm.stdin = newStdinReader(vm.cfg.Stdin)
+	vm.stdin = newStdinReader(vm.cfg.Stdin, &vm.poll, vm.done)
 	vm.fds.installStdio(vm.stdin, vm.cfg.Stdout, vm.cfg.Stderr, &vm.poll)
 	vm.mm = newMemory(vm.hv)
 	return nil
