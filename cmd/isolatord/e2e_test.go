@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -72,6 +73,7 @@ type env struct {
 	policy string
 	images string
 	d      *exec.Cmd
+	wrap   []string // command that execs isolatord (setpriv ...), if any
 	log    *bytes.Buffer
 	logMu  *sync.Mutex
 	waited chan error
@@ -142,6 +144,9 @@ func (e *env) start(extra ...string) {
 	args := append([]string{"--socket", e.socket, "--state-dir", e.state, "--policy-dir", e.policy,
 		"--image-dir", e.images, "--log-level", "debug", "--shutdown-timeout", "3s"}, extra...)
 	e.d = exec.Command(filepath.Join(binDir, "isolatord"), args...)
+	if len(e.wrap) > 0 {
+		e.d = exec.Command(e.wrap[0], append(append(e.wrap[1:], filepath.Join(binDir, "isolatord")), args...)...)
+	}
 	e.log, e.logMu = &bytes.Buffer{}, &sync.Mutex{}
 	e.d.Stderr = &lockedWriter{mu: e.logMu, w: e.log}
 	if err := e.d.Start(); err != nil {
@@ -683,5 +688,40 @@ func TestMaxInputBytes(t *testing.T) {
 	e.start("--config", conf, "--max-input-bytes", "200")
 	if rep, stderr, code := e.openJSON(-1, "--results-dir", results, big); code != 0 || rep.Task == nil || rep.Task.State != api.StateDone {
 		t.Errorf("open with --max-input-bytes 200: exit %d, %+v\n%s", code, rep, stderr)
+	}
+}
+
+// TestOpenWithoutDACOverride runs the daemon with the unit's capabilities minus
+// CAP_DAC_OVERRIDE (and without CAP_DAC_READ_SEARCH): it reads a caller's file only
+// through the descriptor it opened as the caller, so a file in a 0700 home, which the
+// policy must hash (the shipped known-bad list), is decided, not refused.
+func TestOpenWithoutDACOverride(t *testing.T) {
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		t.Skip("needs setpriv (util-linux) to drop capabilities")
+	}
+	const nobody = 65534
+	e := newEnv(t)
+	e.wrap = []string{setpriv, "--bounding-set", "-all,+setuid,+setgid,+sys_admin,+sys_ptrace,+audit_write", "--"}
+	e.start()
+	home := filepath.Join(e.root, "nobody")
+	os.Mkdir(home, 0o700)
+	os.Chown(home, nobody, nobody)
+	notes := e.file("nobody/notes.txt", "my notes\n", 0o600)
+	os.Chown(notes, nobody, nobody)
+	rep, stderr, code := e.openJSON(nobody, notes)
+	if rep.Error != "" || rep.Decision == nil || rep.Decision.Rule != "default" {
+		t.Fatalf("nobody's open of its own file in a 0700 home: exit %d, %+v\n%s\n%s", code, rep, stderr, e.logs())
+	}
+	audit, _ := os.ReadFile(filepath.Join(e.state, "audit.log"))
+	if !strings.Contains(string(audit), `"sha256":"`+fmt.Sprintf("%x", sha256.Sum256([]byte("my notes\n")))+`"`) {
+		t.Errorf("the decision is not audited with the file's hash:\n%s", audit)
+	}
+	// root's own file in the same situation: root has no DAC override now either, and
+	// nobody still cannot get it decided.
+	secret := e.file("untrusted/secret.sh", "echo secret\n", 0o600)
+	_, errOut, code := e.isoctl(nobody, "open", "--no-launch", secret)
+	if code != 1 || !strings.Contains(errOut, "open "+secret+": permission denied (forbidden)") {
+		t.Errorf("nobody opening root's 0600 file: exit %d, %q", code, errOut)
 	}
 }

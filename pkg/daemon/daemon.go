@@ -42,18 +42,29 @@ type Handler struct {
 
 // DecideRequest is what the daemon asks the policy about one file.
 type DecideRequest struct {
-	Path   string // resolved absolute path
-	User   string
-	UID    int
-	Groups []string
-	Home   string
-	Opener string
+	Path string // resolved absolute path of File; what path and name rules see
+	// File is the file itself, open: for isoctl open the descriptor the daemon opened with
+	// the caller's identity, for interception the one the kernel or the Watcher holds.
+	// Every content fact (size, type, hash) must be read from it, never from Path, which
+	// may name another file by the time the policy looks.
+	File *os.File
+	// Origin and Referrer are the download origin recorded on File (ReadOriginFile), read
+	// by the daemon with the requester's identity.
+	Origin, Referrer string
+	User             string
+	UID              int
+	Groups           []string
+	Home             string
+	Opener           string
 }
 
 // Decision is the policy's answer.
 type Decision struct {
 	api.Decision
 	Handler *Handler // set when Action is isolate
+	// SHA256 is the hash of the content the policy decided on, when it read it; the daemon
+	// checks that what it stages or audits has this hash.
+	SHA256 string
 }
 
 // Decider is the trust policy as the daemon sees it.
@@ -166,6 +177,9 @@ var (
 	ErrTooLarge     = errors.New("file too large to isolate")
 	ErrShuttingDown = errors.New("isolatord is shutting down")
 	ErrNotFound     = errors.New("no such task")
+	// ErrChanged reports that a file changed between its decision and the copy or hash the
+	// daemon took of it (409 Conflict over the API).
+	ErrChanged = errors.New("file changed")
 	// ErrNotFinished is wrapped by the error for the results of a task that is queued or
 	// running (409 Conflict over the API).
 	ErrNotFinished = errors.New("task has not finished")

@@ -12,10 +12,9 @@ import (
 	"sync"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/isolator-dev/isolator/pkg/api"
 	"github.com/isolator-dev/isolator/pkg/interception"
+	"github.com/isolator-dev/isolator/pkg/policy"
 )
 
 // InterceptConfig configures transparent interception: the download Watcher and the
@@ -79,6 +78,7 @@ type contentKey struct {
 
 type seenFile struct {
 	dec  *Decision
+	sum  string // SHA-256 of the content decided on, when known
 	task string // task started for this content; "" if none
 }
 
@@ -233,11 +233,23 @@ func (ic *Interceptor) owner(uid uint32) *Peer {
 // for this content is written to the audit log.
 func (ic *Interceptor) Decide(ctx context.Context, f interception.FileInfo) (interception.Verdict, error) {
 	start := time.Now()
+	if f.File == nil {
+		return interception.Verdict{}, fmt.Errorf("policy: %s: no open file to decide on", f.Path)
+	}
 	p := ic.owner(f.UID)
-	dec, err := ic.d.cfg.Decider.Decide(ctx, &DecideRequest{Path: f.Path, User: p.User, UID: p.UID,
-		Groups: groupNames(p.Groups), Home: p.Home})
+	// The facts come from the descriptor the Gate or the Watcher holds, so the verdict (and
+	// the Gate's cache entry, keyed by that descriptor's inode) is about that file.
+	origin, referrer, _ := policy.ReadOriginFile(f.File)
+	dec, err := ic.d.cfg.Decider.Decide(ctx, &DecideRequest{Path: f.Path, File: f.File, Origin: origin,
+		Referrer: referrer, User: p.User, UID: p.UID, Groups: groupNames(p.Groups), Home: p.Home})
 	if err != nil {
 		return interception.Verdict{}, fmt.Errorf("policy: %w", err)
+	}
+	sum := f.SHA256 // the Watcher's hash; at the Gate, the policy's when it hashed
+	if sum == "" {
+		sum = dec.SHA256
+	} else if dec.SHA256 != "" && dec.SHA256 != sum {
+		return interception.Verdict{}, fmt.Errorf("%w: %s changed while it was being decided", ErrChanged, f.Path)
 	}
 	if dec.Action == api.ActionIsolate && dec.Handler == nil {
 		dec.Action = api.ActionDeny
@@ -255,7 +267,7 @@ func (ic *Interceptor) Decide(ctx context.Context, f interception.FileInfo) (int
 	fresh := prev == nil || prev.dec.Action != dec.Action || prev.dec.Rule != dec.Rule ||
 		prev.dec.PolicyVersion != dec.PolicyVersion
 	if fresh {
-		e := &seenFile{dec: dec}
+		e := &seenFile{dec: dec, sum: sum}
 		if prev != nil && prev.dec.Action == dec.Action {
 			e.task = prev.task // the same verdict under a new policy: still isolated once
 		}
@@ -271,7 +283,7 @@ func (ic *Interceptor) Decide(ctx context.Context, f interception.FileInfo) (int
 			how = fmt.Sprintf("intercepted %s by %s (pid %d)", f.Trigger, orUnknown(f.Program), f.PID)
 		}
 		ic.d.writeAudit(&AuditRecord{Event: "decision", UID: p.UID, User: p.User, Path: f.Path,
-			SHA256: f.SHA256, Action: string(dec.Action), Rule: dec.Rule, RuleFile: dec.File,
+			SHA256: sum, Action: string(dec.Action), Rule: dec.Rule, RuleFile: dec.File,
 			RuleLine: dec.Line, Explanation: dec.Explanation, PolicyVersion: dec.PolicyVersion,
 			Handler: dec.Decision.Handler, Reason: how})
 		ic.log.Info("decision", "uid", p.UID, "path", f.Path, "trigger", f.Trigger,
@@ -299,12 +311,12 @@ func (ic *Interceptor) Isolate(_ context.Context, f interception.FileInfo, _ int
 	}
 	id := newTaskID()
 	e.task = id
-	dec := e.dec
+	dec, sum := e.dec, e.sum
 	ic.mu.Unlock()
 	ic.wg.Add(1)
 	go func() {
 		defer ic.wg.Done()
-		err := ic.isolate(id, f, dec)
+		err := ic.isolate(id, f, dec, sum)
 		if err == nil {
 			return
 		}
@@ -323,7 +335,9 @@ func (ic *Interceptor) Isolate(_ context.Context, f interception.FileInfo, _ int
 }
 
 // isolate stages the content that was decided and queues task id for the file's owner.
-func (ic *Interceptor) isolate(id string, f interception.FileInfo, dec *Decision) error {
+// The file is opened again, with the owner's identity; it must be the same inode and
+// version, and when the decision's hash sum is known, the staged copy must have it.
+func (ic *Interceptor) isolate(id string, f interception.FileInfo, dec *Decision, sum string) error {
 	select {
 	case <-ic.d.stopping:
 		return ErrShuttingDown
@@ -331,31 +345,28 @@ func (ic *Interceptor) isolate(id string, f interception.FileInfo, dec *Decision
 	}
 	start := time.Now()
 	p := ic.owner(f.UID)
-	file, real, err := openAsPeer(p, f.Path)
+	o, err := openAsPeer(p, f.Path)
 	if err != nil {
 		return err
 	}
-	defer file.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(int(file.Fd()), &st); err != nil {
-		return fmt.Errorf("stat %s: %w", f.Path, err)
-	}
+	defer o.f.Close()
+	st := &o.st
 	if st.Dev != f.Dev || st.Ino != f.Ino || st.Size != f.Size || st.Mtim.Nano() != f.Mtime.UnixNano() {
 		return fmt.Errorf("%s changed after it was decided; it will be decided again", f.Path)
 	}
-	staged, sum, err := ic.d.stage(id, file, real)
+	staged, got, err := ic.d.stage(id, o.f, o.real)
 	if err != nil {
 		return err
 	}
-	if f.SHA256 != "" && sum != f.SHA256 {
+	if sum != "" && got != sum {
 		os.RemoveAll(filepath.Dir(staged))
 		return fmt.Errorf("%s changed while it was staged; it will be decided again", f.Path)
 	}
-	if _, err := ic.d.enqueue(ic.ctx, p, id, real, sum, staged, dec, start); err != nil {
+	if _, err := ic.d.enqueue(ic.ctx, p, id, o.real, got, staged, dec, start); err != nil {
 		os.RemoveAll(filepath.Dir(staged))
 		return err
 	}
-	ic.log.Info("intercepted file isolated", "task", id, "uid", p.UID, "path", real, "handler", dec.Decision.Handler)
+	ic.log.Info("intercepted file isolated", "task", id, "uid", p.UID, "path", o.real, "handler", dec.Decision.Handler)
 	return nil
 }
 

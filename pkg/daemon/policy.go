@@ -22,12 +22,15 @@ var (
 // NewPolicyDecider returns a Decider that evaluates the policy store's current policy.
 func NewPolicyDecider(store *policy.Store) *PolicyDecider { return &PolicyDecider{store: store} }
 
-// Decide evaluates the policy in force for req, reading the file's recorded origin.
+// Decide evaluates the policy in force for req. The content facts come from req.File, the
+// descriptor the daemon opened, and never from the path: a request without one is refused.
 func (p *PolicyDecider) Decide(_ context.Context, req *DecideRequest) (*Decision, error) {
-	origin, referrer, _ := policy.ReadOrigin(req.Path) // no xattrs means no recorded origin
+	if req.File == nil {
+		return nil, fmt.Errorf("policy: no open file to decide on for %s", req.Path)
+	}
 	pd, err := p.store.Current().Decide(&policy.Request{
-		Path: req.Path, User: req.User, UID: req.UID, Groups: req.Groups, Home: req.Home,
-		Opener: req.Opener, Origin: origin, Referrer: referrer,
+		Path: req.Path, File: req.File, User: req.User, UID: req.UID, Groups: req.Groups, Home: req.Home,
+		Opener: req.Opener, Origin: req.Origin, Referrer: req.Referrer,
 	})
 	if err != nil {
 		return nil, err
@@ -35,7 +38,7 @@ func (p *PolicyDecider) Decide(_ context.Context, req *DecideRequest) (*Decision
 	d := &Decision{Decision: api.Decision{
 		Action: api.Action(pd.Action), Rule: pd.Rule, File: pd.File, Line: pd.Line,
 		Matched: pd.Matched, Explanation: pd.Explanation, PolicyVersion: pd.PolicyVersion,
-	}}
+	}, SHA256: pd.SHA256}
 	if h := pd.Handler; h != nil {
 		d.Handler = &Handler{Name: h.Name, Image: h.Image, Program: h.Program, Args: h.Args, Env: h.Env,
 			Memory: h.Memory, Timeout: h.Timeout, MaxOutputBytes: h.MaxOutputBytes, MaxOutputFiles: h.MaxOutputFiles}

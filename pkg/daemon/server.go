@@ -99,7 +99,7 @@ func errorStatus(err error) (int, string) {
 		return http.StatusNotFound, api.CodeNotFound
 	case errors.Is(err, ErrNotPermitted), errors.Is(err, fs.ErrPermission):
 		return http.StatusForbidden, api.CodeForbidden
-	case errors.Is(err, ErrNotFinished):
+	case errors.Is(err, ErrNotFinished), errors.Is(err, ErrChanged):
 		return http.StatusConflict, api.CodeConflict
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, api.CodeTooLarge

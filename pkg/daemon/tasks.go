@@ -18,6 +18,7 @@ import (
 
 	"github.com/isolator-dev/isolator/pkg/api"
 	"github.com/isolator-dev/isolator/pkg/broker"
+	"github.com/isolator-dev/isolator/pkg/policy"
 )
 
 func newTaskID() string {
@@ -26,39 +27,68 @@ func newTaskID() string {
 	return hex.EncodeToString(b[:])
 }
 
-// openAsPeer opens path for reading with p's file-system identity and returns the file and
-// its resolved path. Only regular files are accepted.
-func openAsPeer(p *Peer, path string) (*os.File, string, error) {
+// opened is a file the daemon opened with a caller's file-system identity, with what was
+// read from it with that identity. Everything the daemon decides, hashes and stages comes
+// from f, never from the path again: the path may name another file a moment later.
+type opened struct {
+	f                *os.File
+	real             string      // the path of the open file, as the kernel names it
+	st               unix.Stat_t // at the open
+	origin, referrer string      // recorded download origin (policy.ReadOriginFile)
+}
+
+// openAsPeer opens path for reading with p's file-system identity. Only regular files are
+// accepted. The origin attributes are read from the descriptor with the same identity (the
+// kernel checks read permission on user.* attributes as the calling thread).
+func openAsPeer(p *Peer, path string) (*opened, error) {
 	if !filepath.IsAbs(path) {
-		return nil, "", fmt.Errorf("path %q is not absolute", path)
+		return nil, fmt.Errorf("path %q is not absolute", path)
 	}
-	var f *os.File
+	o := &opened{}
 	err := asUser(p, func() error {
 		// O_NONBLOCK: a FIFO must not hang the daemon; it is refused below anyway.
 		fd, err := unix.Open(path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 		if err != nil {
 			return &os.PathError{Op: "open", Path: path, Err: err}
 		}
-		f = os.NewFile(uintptr(fd), path)
+		o.f = os.NewFile(uintptr(fd), path)
+		if err := unix.Fstat(fd, &o.st); err != nil {
+			return &os.PathError{Op: "stat", Path: path, Err: err}
+		}
+		if o.st.Mode&unix.S_IFMT != unix.S_IFREG {
+			return fmt.Errorf("%s is not a regular file", path)
+		}
+		o.origin, o.referrer, _ = policy.ReadOriginFile(o.f) // none recorded, or unreadable: no origin
 		return nil
 	})
 	if err != nil {
-		return nil, "", err
+		if o.f != nil {
+			o.f.Close()
+		}
+		return nil, err
 	}
-	fi, err := f.Stat()
-	if err != nil {
-		f.Close()
-		return nil, "", err
-	}
-	if !fi.Mode().IsRegular() {
-		f.Close()
-		return nil, "", fmt.Errorf("%s is not a regular file", path)
-	}
-	real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", f.Fd()))
-	if err != nil {
+	real, err := os.Readlink(fmt.Sprintf("/proc/self/fd/%d", o.f.Fd()))
+	if err != nil || !filepath.IsAbs(real) {
 		real = filepath.Clean(path)
 	}
-	return f, real, nil
+	o.real = real
+	return o, nil
+}
+
+// unchanged checks that the open file still has the content that was decided on: the same
+// size and modification time as at the open (the change time is not compared: a rename,
+// chmod or xattr changes it, not the content), and, when the decision hashed the content,
+// that hash is the decided hash.
+func (o *opened) unchanged(decided, hash string) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(o.f.Fd()), &st); err != nil {
+		return fmt.Errorf("stat %s: %w", o.real, err)
+	}
+	if st.Size != o.st.Size || st.Mtim != o.st.Mtim ||
+		(decided != "" && hash != "" && decided != hash) {
+		return fmt.Errorf("%w: %s changed while it was being decided; nothing was run, open it again", ErrChanged, o.real)
+	}
+	return nil
 }
 
 // inputName is the base name the guest sees: the file's own name when it is plain.
@@ -71,17 +101,18 @@ func inputName(path string) string {
 }
 
 // decide opens and decides on req for p. The returned file is open when err is nil.
-func (d *Daemon) decide(ctx context.Context, p *Peer, req *api.OpenRequest) (*os.File, string, *Decision, error) {
+func (d *Daemon) decide(ctx context.Context, p *Peer, req *api.OpenRequest) (*opened, *Decision, error) {
 	start := time.Now()
-	f, real, err := openAsPeer(p, req.Path)
+	o, err := openAsPeer(p, req.Path)
 	if err != nil {
-		return nil, "", nil, err
+		return nil, nil, err
 	}
-	dr := &DecideRequest{Path: real, User: p.User, UID: p.UID, Groups: groupNames(p.Groups), Home: p.Home, Opener: req.Opener}
+	dr := &DecideRequest{Path: o.real, File: o.f, Origin: o.origin, Referrer: o.referrer,
+		User: p.User, UID: p.UID, Groups: groupNames(p.Groups), Home: p.Home, Opener: req.Opener}
 	dec, err := d.cfg.Decider.Decide(ctx, dr)
 	if err != nil {
-		f.Close()
-		return nil, "", nil, fmt.Errorf("policy: %w", err)
+		o.f.Close()
+		return nil, nil, fmt.Errorf("policy: %w", err)
 	}
 	d.metrics.decisionTime.Observe(time.Since(start).Seconds())
 	if dec.Action == api.ActionAsk {
@@ -103,7 +134,7 @@ func (d *Daemon) decide(ctx context.Context, p *Peer, req *api.OpenRequest) (*os
 		dec.Decision.Handler = dec.Handler.Name
 	}
 	d.metrics.decisions.WithLabelValues(string(dec.Action)).Inc()
-	return f, real, dec, nil
+	return o, dec, nil
 }
 
 // Open decides on req for p and, when the file is to be isolated, queues a task and streams
@@ -115,30 +146,42 @@ func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit f
 	default:
 	}
 	start := time.Now()
-	f, real, dec, err := d.decide(ctx, p, req)
+	o, dec, err := d.decide(ctx, p, req)
 	if err != nil {
 		return err
 	}
-	defer f.Close()
+	defer o.f.Close()
+	real := o.real
 
 	d.log.Info("decision", "uid", p.UID, "path", real, "action", dec.Action, "rule", dec.Rule)
 	// The decision goes out at once; staging and waiting for queue space come after.
 	if err := emit(api.Event{Type: api.EventDecision, Path: real, Decision: &dec.Decision}); err != nil {
 		return err
 	}
-	var sum, staged string
+	// The bytes staged for the guest and the hash in the audit record come from the
+	// descriptor that was decided on, and must be the version that was decided on.
+	var sum, staged, reason string
 	id := newTaskID()
 	if dec.Action == api.ActionIsolate {
-		staged, sum, err = d.stage(id, f, real)
-	} else {
+		staged, sum, err = d.stage(id, o.f, real)
+	} else if sum = dec.SHA256; sum == "" {
 		h := sha256.New()
-		if _, herr := io.Copy(h, io.LimitReader(f, d.cfg.MaxInputBytes)); herr == nil {
+		if _, herr := io.Copy(h, io.NewSectionReader(o.f, 0, d.cfg.MaxInputBytes)); herr == nil {
 			sum = hex.EncodeToString(h.Sum(nil))
+		}
+	}
+	if err == nil {
+		if err = o.unchanged(dec.SHA256, sum); err != nil {
+			sum, reason = "", "refused: the file changed while it was being decided"
+			if staged != "" {
+				os.RemoveAll(filepath.Dir(staged))
+			}
 		}
 	}
 	d.writeAudit(&AuditRecord{Event: "decision", UID: p.UID, User: p.User, Path: real, SHA256: sum,
 		Action: string(dec.Action), Rule: dec.Rule, RuleFile: dec.File, RuleLine: dec.Line,
-		Explanation: dec.Explanation, PolicyVersion: dec.PolicyVersion, Handler: dec.Decision.Handler})
+		Explanation: dec.Explanation, PolicyVersion: dec.PolicyVersion, Handler: dec.Decision.Handler,
+		Reason: reason})
 	if err != nil || dec.Action != api.ActionIsolate {
 		return err
 	}
@@ -174,7 +217,7 @@ func (d *Daemon) stage(id string, f *os.File, real string) (string, string, erro
 		return "", "", fmt.Errorf("stage input: %w", err)
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(out, h), io.LimitReader(f, limit+1))
+	n, err := io.Copy(io.MultiWriter(out, h), io.NewSectionReader(f, 0, limit+1))
 	if cerr := out.Close(); err == nil {
 		err = cerr
 	}

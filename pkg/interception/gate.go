@@ -509,6 +509,16 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time) {
 		v   Verdict
 		err error
 	}
+	// The Decider reads the file through its own duplicate of the event's descriptor:
+	// fd is answered and closed at the deadline, while a late decision may still read.
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		<-g.sem
+		g.fallback(fd, "dup", err)
+		return
+	}
+	dfi := fi
+	dfi.File = os.NewFile(uintptr(dup), fi.Path)
 	done := make(chan result, 1)
 	dctx, cancel := context.WithDeadline(g.ctx, start.Add(g.cfg.Deadline))
 	g.wg.Add(1)
@@ -516,7 +526,8 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time) {
 		defer g.wg.Done()
 		defer func() { <-g.sem }()
 		defer cancel()
-		v, err := g.cfg.Decider.Decide(dctx, fi)
+		v, err := g.cfg.Decider.Decide(dctx, dfi)
+		dfi.File.Close()
 		if err == nil {
 			if !v.Action.Valid() {
 				v.Action = ActionDeny

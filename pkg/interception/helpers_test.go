@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -70,6 +71,9 @@ func (d *nameDecider) Decide(_ context.Context, f FileInfo) (Verdict, error) {
 	d.mu.Lock()
 	d.calls = append(d.calls, f)
 	d.mu.Unlock()
+	if err := checkFile(f); err != nil {
+		return Verdict{}, err // the Gate falls back to deny, the Watcher reports an error
+	}
 	base := filepath.Base(f.Path)
 	switch {
 	case strings.Contains(base, "trusted"):
@@ -78,6 +82,26 @@ func (d *nameDecider) Decide(_ context.Context, f FileInfo) (Verdict, error) {
 		return Verdict{Action: ActionDeny, Rule: "test-denied", Reason: "name says denied"}, nil
 	}
 	return Verdict{Action: ActionIsolate, Rule: "test-untrusted", Reason: "downloaded file"}, nil
+}
+
+// checkFile checks that a Decider gets the observed file itself, open and readable.
+func checkFile(f FileInfo) error {
+	if f.File == nil {
+		return fmt.Errorf("%s: FileInfo.File not set for Decide", f.Path)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.File.Fd()), &st); err != nil {
+		return err
+	}
+	if st.Dev != f.Dev || st.Ino != f.Ino {
+		return fmt.Errorf("%s: FileInfo.File is inode %d:%d, the observation %d:%d", f.Path, st.Dev, st.Ino, f.Dev, f.Ino)
+	}
+	if f.Size > 0 {
+		if _, err := f.File.ReadAt(make([]byte, 1), 0); err != nil {
+			return fmt.Errorf("%s: FileInfo.File: %w", f.Path, err)
+		}
+	}
+	return nil
 }
 
 func (d *nameDecider) callsFor() []FileInfo {

@@ -15,6 +15,7 @@ import (
 	"context"
 	"fmt"
 	"io/fs"
+	"os"
 	"time"
 )
 
@@ -78,6 +79,14 @@ type FileInfo struct {
 
 	PID     int    // process that wrote (Watcher) or opened (Gate) the file; 0 if unknown
 	Program string // executable of PID when known
+
+	// File is the file itself, open for reading: the descriptor the Watcher hashed, or (a
+	// duplicate of) the one the kernel passed with the Gate's permission event. It is set
+	// only in the FileInfo given to Decider.Decide and valid only until Decide returns; a
+	// Decider reads the file's content and attributes from it (never from Path, which may
+	// name another file by then) with ReadAt, which leaves its offset alone. It is nil in
+	// Sink calls and events.
+	File *os.File `json:"-"`
 }
 
 // Origin is OriginURL when the browser recorded one, else ObservedOrigin.

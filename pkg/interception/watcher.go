@@ -512,7 +512,9 @@ func (w *Watcher) decide(ctx context.Context, p string) error {
 	}
 
 	dctx, cancel := context.WithTimeout(ctx, w.cfg.DecideTimeout)
-	v, err := w.cfg.Decider.Decide(dctx, fi)
+	dfi := fi
+	dfi.File = f // decide on the file that was hashed, whatever p names now
+	v, err := w.cfg.Decider.Decide(dctx, dfi)
 	cancel()
 	if err != nil {
 		return fmt.Errorf("decide %s: %w", p, err)

@@ -94,13 +94,17 @@ func (p *Policy) Decide(req *Request) (*Decision, error) {
 			return nil, e.err
 		}
 		if ok {
-			return p.decision(r, m, &e), nil
+			d := p.decision(r, m, &e)
+			d.SHA256 = e.sum
+			return d, nil
 		}
 	}
 	if e.err != nil {
 		return nil, e.err
 	}
-	return p.defaultDecision(&e), nil
+	d := p.defaultDecision(&e)
+	d.SHA256 = e.sum
+	return d, nil
 }
 
 // eval reports whether the rule matches, appending what matched to m.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 	"sync"
@@ -202,7 +203,13 @@ func (e *evalCtx) stat() error {
 		return f.statErr
 	}
 	f.statDone = true
-	fi, err := os.Stat(e.path)
+	var fi os.FileInfo
+	var err error
+	if e.req.File != nil {
+		fi, err = e.req.File.Stat()
+	} else {
+		fi, err = os.Stat(e.path)
+	}
 	if err != nil {
 		f.statErr = fmt.Errorf("policy: content facts of %s: %w", e.path, err)
 		return f.statErr
@@ -231,23 +238,60 @@ func (e *evalCtx) size() (int64, bool) {
 	return e.facts.fi.Size(), true
 }
 
-// open opens the file for reading its content, checking it is still the version stat saw.
-func (e *evalCtx) open() (*os.File, factKey, error) {
+// content is the file's content for sniffing or hashing, with the key of the version it is.
+type content struct {
+	r     io.Reader
+	key   factKey
+	file  File   // Request.File, or nil
+	close func() // releases what open took
+}
+
+// open returns the content of the file: Request.File read from offset 0 with ReadAt (its
+// offset is left alone), or else the file at the path, opened now and checked to be a
+// regular file.
+func (e *evalCtx) open() (*content, error) {
+	if f := e.req.File; f != nil {
+		fi, err := f.Stat()
+		if err != nil {
+			return nil, fmt.Errorf("policy: content facts of %s: %w", e.path, err)
+		}
+		if !fi.Mode().IsRegular() {
+			return nil, fmt.Errorf("policy: content facts of %s: %w", e.path, ErrNotRegular)
+		}
+		k, _ := keyOf(fi)
+		return &content{r: io.NewSectionReader(f, 0, math.MaxInt64), key: k, file: f, close: func() {}}, nil
+	}
 	fh, err := os.OpenFile(e.path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
 	if err != nil {
-		return nil, factKey{}, fmt.Errorf("policy: content facts of %s: %w", e.path, err)
+		return nil, fmt.Errorf("policy: content facts of %s: %w", e.path, err)
 	}
 	fi, err := fh.Stat()
 	if err != nil {
 		fh.Close()
-		return nil, factKey{}, fmt.Errorf("policy: content facts of %s: %w", e.path, err)
+		return nil, fmt.Errorf("policy: content facts of %s: %w", e.path, err)
 	}
 	if !fi.Mode().IsRegular() {
 		fh.Close()
-		return nil, factKey{}, fmt.Errorf("policy: content facts of %s: %w", e.path, ErrNotRegular)
+		return nil, fmt.Errorf("policy: content facts of %s: %w", e.path, ErrNotRegular)
 	}
 	k, _ := keyOf(fi)
-	return fh, k, nil
+	return &content{r: fh, key: k, close: func() { fh.Close() }}, nil
+}
+
+// remember caches facts read from c, unless the file changed while they were read (its
+// key is no longer the one read at the start): the facts then belong to no version.
+func (e *evalCtx) remember(c *content, ct, sum string) {
+	k := c.key
+	if c.file != nil {
+		fi, err := c.file.Stat()
+		if err != nil {
+			return
+		}
+		if k2, _ := keyOf(fi); k2 != k {
+			return
+		}
+	}
+	e.cache.put(k, ct, sum)
 }
 
 // contentType returns the sniffed content type and its ancestors.
@@ -264,18 +308,18 @@ func (e *evalCtx) contentType() (*typeChain, bool) {
 		ct = e.facts.cached.contentType
 	}
 	if ct == "" {
-		fh, k, err := e.open()
+		c, err := e.open()
 		if err != nil {
 			e.fail(err)
 			return nil, false
 		}
-		ct, err = SniffContentType(fh)
-		fh.Close()
+		ct, err = SniffContentType(c.r)
+		c.close()
 		if err != nil {
 			e.fail(fmt.Errorf("policy: sniffing %s: %w", e.path, err))
 			return nil, false
 		}
-		e.cache.put(k, ct, "")
+		e.remember(c, ct, "")
 	}
 	e.ctChain = e.cache.chain(ct)
 	return e.ctChain, true
@@ -298,18 +342,18 @@ func (e *evalCtx) sha256() (string, bool) {
 		e.sum = s
 		return s, true
 	}
-	fh, k, err := e.open()
+	c, err := e.open()
 	if err != nil {
 		e.fail(err)
 		return "", false
 	}
-	defer fh.Close()
+	defer c.close()
 	h := sha256.New()
-	if _, err := io.Copy(h, fh); err != nil {
+	if _, err := io.Copy(h, c.r); err != nil {
 		e.fail(fmt.Errorf("policy: hashing %s: %w", e.path, err))
 		return "", false
 	}
 	e.sum = hex.EncodeToString(h.Sum(nil))
-	e.cache.put(k, "", e.sum)
+	e.remember(c, "", e.sum)
 	return e.sum, true
 }

@@ -3,6 +3,7 @@ package policy
 import (
 	"errors"
 	"fmt"
+	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -25,29 +26,52 @@ const (
 // absent Isolator's user.isolator.origin and user.isolator.referrer. Missing attributes,
 // and file systems without user xattrs, give empty strings and no error.
 func ReadOrigin(path string) (origin, referrer string, err error) {
-	if origin, err = getxattr(path, XattrOrigin); err != nil {
+	return readOrigin(path, func(name string, buf []byte) (int, error) { return unix.Getxattr(path, name, buf) })
+}
+
+// ReadOriginFile is ReadOrigin for an open file: the attributes are read from the file's
+// descriptor (fgetxattr), so they are those of the file the caller opened, whatever its
+// path names now. The kernel checks read permission on the file for user.* attributes
+// with the identity of the calling thread.
+func ReadOriginFile(f *os.File) (origin, referrer string, err error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return "", "", fmt.Errorf("policy: reading the origin of %s: %w", f.Name(), err)
+	}
+	return readOrigin(f.Name(), func(name string, buf []byte) (n int, err error) {
+		if cerr := rc.Control(func(fd uintptr) { n, err = unix.Fgetxattr(int(fd), name, buf) }); cerr != nil {
+			return 0, cerr
+		}
+		return n, err
+	})
+}
+
+type getxattrFunc func(name string, buf []byte) (int, error)
+
+func readOrigin(what string, get getxattrFunc) (origin, referrer string, err error) {
+	if origin, err = getxattr(what, get, XattrOrigin); err != nil {
 		return "", "", err
 	}
 	if origin == "" {
-		if origin, err = getxattr(path, XattrIsolatorOrigin); err != nil {
+		if origin, err = getxattr(what, get, XattrIsolatorOrigin); err != nil {
 			return "", "", err
 		}
 	}
-	if referrer, err = getxattr(path, XattrReferrer); err != nil {
+	if referrer, err = getxattr(what, get, XattrReferrer); err != nil {
 		return "", "", err
 	}
 	if referrer == "" {
-		if referrer, err = getxattr(path, XattrIsolatorReferrer); err != nil {
+		if referrer, err = getxattr(what, get, XattrIsolatorReferrer); err != nil {
 			return "", "", err
 		}
 	}
 	return origin, referrer, nil
 }
 
-func getxattr(path, name string) (string, error) {
+func getxattr(what string, get getxattrFunc, name string) (string, error) {
 	buf := make([]byte, initialXattrBufferSize)
 	for {
-		n, err := unix.Getxattr(path, name, buf)
+		n, err := get(name, buf)
 		switch {
 		case err == nil:
 			return strings.TrimRight(string(buf[:n]), "\x00"), nil
@@ -57,6 +81,6 @@ func getxattr(path, name string) (string, error) {
 			buf = make([]byte, maxXattrSize)
 			continue
 		}
-		return "", fmt.Errorf("policy: reading %s of %s: %w", name, path, err)
+		return "", fmt.Errorf("policy: reading %s of %s: %w", name, what, err)
 	}
 }

@@ -15,14 +15,33 @@
 package policy
 
 import (
+	"io"
+	"io/fs"
 	"strings"
 	"time"
 )
 
+// File is an open file a decision reads its content facts from: Stat for the size and the
+// file's identity (the fact cache key), ReadAt for sniffing and hashing. An *os.File is one.
+// ReadAt never moves the file's offset, so the caller can copy the file afterwards from the
+// same descriptor and get the bytes that were decided on.
+type File interface {
+	io.ReaderAt
+	Stat() (fs.FileInfo, error)
+}
+
 // Request is what a decision is about: one file, who asks, with what program, and where
 // the file came from.
 type Request struct {
-	Path   string   // absolute host path of the file
+	Path string // absolute host path of the file; what path, name and extension rules see
+
+	// File, when set, is the file itself, already open: every content fact (size, content
+	// type, SHA-256) is read from it and never from Path, so a decision cannot be steered
+	// to another file by renaming or replacing Path, and reads nothing the opener could
+	// not read. Callers that act on a file (isolatord) open it with the requester's
+	// identity and set this; without it the facts are read from Path with the caller's own
+	// identity. See ReadOriginFile for the origin.
+	File   File     `json:"-"`
 	User   string   // name of the owner/requester
 	UID    int      // uid of the owner/requester
 	Groups []string // group names of the requester
@@ -140,4 +159,10 @@ type Decision struct {
 
 	Explanation   string `json:"explanation"`    // one human-readable sentence or two
 	PolicyVersion string `json:"policy_version"` // content hash of the policy that decided
+
+	// SHA256 is the lower-case hex SHA-256 of the content the decision looked at, when it
+	// needed the hash (a hash condition was reached, the fact cache had it, or the request
+	// carried it); "" otherwise. A caller that copies or hashes the file afterwards can
+	// compare, to be sure it has the content that was decided on.
+	SHA256 string `json:"sha256,omitempty"`
 }

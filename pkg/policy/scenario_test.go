@@ -6,6 +6,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -301,8 +303,72 @@ func TestReadOrigin(t *testing.T) {
 		if err != nil || o != tt.origin || r != tt.referrer {
 			t.Errorf("%s: ReadOrigin = %q, %q, %v; want %q, %q", tt.file, o, r, err, tt.origin, tt.referrer)
 		}
+		f, err := os.Open(filepath.Join(dir, tt.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		o, r, err = ReadOriginFile(f)
+		f.Close()
+		if err != nil || o != tt.origin || r != tt.referrer {
+			t.Errorf("%s: ReadOriginFile = %q, %q, %v; want %q, %q", tt.file, o, r, err, tt.origin, tt.referrer)
+		}
 	}
 	if _, _, err := ReadOrigin(filepath.Join(dir, "missing")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("missing file: err = %v", err)
+	}
+}
+
+// TestDecideOnFile: with Request.File, every content fact comes from the open file, never
+// from the path, which may name another file by the time the policy looks.
+func TestDecideOnFile(t *testing.T) {
+	dir := t.TempDir()
+	bad := "known bad content\n"
+	badSum := fmt.Sprintf("%x", sha256.Sum256([]byte(bad)))
+	writeFiles(t, dir, map[string]string{
+		"policy/p.yaml": "default: {action: deny, untrusted_action: deny}\nrules:\n" +
+			"  - {name: bad, action: deny, match: {sha256: [" + badSum + "]}}\n" +
+			"  - {name: pdf, action: trust, match: {content_type: [application/pdf]}}\n" +
+			"  - {name: big, action: trust, match: {size: {min: 1000}}}\n",
+		"opened.pdf": samplePDF,
+		"other":      bad,
+	})
+	p, err := loadDir(t, filepath.Join(dir, "policy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(filepath.Join(dir, "opened.pdf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// The path now names the known-bad file (a rename or symlink swap after the open).
+	other := filepath.Join(dir, "other")
+	d, err := p.Decide(&Request{Path: other, File: f})
+	if err != nil || d.Rule != "pdf" {
+		t.Fatalf("decided on %+v, %v; want the opened PDF (rule pdf)", d, err)
+	}
+	pdfSum := fmt.Sprintf("%x", sha256.Sum256([]byte(samplePDF)))
+	if d.SHA256 != pdfSum {
+		t.Errorf("decision sha256 %q, want the opened file's %q", d.SHA256, pdfSum)
+	}
+	if off, _ := f.Seek(0, io.SeekCurrent); off != 0 {
+		t.Errorf("the decision moved the file offset to %d", off)
+	}
+	// Without File the path decides: the known-bad file.
+	if d, err := p.Decide(&Request{Path: other}); err != nil || d.Rule != "bad" || d.SHA256 != badSum {
+		t.Errorf("by path: %+v, %v", d, err)
+	}
+	// An unreadable path does not matter when the file is open.
+	if d, err := p.Decide(&Request{Path: filepath.Join(dir, "nowhere", "x"), File: f}); err != nil || d.Rule != "pdf" {
+		t.Errorf("with a missing path: %+v, %v", d, err)
+	}
+	// A directory as File is not a regular file.
+	df, err := os.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer df.Close()
+	if _, err := p.Decide(&Request{Path: filepath.Join(dir, "opened.pdf"), File: df}); !errors.Is(err, ErrNotRegular) {
+		t.Errorf("directory as File: %v, want ErrNotRegular", err)
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -239,7 +240,16 @@ func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) 
 	if err := o.requester(req); err != nil {
 		return err
 	}
-	origin, referrer, err := policy.ReadOrigin(abs)
+	// Like isolatord, decide on the open file (opened here as the current user) when it can
+	// be opened, else by the path: rules that need no content still decide.
+	var origin, referrer string
+	if f, ferr := openRegular(abs); ferr == nil {
+		defer f.Close()
+		req.File = f
+		origin, referrer, err = policy.ReadOriginFile(f)
+	} else {
+		origin, referrer, err = policy.ReadOrigin(abs)
+	}
 	if err != nil {
 		return err
 	}
@@ -273,6 +283,19 @@ func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) 
 	}
 	printDecision(stdout, req, d)
 	return nil
+}
+
+// openRegular opens path for reading if it is a regular file (a FIFO does not block).
+func openRegular(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOCTTY, 0)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := f.Stat(); err != nil || !fi.Mode().IsRegular() {
+		f.Close()
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	return f, nil
 }
 
 func printDecision(w io.Writer, req *policy.Request, d *policy.Decision) {
