@@ -70,6 +70,13 @@ type openFile struct {
 	flags int // O_APPEND, O_NONBLOCK and the access mode
 }
 
+// closed reports whether o is closed for good: no descriptor names it, no call uses it.
+func (o *openFile) closed() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.refs == 0
+}
+
 func (o *openFile) unref() {
 	o.mu.Lock()
 	o.refs--

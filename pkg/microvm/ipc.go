@@ -158,10 +158,18 @@ func (e *eventFD) ready() (bool, bool) {
 	return e.count > 0, e.count < ^uint64(0)-1
 }
 
-// epollFile is an epoll instance: a set of watched descriptors.
+// epollFile is an epoll instance: a set of watched descriptors. As on Linux, a watch
+// belongs to a descriptor number and the open file it named when it was added: it ends
+// when that open file is closed for good (not when one of its descriptors is), and a new
+// file at the same number is another watch.
 type epollFile struct {
 	mu    sync.Mutex // guards watch
-	watch map[int]epollWatch
+	watch map[epollKey]epollWatch
+}
+
+type epollKey struct {
+	fd int
+	f  *openFile
 }
 
 type epollWatch struct {

@@ -11,7 +11,7 @@ func (t *thread) epollCreate(flags int) (uint64, unix.Errno) {
 	if flags&^unix.EPOLL_CLOEXEC != 0 {
 		return 0, unix.EINVAL
 	}
-	n, e := t.vm.fds.install(&epollFile{watch: map[int]epollWatch{}}, unix.O_RDWR, flags&unix.EPOLL_CLOEXEC != 0, 0)
+	n, e := t.vm.fds.install(&epollFile{watch: map[epollKey]epollWatch{}}, unix.O_RDWR, flags&unix.EPOLL_CLOEXEC != 0, 0)
 	return uint64(n), e
 }
 
@@ -55,23 +55,24 @@ func (t *thread) epollCtl(epfd, op, fd int, evAddr uint64) unix.Errno {
 	}
 	ep.mu.Lock()
 	defer ep.mu.Unlock()
-	_, had := ep.watch[fd]
+	key := epollKey{fd, target}
+	_, had := ep.watch[key]
 	switch op {
 	case unix.EPOLL_CTL_ADD:
 		if had {
 			return unix.EEXIST
 		}
-		ep.watch[fd] = w
+		ep.watch[key] = w
 	case unix.EPOLL_CTL_MOD:
 		if !had {
 			return unix.ENOENT
 		}
-		ep.watch[fd] = w
+		ep.watch[key] = w
 	case unix.EPOLL_CTL_DEL:
 		if !had {
 			return unix.ENOENT
 		}
-		delete(ep.watch, fd)
+		delete(ep.watch, key)
 	default:
 		return unix.EINVAL
 	}
@@ -85,6 +86,11 @@ func (t *thread) readiness(fd int, want uint32) uint32 {
 		return unix.POLLNVAL
 	}
 	defer o.unref()
+	return readyEvents(o, want)
+}
+
+// readyEvents returns the poll events pending on o among want.
+func readyEvents(o *openFile, want uint32) uint32 {
 	r, w := o.ready()
 	var ev uint32
 	if r && want&(unix.EPOLLIN|unix.EPOLLRDNORM) != 0 {
@@ -119,11 +125,15 @@ func (t *thread) epollWait(epfd int, evAddr uint64, max, timeoutMs int) (uint64,
 		ep.mu.Lock()
 		var out []byte
 		n := 0
-		for fd, w := range ep.watch {
+		for key, w := range ep.watch {
+			if key.f.closed() {
+				delete(ep.watch, key)
+				continue
+			}
 			if n == max {
 				break
 			}
-			if ev := t.readiness(fd, w.events); ev != 0 {
+			if ev := readyEvents(key.f, w.events); ev != 0 {
 				rec := make([]byte, 12)
 				binary.LittleEndian.PutUint32(rec, ev)
 				binary.LittleEndian.PutUint64(rec[4:], w.data)

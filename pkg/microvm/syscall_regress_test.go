@@ -221,3 +221,35 @@ func TestMemoryRangesMustNotWrap(t *testing.T) {
 	}.encode(), nil)
 	wantResults(t, o, unix.EFAULT, unix.EFAULT, unix.ENOMEM, unix.EINVAL, unix.ENOMEM, unix.EINVAL)
 }
+
+// TestEpollWatchEndsWithTheFile: epoll watched descriptor numbers, not open files. After
+// close the watch stayed and reported POLLNVAL, an event Linux never reports from epoll,
+// on every wait (a busy loop for a program that closed without EPOLL_CTL_DEL), and a new
+// file at the same number could not be added (EEXIST). A watch now ends when its open
+// file is closed for good, and survives while a dup of it is open, as on Linux.
+func TestEpollWatchEndsWithTheFile(t *testing.T) {
+	h := newFuzzHarness(t)
+	mem := (&fzMem{}).put(0x600, unix.EPOLLIN|0x77<<32, 0)
+	o := h.runOne(t, fzCalls{
+		call(unix.SYS_EPOLL_CREATE1, num(0)),                                          // 3
+		call(unix.SYS_EVENTFD2, num(1), num(0)),                                       // 4, readable
+		call(unix.SYS_EPOLL_CTL, num(3), num(unix.EPOLL_CTL_ADD), num(4), ptr(0x600)), // 0
+		call(unix.SYS_DUP, num(4)),                                                    // 5
+		call(unix.SYS_CLOSE, num(4)),
+		call(unix.SYS_EPOLL_WAIT, num(3), ptr(0x700), num(8), num(0)), // 1: the dup keeps the file open
+		call(unix.SYS_CLOSE, num(5)),
+		call(unix.SYS_EPOLL_WAIT, num(3), ptr(0x700), num(8), num(0)), // 0: closed for good
+	}.encode(), *mem)
+	wantResults(t, o, 3, 4, 0, 5, 0, 1, 0, 0)
+	o = h.runOne(t, fzCalls{
+		call(unix.SYS_EPOLL_CREATE1, num(0)),
+		call(unix.SYS_EVENTFD2, num(1), num(0)),
+		call(unix.SYS_EPOLL_CTL, num(3), num(unix.EPOLL_CTL_ADD), num(4), ptr(0x600)),
+		call(unix.SYS_CLOSE, num(4)),
+		call(unix.SYS_EVENTFD2, num(0), num(0)),                                       // 4 again, not readable
+		call(unix.SYS_EPOLL_CTL, num(3), num(unix.EPOLL_CTL_ADD), num(4), ptr(0x600)), // a new watch
+		call(unix.SYS_EPOLL_CTL, num(3), num(unix.EPOLL_CTL_MOD), num(4), ptr(0x600)),
+		call(unix.SYS_EPOLL_WAIT, num(3), ptr(0x700), num(8), num(0)),
+	}.encode(), *mem)
+	wantResults(t, o, 3, 4, 0, 0, 4, 0, 0, 0)
+}
