@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -235,12 +236,26 @@ func (e *env) isoctl(uid int, args ...string) (string, string, int) {
 // runIsoctl is isoctl for any goroutine: it reports a failure to run the binary as an
 // error instead of failing the test.
 func (e *env) runIsoctl(uid int, args ...string) (stdout, stderr string, code int, err error) {
+	return e.runIsoctlGroups(uid, nil, args...)
+}
+
+// isoctlGroups is isoctl as uid with the supplementary groups given.
+func (e *env) isoctlGroups(uid int, groups []uint32, args ...string) (string, string, int) {
+	e.t.Helper()
+	out, errOut, code, err := e.runIsoctlGroups(uid, groups, args...)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return out, errOut, code
+}
+
+func (e *env) runIsoctlGroups(uid int, groups []uint32, args ...string) (stdout, stderr string, code int, err error) {
 	cmd := exec.Command(filepath.Join(binDir, "isoctl"), append([]string{"--socket", e.socket}, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	cmd.Env = append(os.Environ(), "HOME="+e.root)
 	if uid >= 0 {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid), Groups: groups}}
 	}
 	err = cmd.Run()
 	if ee, ok := err.(*exec.ExitError); ok {
@@ -723,5 +738,90 @@ func TestOpenWithoutDACOverride(t *testing.T) {
 	_, errOut, code := e.isoctl(nobody, "open", "--no-launch", secret)
 	if code != 1 || !strings.Contains(errOut, "open "+secret+": permission denied (forbidden)") {
 		t.Errorf("nobody opening root's 0600 file: exit %d, %q", code, errOut)
+	}
+}
+
+// TestAdminGroup runs the daemon with --admin-group: isoctl as nobody sees and controls only
+// its own tasks and gets its own counts, nobody with the group as a supplementary group is
+// an administrator, and /metrics is refused to non-administrators.
+func TestAdminGroup(t *testing.T) {
+	const nobody = 65534
+	e := newEnv(t)
+	var group string
+	var gid uint32
+	for _, name := range []string{"adm", "staff", "users"} {
+		if out, err := exec.Command("getent", "group", name).Output(); err == nil {
+			if f := strings.Split(strings.TrimSpace(string(out)), ":"); len(f) >= 3 {
+				if n, err := strconv.Atoi(f[2]); err == nil && n != 0 {
+					group, gid = name, uint32(n)
+					break
+				}
+			}
+		}
+	}
+	if group == "" {
+		t.Skip("no group to use as the admin group")
+	}
+	e.start("--admin-group", group)
+	if !strings.Contains(e.logs(), fmt.Sprintf(`admins="root and members of group %s (gid %d)"`, group, gid)) {
+		t.Errorf("the ready line does not name the administrators:\n%s", e.logs())
+	}
+	admin := []uint32{gid}
+	c, err := client.Dial(e.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	running := make(chan string, 1)
+	go c.Open(context.Background(), api.OpenRequest{Path: e.file("untrusted/spin.sh", "while true; do :; done\n", 0o644)},
+		func(ev api.Event) error {
+			if ev.Type == api.EventState && ev.Task.State == api.StateRunning {
+				running <- ev.Task.ID
+			}
+			return nil
+		})
+	var id string
+	select {
+	case id = <-running:
+	case <-time.After(30 * time.Second):
+		t.Fatal("root's task did not start")
+	}
+
+	out, _, code := e.isoctl(nobody, "status")
+	for _, want := range []string{"micro VMs:  0 of yours running (limit 4 for everyone)\n",
+		"queue:      0 of yours waiting (limit 32 for everyone)\n", "tasks:      0 of uid 65534\n"} {
+		if code != 0 || !strings.Contains(out, want) {
+			t.Errorf("nobody's isoctl status lacks %q:\n%s", want, out)
+		}
+	}
+	out, _, code = e.isoctlGroups(nobody, admin, "status")
+	if code != 0 || !strings.Contains(out, "micro VMs:  1 running (limit 4, peak 1)\n") ||
+		!strings.Contains(out, "uid 65534 is an administrator") {
+		t.Errorf("an administrator's isoctl status:\n%s", out)
+	}
+	out, _, _ = e.isoctl(nobody, "ps", "--all")
+	if strings.Contains(out, id) {
+		t.Errorf("nobody's ps --all lists root's task:\n%s", out)
+	}
+	out, _, _ = e.isoctlGroups(nobody, admin, "ps", "--all")
+	if !strings.Contains(out, id) {
+		t.Errorf("an administrator's ps --all lacks root's task:\n%s", out)
+	}
+	_, errOut, code := e.isoctl(nobody, "kill", id)
+	if code != 1 || errOut != "isoctl: "+id+": no such task: "+id+" (not_found)\n" {
+		t.Errorf("nobody's kill of root's task: exit %d %q", code, errOut)
+	}
+	if curl, err := exec.LookPath("curl"); err == nil {
+		cmd := exec.Command(curl, "-s", "--unix-socket", e.socket, "http://isolatord/metrics")
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+		body, _ := cmd.Output()
+		want := fmt.Sprintf(`{"code":"forbidden","message":"GET /metrics is for administrators: root and members of group %s (gid %d); uid 65534 is not one"}`, group, gid)
+		if strings.TrimSpace(string(body)) != want {
+			t.Errorf("nobody's curl of /metrics: %s\nwant %s", body, want)
+		}
+	}
+	out, _, code = e.isoctlGroups(nobody, admin, "kill", id)
+	if code != 0 || !strings.Contains(out, "killed") {
+		t.Errorf("an administrator's kill of root's task: exit %d %q", code, out)
 	}
 }

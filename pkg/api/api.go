@@ -171,8 +171,8 @@ type Status struct {
 	Started       time.Time `json:"started"`
 	PolicyVersion string    `json:"policy_version"`
 	PolicyError   string    `json:"policy_error,omitempty"`
-	ActiveVMs     int       `json:"active_vms"`
-	Queued        int       `json:"queued"`
+	ActiveVMs     int       `json:"active_vms"` // running micro VMs (the caller's own unless Admin)
+	Queued        int       `json:"queued"`     // queued tasks (the caller's own unless Admin)
 	MaxConcurrent int       `json:"max_concurrent"`
 	QueueLimit    int       `json:"queue_limit"`
 	PeakRunning   int       `json:"peak_running"` // highest number of VMs running at once
@@ -180,6 +180,10 @@ type Status struct {
 	TasksTotal    int       `json:"tasks_total"`
 	Images        []string  `json:"images,omitempty"`
 	You           int       `json:"you"` // the caller's uid as the daemon saw it
+	// Admin says whether the caller is an administrator (root or a member of the daemon's
+	// admin group). For everyone else ActiveVMs, Queued and TasksTotal count only the
+	// caller's own tasks, and the peaks are 0.
+	Admin bool `json:"admin"`
 }
 
 // ReleaseRequest marks a file trusted after review.

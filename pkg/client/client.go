@@ -153,7 +153,8 @@ func (c *Client) Open(ctx context.Context, req api.OpenRequest, fn func(api.Even
 	return stream(resp, fn)
 }
 
-// Tasks lists the caller's tasks, or every task when all is set and the caller is root.
+// Tasks lists the caller's tasks, or every task when all is set and the caller is an
+// administrator (root or a member of the daemon's admin group).
 func (c *Client) Tasks(ctx context.Context, all bool) ([]api.Task, error) {
 	var q url.Values
 	if all {

@@ -19,13 +19,45 @@ import (
 // SO_PEERCRED when the connection was accepted.
 type Peer struct {
 	UID, GID, PID int
-	Groups        []int  // supplementary groups, from /proc/PID/status when readable
+	Groups        []int  // supplementary groups: SO_PEERGROUPS, else /proc/PID/status
 	User          string // login name, "" if unknown
 	Home          string // home directory, "" if unknown
+	// Admin is set by the daemon, per request, for a member of Config.AdminGroup. Root is
+	// an administrator whatever this says (IsAdmin).
+	Admin bool
+
+	// route is the label of the API route serving the request; permNone for callers of
+	// the Go API (tests, the Interceptor), which get what their identity allows.
+	route perm
 }
 
-// IsRoot reports whether the peer is root, who sees and controls every task.
+// IsRoot reports whether the peer is root.
 func (p *Peer) IsRoot() bool { return p.UID == 0 }
+
+// IsAdmin reports whether the peer is an administrator, who sees and controls every task:
+// root, or a member of the daemon's admin group.
+func (p *Peer) IsAdmin() bool { return p.UID == 0 || p.Admin }
+
+// mayWrite reports whether the request may change anything: not on a read route.
+func (p *Peer) mayWrite() error {
+	if p.route == permRead {
+		return fmt.Errorf("%w: a read route cannot change anything", ErrNotPermitted)
+	}
+	return nil
+}
+
+// inGroup reports whether the peer has gid as its group or a supplementary group.
+func (p *Peer) inGroup(gid int) bool {
+	if p.GID == gid {
+		return true
+	}
+	for _, g := range p.Groups {
+		if g == gid {
+			return true
+		}
+	}
+	return false
+}
 
 type peerKey struct{}
 
@@ -64,15 +96,22 @@ func peerOf(c net.Conn) (*Peer, error) {
 		return nil, fmt.Errorf("SO_PEERCRED: %w", serr)
 	}
 	p := &Peer{UID: int(cred.Uid), GID: int(cred.Gid), PID: int(cred.Pid)}
-	p.Groups = procGroups(p.PID)
+	// The supplementary groups the peer had when it connected, like uid and gid; /proc
+	// of its pid (which may be another process by now) only on kernels before 4.13.
+	var gerr error
+	if err := raw.Control(func(fd uintptr) { p.Groups, gerr = peerGroups(int(fd)) }); err != nil || gerr != nil {
+		p.Groups = procGroups(p.PID, p.UID)
+	}
 	if u, err := user.LookupId(strconv.Itoa(p.UID)); err == nil {
 		p.User, p.Home = u.Username, u.HomeDir
 	}
 	return p, nil
 }
 
-// procGroups reads the supplementary groups of pid; nil when unavailable.
-func procGroups(pid int) []int {
+// procGroups reads the supplementary groups of pid; nil when unavailable or when the
+// process there does not have uid as its real and effective uid (the peer is gone and its
+// pid reused).
+func procGroups(pid, uid int) []int {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return nil
@@ -80,6 +119,13 @@ func procGroups(pid int) []int {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "Uid:"); ok {
+			ids := strings.Fields(rest)
+			if len(ids) < 2 || ids[0] != strconv.Itoa(uid) || ids[1] != strconv.Itoa(uid) {
+				return nil
+			}
+			continue
+		}
 		rest, ok := strings.CutPrefix(sc.Text(), "Groups:")
 		if !ok {
 			continue

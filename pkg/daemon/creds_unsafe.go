@@ -22,3 +22,26 @@ func setThreadGroups(groups []int) error {
 	}
 	return nil
 }
+
+// peerGroups returns the supplementary groups of the peer of the unix socket fd, as they
+// were when it connected (SO_PEERGROUPS, Linux 4.13).
+func peerGroups(fd int) ([]int, error) {
+	buf := make([]uint32, 64)
+	for {
+		n := uint32(len(buf) * 4)
+		_, _, errno := unix.Syscall6(unix.SYS_GETSOCKOPT, uintptr(fd), unix.SOL_SOCKET, unix.SO_PEERGROUPS,
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(unsafe.Pointer(&n)), 0)
+		if errno == unix.ERANGE && int(n/4) > len(buf) {
+			buf = make([]uint32, n/4)
+			continue
+		}
+		if errno != 0 {
+			return nil, errno
+		}
+		gs := make([]int, 0, n/4)
+		for _, g := range buf[:n/4] {
+			gs = append(gs, int(g))
+		}
+		return gs, nil
+	}
+}

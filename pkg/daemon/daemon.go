@@ -15,7 +15,9 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
@@ -120,27 +122,33 @@ type Runner interface {
 
 // Config configures a Daemon.
 type Config struct {
-	Socket          string          // API socket path
-	StateDir        string          // audit log, task history, staging; created 0700
-	MaxConcurrent   int             // micro VMs at once; default 4
-	Queue           int             // tasks waiting for a slot at most; default 32
-	QueueWait       time.Duration   // how long an open waits for queue space before it is refused; default 10s
-	ShutdownTimeout time.Duration   // how long running tasks may finish at shutdown; default 10s
-	MaxInputBytes   int64           // largest file accepted for isolation; default DefaultMaxInputBytes (1 GiB)
-	Decider         Decider         // required
-	Runner          Runner          // required
-	Images          func() []string // names of the available guest images, for status; optional
-	Logger          *slog.Logger    // default slog.Default()
+	Socket          string        // API socket path
+	StateDir        string        // audit log, task history, staging; created 0700
+	MaxConcurrent   int           // micro VMs at once; default 4
+	Queue           int           // tasks waiting for a slot at most; default 32
+	QueueWait       time.Duration // how long an open waits for queue space before it is refused; default 10s
+	ShutdownTimeout time.Duration // how long running tasks may finish at shutdown; default 10s
+	MaxInputBytes   int64         // largest file accepted for isolation; default DefaultMaxInputBytes (1 GiB)
+	// AdminGroup names the group (or gid) whose members are administrators like root: they
+	// see and control every user's tasks, the global status and /metrics. "" for none.
+	// It is resolved once, by New.
+	AdminGroup string
+	Decider    Decider         // required
+	Runner     Runner          // required
+	Images     func() []string // names of the available guest images, for status; optional
+	Logger     *slog.Logger    // default slog.Default()
 }
 
 // Daemon is a running isolatord.
 type Daemon struct {
-	cfg     Config
-	log     *slog.Logger
-	audit   *Audit
-	store   *store
-	metrics *metrics
-	started time.Time
+	cfg        Config
+	adminGID   int    // -1: no admin group
+	adminGroup string // its name
+	log        *slog.Logger
+	audit      *Audit
+	store      *store
+	metrics    *metrics
+	started    time.Time
 
 	runSlots   chan struct{}  // a token per running VM
 	queueSlots chan struct{}  // a token per queued task
@@ -222,6 +230,15 @@ func New(cfg Config) (*Daemon, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	adminGID, adminGroup := -1, ""
+	if cfg.AdminGroup != "" {
+		g, err := lookupGroup(cfg.AdminGroup)
+		if err != nil {
+			return nil, fmt.Errorf("daemon: admin group: %w", err)
+		}
+		adminGID, _ = strconv.Atoi(g.Gid)
+		adminGroup = g.Name
+	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("daemon: state dir: %w", err)
 	}
@@ -238,6 +255,8 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d := &Daemon{
 		cfg:         cfg,
+		adminGID:    adminGID,
+		adminGroup:  adminGroup,
 		log:         cfg.Logger,
 		audit:       au,
 		store:       st,
@@ -251,6 +270,20 @@ func New(cfg Config) (*Daemon, error) {
 	}
 	d.loadHistory()
 	return d, nil
+}
+
+// lookupGroup resolves a group name, or a gid given as digits.
+func lookupGroup(name string) (*user.Group, error) {
+	if _, err := strconv.Atoi(name); err == nil {
+		if g, err := user.LookupGroupId(name); err == nil {
+			return g, nil
+		}
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return nil, fmt.Errorf("%q: no such group", name)
+	}
+	return g, nil
 }
 
 func (d *Daemon) loadHistory() {
@@ -309,7 +342,8 @@ func (d *Daemon) Reload() error {
 	return errors.Join(errs...)
 }
 
-// Status returns the daemon's state as p sees it.
+// Status returns the daemon's state as p sees it: an administrator gets the global counts,
+// anyone else only the counts of their own tasks (and no peaks).
 func (d *Daemon) Status(p *Peer) api.Status {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -318,21 +352,31 @@ func (d *Daemon) Status(p *Peer) api.Status {
 		PID:           os.Getpid(),
 		Started:       d.started,
 		PolicyVersion: d.cfg.Decider.Version(),
-		ActiveVMs:     d.running,
-		Queued:        d.queued,
 		MaxConcurrent: d.cfg.MaxConcurrent,
 		QueueLimit:    d.cfg.Queue,
-		PeakRunning:   d.peakRunning,
-		PeakQueued:    d.peakQueued,
 		You:           p.UID,
+		Admin:         p.IsAdmin(),
+	}
+	if st.Admin {
+		st.ActiveVMs, st.Queued = d.running, d.queued
+		st.PeakRunning, st.PeakQueued = d.peakRunning, d.peakQueued
+	}
+	for _, t := range d.tasks {
+		if !st.Admin && t.t.UID != p.UID {
+			continue
+		}
+		st.TasksTotal++
+		if !st.Admin {
+			switch t.t.State {
+			case api.StateRunning:
+				st.ActiveVMs++
+			case api.StateQueued:
+				st.Queued++
+			}
+		}
 	}
 	if ps, ok := d.cfg.Decider.(PolicyStatus); ok {
 		st.PolicyError = ps.PolicyError()
-	}
-	for _, t := range d.tasks {
-		if p.IsRoot() || t.t.UID == p.UID {
-			st.TasksTotal++
-		}
 	}
 	if d.cfg.Images != nil {
 		st.Images = d.cfg.Images()
@@ -357,10 +401,11 @@ func (d *Daemon) writeAudit(rec *AuditRecord) {
 	}
 }
 
-// publish sends ev to the /v1/events subscribers allowed to see task owner uid.
+// publish sends ev to the /v1/events subscribers allowed to see task owner uid: the owner
+// and the administrators; uid -1 reaches administrators only.
 func (d *Daemon) publishLocked(ev api.Event, uid int) {
 	for ch, p := range d.subscribers {
-		if !p.IsRoot() && p.UID != uid {
+		if !p.IsAdmin() && p.UID != uid {
 			continue
 		}
 		select {

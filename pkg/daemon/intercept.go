@@ -370,8 +370,8 @@ func (ic *Interceptor) isolate(id string, f interception.FileInfo, dec *Decision
 	return nil
 }
 
-// Notify forwards ev to the owner's event streams (root sees all of them). Events about
-// the watcher itself go to root only.
+// Notify forwards ev to the owner's event streams (administrators see all of them). Events
+// about the watcher itself go to administrators only.
 func (ic *Interceptor) Notify(ev interception.Event) {
 	var typ api.EventType
 	switch ev.Kind {
@@ -409,7 +409,8 @@ func (ic *Interceptor) Notify(ev interception.Event) {
 	ic.publish(out, int(ev.File.UID))
 }
 
-// publish sends ev to the event streams of uid and of root; uid -1 means root only.
+// publish sends ev to the event streams of uid and of the administrators; uid -1 means
+// administrators only.
 func (ic *Interceptor) publish(ev api.Event, uid int) {
 	ic.d.mu.Lock()
 	defer ic.d.mu.Unlock()

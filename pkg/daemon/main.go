@@ -46,6 +46,7 @@ type FileConfig struct {
 	QueueWait       time.Duration `yaml:"queue_wait"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	MaxInputBytes   int64         `yaml:"max_input_bytes"`
+	AdminGroup      string        `yaml:"admin_group"`  // members are administrators like root; default none
 	BuildImages     *bool         `yaml:"build_images"` // build missing default images at start; default true
 
 	// Transparent interception (docs/INTERCEPTION.md). Intercept enables it on every
@@ -116,6 +117,7 @@ type options struct {
 	queueWait       time.Duration
 	shutdownTimeout time.Duration
 	maxInputBytes   int64
+	adminGroup      string
 	noBuildImages   bool
 
 	intercept      bool
@@ -178,6 +180,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.queueWait, "queue-wait", 10*time.Second, "how long a request waits for queue space before it is refused")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long running tasks may finish at shutdown")
 	fs.Int64Var(&o.maxInputBytes, "max-input-bytes", DefaultMaxInputBytes, "largest file, in bytes, accepted for isolation")
+	fs.StringVar(&o.adminGroup, "admin-group", "", "`GROUP` (name or gid) whose members are administrators like root: every user's tasks, the global status, /metrics")
 	fs.BoolVar(&o.noBuildImages, "no-build-images", false, "do not build missing default guest images at start")
 	fs.BoolVar(&o.intercept, "intercept", false, "intercept downloads and opens in every regular user's XDG download directory")
 	fs.Var(&o.watchDirs, "watch-dir", "intercept downloads and opens in `DIR` (repeatable; enables interception)")
@@ -218,6 +221,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	str("policy-dir", &o.policyDir, fc.PolicyDir)
 	str("image-dir", &o.imageDir, fc.ImageDir)
 	str("log-level", &o.logLevel, fc.LogLevel)
+	str("admin-group", &o.adminGroup, fc.AdminGroup)
 	if fc.MaxConcurrent > 0 && !set["max-concurrent"] {
 		o.maxConcurrent = fc.MaxConcurrent
 	}
@@ -313,7 +317,8 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 	d, err := New(Config{
 		Socket: o.socket, StateDir: o.stateDir, MaxConcurrent: o.maxConcurrent, Queue: o.queue,
 		QueueWait: o.queueWait, ShutdownTimeout: o.shutdownTimeout, MaxInputBytes: o.maxInputBytes,
-		Decider: NewPolicyDecider(store), Runner: newRunner(images), Images: images.Names, Logger: log,
+		AdminGroup: o.adminGroup,
+		Decider:    NewPolicyDecider(store), Runner: newRunner(images), Images: images.Names, Logger: log,
 	})
 	if err != nil {
 		return err
@@ -375,7 +380,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 	}
 	log.Info("isolatord ready", "socket", o.socket, "state_dir", o.stateDir, "policy_dir", o.policyDir,
 		"image_dir", o.imageDir, "policy", store.Current().Version(), "max_concurrent", o.maxConcurrent, "queue", o.queue,
-		"max_input_bytes", d.cfg.MaxInputBytes)
+		"max_input_bytes", d.cfg.MaxInputBytes, "admins", d.admins())
 	if err := Notify("READY=1\nSTATUS=serving on " + o.socket); err != nil {
 		log.Warn("sd_notify", "err", err)
 	}

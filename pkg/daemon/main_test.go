@@ -54,7 +54,7 @@ func TestOptions(t *testing.T) {
 		}
 		return p
 	}
-	good := write("good.yaml", "socket: /tmp/x.sock\nstate_dir: /tmp/state\nmax_concurrent: 7\nqueue_wait: 3s\nlog_level: debug\nbuild_images: false\nmax_input_bytes: 4096\n")
+	good := write("good.yaml", "socket: /tmp/x.sock\nstate_dir: /tmp/state\nmax_concurrent: 7\nqueue_wait: 3s\nlog_level: debug\nbuild_images: false\nmax_input_bytes: 4096\nadmin_group: adm\n")
 	tests := []struct {
 		name    string
 		args    []string
@@ -66,10 +66,10 @@ func TestOptions(t *testing.T) {
 		}, ""},
 		{"file", []string{"--config", good}, func(o *options) bool {
 			return o.socket == "/tmp/x.sock" && o.stateDir == "/tmp/state" && o.maxConcurrent == 7 &&
-				o.queueWait == 3*time.Second && o.logLevel == "debug" && o.noBuildImages && o.maxInputBytes == 4096
+				o.queueWait == 3*time.Second && o.logLevel == "debug" && o.noBuildImages && o.maxInputBytes == 4096 && o.adminGroup == "adm"
 		}, ""},
-		{"flags override file", []string{"--config", good, "--socket", "/s", "--max-concurrent", "2", "--max-input-bytes", "100"}, func(o *options) bool {
-			return o.socket == "/s" && o.maxConcurrent == 2 && o.stateDir == "/tmp/state" && o.maxInputBytes == 100
+		{"flags override file", []string{"--config", good, "--socket", "/s", "--max-concurrent", "2", "--max-input-bytes", "100", "--admin-group", "wheel"}, func(o *options) bool {
+			return o.socket == "/s" && o.maxConcurrent == 2 && o.stateDir == "/tmp/state" && o.maxInputBytes == 100 && o.adminGroup == "wheel"
 		}, ""},
 		{"typo", []string{"--config", write("typo.yaml", "sockett: /x\n")}, nil, "field sockett not found"},
 		{"wrong type", []string{"--config", write("type.yaml", "queue: many\n")}, nil, "cannot unmarshal"},

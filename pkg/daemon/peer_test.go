@@ -17,6 +17,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // Tests that need a caller other than root run a client as another uid: this test binary
@@ -28,6 +29,7 @@ const (
 	envClient = "ISOLATOR_TEST_CLIENT" // "METHOD PATH": be a client and exit
 	envSocket = "ISOLATOR_TEST_SOCKET"
 	envBody   = "ISOLATOR_TEST_BODY"
+	envFor    = "ISOLATOR_TEST_FOR" // read a stream for this long (a Go duration), then stop
 )
 
 func TestMain(m *testing.M) {
@@ -49,6 +51,9 @@ func clientMain(req string) int {
 	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 		return net.Dial("unix", sock)
 	}}}
+	if d, err := time.ParseDuration(os.Getenv(envFor)); err == nil {
+		hc.Timeout = d
+	}
 	var body io.Reader
 	if b := os.Getenv(envBody); b != "" {
 		body = strings.NewReader(b)
@@ -65,7 +70,7 @@ func clientMain(req string) int {
 	}
 	defer resp.Body.Close()
 	fmt.Println(resp.StatusCode)
-	io.Copy(os.Stdout, resp.Body)
+	io.Copy(os.Stdout, resp.Body) // a stream read for ISOLATOR_TEST_FOR ends with a timeout
 	return 0
 }
 
@@ -150,13 +155,48 @@ func (r response) events(t *testing.T) []map[string]any {
 // uid and the supplementary groups given.
 func as(t *testing.T, socket string, uid int, groups []uint32, method, path string, body any) response {
 	t.Helper()
+	return asFor(t, socket, uid, groups, method, path, body, 0)
+}
+
+// asFor is as, reading the answer for at most d (0: to its end).
+func asFor(t *testing.T, socket string, uid int, groups []uint32, method, path string, body any, d time.Duration) response {
+	t.Helper()
 	reachable(t, filepath.Dir(socket))
-	cmd := exec.Command(helper(t), "-test.run=^$")
-	cmd.Env = append(os.Environ(), envClient+"="+method+" "+path, envSocket+"="+socket)
+	r, err := runAs(helper(t), socket, uid, groups, method, path, body, d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// asAsync is asFor in the background; the error of a failed run is in the response's body
+// with status -1.
+func asAsync(t *testing.T, socket string, uid int, groups []uint32, method, path string, d time.Duration) <-chan response {
+	t.Helper()
+	reachable(t, filepath.Dir(socket))
+	bin := helper(t)
+	ch := make(chan response, 1)
+	go func() {
+		r, err := runAs(bin, socket, uid, groups, method, path, nil, d)
+		if err != nil {
+			r = response{status: -1, body: err.Error()}
+		}
+		ch <- r
+	}()
+	return ch
+}
+
+func runAs(bin, socket string, uid int, groups []uint32, method, path string, body any, d time.Duration) (response, error) {
+	cmd := exec.Command(bin, "-test.run=^$")
+	// GORACE: a -race binary otherwise sleeps a second at exit.
+	cmd.Env = append(os.Environ(), envClient+"="+method+" "+path, envSocket+"="+socket, "GORACE=atexit_sleep_ms=0")
+	if d > 0 {
+		cmd.Env = append(cmd.Env, envFor+"="+d.String())
+	}
 	if body != nil {
 		b, err := json.Marshal(body)
 		if err != nil {
-			t.Fatal(err)
+			return response{}, err
 		}
 		cmd.Env = append(cmd.Env, envBody+"="+string(b))
 	}
@@ -167,12 +207,12 @@ func as(t *testing.T, socket string, uid int, groups []uint32, method, path stri
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		t.Fatalf("client as uid %d: %v: %s", uid, err, errb.String())
+		return response{}, fmt.Errorf("client as uid %d: %v: %s", uid, err, errb.String())
 	}
 	first, rest, _ := strings.Cut(out.String(), "\n")
 	status, err := strconv.Atoi(first)
 	if err != nil {
-		t.Fatalf("client as uid %d: output %q", uid, out.String())
+		return response{}, fmt.Errorf("client as uid %d: output %q", uid, out.String())
 	}
-	return response{status: status, body: rest}
+	return response{status: status, body: rest}, nil
 }

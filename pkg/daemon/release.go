@@ -24,13 +24,16 @@ const (
 	XattrSHA256     = "user.isolator.sha256"
 )
 
-// Release marks a file trusted after review: the file's owner or root records the verdict
+// Release marks a file trusted after review: the file's owner or an administrator records the verdict
 // "trust" with the file's SHA-256 in user.isolator.* xattrs on the file itself, and the act
 // is audited. Everything happens with the caller's file-system identity, so only someone
 // allowed to set the file's attributes can release it.
 func (d *Daemon) Release(p *Peer, req *api.ReleaseRequest) (*api.ReleaseResponse, error) {
 	if !filepath.IsAbs(req.Path) {
 		return nil, fmt.Errorf("%w: path %q is not absolute", errBadRequest, req.Path)
+	}
+	if err := p.mayWrite(); err != nil {
+		return nil, err
 	}
 	var resp api.ReleaseResponse
 	err := asUser(p, func() error {
@@ -47,8 +50,8 @@ func (d *Daemon) Release(p *Peer, req *api.ReleaseRequest) (*api.ReleaseResponse
 		if !fi.Mode().IsRegular() {
 			return fmt.Errorf("%w: %s is not a regular file", errBadRequest, req.Path)
 		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != p.UID && !p.IsRoot() {
-			return fmt.Errorf("%w: only the file's owner or root can release it", ErrNotPermitted)
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != p.UID && !p.IsAdmin() {
+			return fmt.Errorf("%w: only the file's owner or an administrator can release it", ErrNotPermitted)
 		}
 		h := sha256.New()
 		if _, err := io.Copy(h, f); err != nil {

@@ -24,15 +24,35 @@ import (
 // ErrAlreadyRunning reports that another daemon answers on the socket.
 var ErrAlreadyRunning = errors.New("another isolatord is already running")
 
-// perm is what a route lets a caller do. Every local user may read and write, but only
-// their own tasks; permAdmin routes are root's.
+// perm is what a route lets a caller do, the label of each route in the table:
+//   - permRead: GET, no change; the caller sees its own tasks, files and counts, an
+//     administrator (root or a member of Config.AdminGroup) everyone's;
+//   - permWrite: POST; the caller acts on its own tasks and files only, an administrator on
+//     everyone's;
+//   - permAdmin: administrators only, anyone else gets 403.
+//
+// The label travels with the request's Peer: the methods behind a read route refuse to
+// change anything (Peer.mayWrite), and every read of a task checks its owner.
 type perm int
 
 const (
-	permRead perm = iota
+	permNone perm = iota // not an API request: the Go API (the Interceptor, tests)
+	permRead
 	permWrite
 	permAdmin
 )
+
+func (p perm) String() string {
+	switch p {
+	case permRead:
+		return "read"
+	case permWrite:
+		return "write"
+	case permAdmin:
+		return "admin"
+	}
+	return "none"
+}
 
 type route struct {
 	pattern string // net/http ServeMux pattern
@@ -51,7 +71,7 @@ func (d *Daemon) routes() []route {
 		{"GET " + api.PathStatus, permRead, d.handleStatus},
 		{"POST " + api.PathRelease, permWrite, d.handleRelease},
 		{"GET " + api.PathEvents, permRead, d.handleEvents},
-		{"GET " + api.PathMetrics, permRead, d.handleMetrics},
+		{"GET " + api.PathMetrics, permAdmin, d.handleMetrics},
 	}
 }
 
@@ -67,19 +87,31 @@ func (d *Daemon) Handler() http.Handler {
 				writeError(w, http.StatusForbidden, api.CodeForbidden, "requests with Origin or Referer headers are refused")
 				return
 			}
-			p, ok := peerFrom(r.Context())
+			conn, ok := peerFrom(r.Context())
 			if !ok {
 				writeError(w, http.StatusForbidden, api.CodeForbidden, "caller credentials unavailable")
 				return
 			}
-			if rt.perm == permAdmin && !p.IsRoot() {
-				writeError(w, http.StatusForbidden, api.CodeForbidden, "root only")
+			p := *conn // this request's view: the route's label and the caller's rank
+			p.route = rt.perm
+			p.Admin = d.adminGID >= 0 && p.inGroup(d.adminGID)
+			if rt.perm == permAdmin && !p.IsAdmin() {
+				writeError(w, http.StatusForbidden, api.CodeForbidden,
+					fmt.Sprintf("%s %s is for administrators: %s; uid %d is not one", r.Method, r.URL.Path, d.admins(), p.UID))
 				return
 			}
-			rt.handler(w, r, p)
+			rt.handler(w, r, &p)
 		})
 	}
 	return mux
+}
+
+// admins says who the administrators are.
+func (d *Daemon) admins() string {
+	if d.adminGID < 0 {
+		return "root (no admin_group is configured)"
+	}
+	return fmt.Sprintf("root and members of group %s (gid %d)", d.adminGroup, d.adminGID)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

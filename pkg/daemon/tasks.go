@@ -140,6 +140,9 @@ func (d *Daemon) decide(ctx context.Context, p *Peer, req *api.OpenRequest) (*op
 // Open decides on req for p and, when the file is to be isolated, queues a task and streams
 // its events to emit until it ends or ctx is done (the task goes on if the client leaves).
 func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit func(api.Event) error) error {
+	if err := p.mayWrite(); err != nil {
+		return err
+	}
 	select {
 	case <-d.stopping:
 		return ErrShuttingDown
@@ -427,7 +430,7 @@ func (d *Daemon) lookup(p *Peer, id string) (*task, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	tk, ok := d.tasks[id]
-	if !ok || (!p.IsRoot() && tk.t.UID != p.UID) {
+	if !ok || (!p.IsAdmin() && tk.t.UID != p.UID) {
 		// A task of another user is reported exactly like a missing one.
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, id)
 	}
@@ -445,14 +448,14 @@ func (d *Daemon) Task(p *Peer, id string) (api.Task, error) {
 	return tk.t, nil
 }
 
-// Tasks lists the tasks p may see, oldest first. all is honoured for root only: other
-// users always see their own tasks.
+// Tasks lists the tasks p may see, oldest first. all is honoured for administrators only:
+// other users always see their own tasks.
 func (d *Daemon) Tasks(p *Peer, all bool) []api.Task {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []api.Task
 	for _, tk := range d.tasks {
-		if tk.t.UID == p.UID || (p.IsRoot() && all) {
+		if tk.t.UID == p.UID || (p.IsAdmin() && all) {
 			out = append(out, tk.t)
 		}
 	}
@@ -465,8 +468,12 @@ func (d *Daemon) Tasks(p *Peer, all bool) []api.Task {
 	return out
 }
 
-// Kill stops task id on behalf of p and waits until it has ended.
+// Kill stops task id on behalf of p (its owner or an administrator) and waits until it has
+// ended.
 func (d *Daemon) Kill(ctx context.Context, p *Peer, id string) (api.Task, error) {
+	if err := p.mayWrite(); err != nil {
+		return api.Task{}, err
+	}
 	tk, err := d.lookup(p, id)
 	if err != nil {
 		return api.Task{}, err

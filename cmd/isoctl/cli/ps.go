@@ -15,7 +15,7 @@ func newPsCmd(g *globalOptions) *cobra.Command {
 	var all, asJSON bool
 	cmd := &cobra.Command{
 		Use:   "ps",
-		Short: "List your isolation tasks (--all: everyone's, for root)",
+		Short: "List your isolation tasks (--all: everyone's, for administrators)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := g.dial()
@@ -42,7 +42,7 @@ func newPsCmd(g *globalOptions) *cobra.Command {
 			return tw.Flush()
 		},
 	}
-	cmd.Flags().BoolVar(&all, "all", false, "list every user's tasks (root only; others see their own)")
+	cmd.Flags().BoolVar(&all, "all", false, "list every user's tasks (administrators: root and the daemon's admin group; others see their own)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the tasks as JSON")
 	return cmd
 }

@@ -15,10 +15,10 @@ func newReleaseCmd(g *globalOptions) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "release FILE",
-		Short: "Mark a reviewed file trusted (its owner or root; audited)",
+		Short: "Mark a reviewed file trusted (its owner or an administrator; audited)",
 		Long: `Release records, after review, that FILE is trusted: isolatord writes the verdict and
 the file's SHA-256 as user.isolator.* extended attributes on the file and adds a line to the
-audit log. Only the file's owner or root can release a file.`,
+audit log. Only the file's owner or an administrator (root, the admin group) can release a file.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			abs, err := filepath.Abs(args[0])

@@ -51,9 +51,15 @@ func newStatusCmd(g *globalOptions) *cobra.Command {
 				}
 				fmt.Fprintf(out, "%s%s\n", label, line)
 			}
-			fmt.Fprintf(out, "micro VMs:  %d running (limit %d, peak %d)\n", st.ActiveVMs, st.MaxConcurrent, st.PeakRunning)
-			fmt.Fprintf(out, "queue:      %d waiting (limit %d, peak %d)\n", st.Queued, st.QueueLimit, st.PeakQueued)
-			fmt.Fprintf(out, "tasks:      %d visible to uid %d\n", st.TasksTotal, st.You)
+			if st.Admin {
+				fmt.Fprintf(out, "micro VMs:  %d running (limit %d, peak %d)\n", st.ActiveVMs, st.MaxConcurrent, st.PeakRunning)
+				fmt.Fprintf(out, "queue:      %d waiting (limit %d, peak %d)\n", st.Queued, st.QueueLimit, st.PeakQueued)
+				fmt.Fprintf(out, "tasks:      %d in all; uid %d is an administrator\n", st.TasksTotal, st.You)
+			} else {
+				fmt.Fprintf(out, "micro VMs:  %d of yours running (limit %d for everyone)\n", st.ActiveVMs, st.MaxConcurrent)
+				fmt.Fprintf(out, "queue:      %d of yours waiting (limit %d for everyone)\n", st.Queued, st.QueueLimit)
+				fmt.Fprintf(out, "tasks:      %d of uid %d\n", st.TasksTotal, st.You)
+			}
 			fmt.Fprintf(out, "images:     %s\n", strings.Join(st.Images, ", "))
 			return nil
 		},
