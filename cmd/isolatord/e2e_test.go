@@ -825,3 +825,154 @@ func TestAdminGroup(t *testing.T) {
 		t.Errorf("an administrator's kill of root's task: exit %d %q", code, out)
 	}
 }
+
+// TestRelease: isoctl release makes the daemon trust the file's current content, for its
+// owner's opens and after a restart; a changed file is isolated again; attributes the user
+// sets alone release nothing; a deny rule still denies released content.
+func TestRelease(t *testing.T) {
+	const nobody = 65534
+	e := newEnv(t)
+	const badText = "echo known bad\n"
+	badSum := fmt.Sprintf("%x", sha256.Sum256([]byte(badText)))
+	// After 00-test.yaml, so that test-scripts decides first and the deny rule is only
+	// reached for a released file.
+	e.file("policy/50-deny.yaml", "rules:\n  - {name: known-bad, action: deny, match: {sha256: ["+badSum+"]}}\n", 0o644)
+	e.start()
+	home := filepath.Join(e.root, "nobody")
+	os.Mkdir(home, 0o755)
+	os.Chown(home, nobody, nobody)
+	own := func(name, content string) string {
+		p := e.file("nobody/"+name, content, 0o644)
+		os.Chown(p, nobody, nobody)
+		return p
+	}
+	results := filepath.Join(home, "Isolated")
+	open := func(p string) openReport {
+		t.Helper()
+		rep, _, _ := e.openJSON(nobody, "--results-dir", results, p)
+		if rep.Decision == nil {
+			t.Fatalf("no decision for %s: %+v", p, rep)
+		}
+		return rep
+	}
+
+	reviewed := own("reviewed.sh", "echo reviewed\n")
+	if rep := open(reviewed); rep.Decision.Action != api.ActionIsolate || rep.Decision.Rule != "test-scripts" {
+		t.Fatalf("before the release: %+v", rep.Decision)
+	}
+	out, errOut, code := e.isoctl(nobody, "release", "--reason", "read it, harmless", reviewed)
+	if code != 0 || !strings.Contains(out, reviewed+": released by uid 65534 (sha256 ") {
+		t.Fatalf("isoctl release: exit %d %q %q", code, out, errOut)
+	}
+	checkReleased := func(step string) {
+		t.Helper()
+		rep := open(reviewed)
+		d := rep.Decision
+		if d.Action != api.ActionTrust || d.Rule != "released" || rep.Task != nil ||
+			!strings.Contains(d.Explanation, `trust: released by nobody (uid 65534) at `) ||
+			!strings.Contains(d.Explanation, `("read it, harmless"); the content is the one released`) ||
+			!strings.HasSuffix(d.Explanation, "without the release: isolate (rule test-scripts)") {
+			t.Errorf("%s: %+v", step, d)
+		}
+		text, _, _ := e.isoctl(nobody, "open", "--no-launch", reviewed)
+		if !strings.Contains(text, reviewed+": trusted (rule released): trust: released by nobody (uid 65534)") {
+			t.Errorf("%s: isoctl open says %q", step, text)
+		}
+	}
+	checkReleased("after the release")
+	audit, _ := os.ReadFile(filepath.Join(e.state, "audit.log"))
+	if !strings.Contains(string(audit), `"event":"release","uid":65534,"user":"nobody","path":"`+reviewed+`"`) ||
+		!strings.Contains(string(audit), `"rule":"released"`) {
+		t.Errorf("release and released decision not audited:\n%s", audit)
+	}
+
+	t.Run("survives a restart", func(t *testing.T) {
+		e.stop(syscall.SIGTERM)
+		e.start()
+		checkReleased("after a restart")
+	})
+
+	t.Run("changed file is isolated again", func(t *testing.T) {
+		changed := own("changed.sh", "echo v1\n")
+		if _, _, code := e.isoctl(nobody, "release", changed); code != 0 {
+			t.Fatal("release failed")
+		}
+		if rep := open(changed); rep.Decision.Rule != "released" {
+			t.Fatalf("released: %+v", rep.Decision)
+		}
+		f, _ := os.OpenFile(changed, os.O_WRONLY|os.O_APPEND, 0)
+		f.WriteString("echo v2\n")
+		f.Close()
+		rep := open(changed)
+		if rep.Decision.Action != api.ActionIsolate || rep.Decision.Rule != "test-scripts" || rep.Task == nil ||
+			!strings.HasSuffix(rep.Decision.Explanation, `(the release by nobody (uid 65534) at `+
+				releasedAt(t, changed)+` does not apply: the content has changed since)`) {
+			t.Errorf("after a change: %+v", rep.Decision)
+		}
+	})
+
+	t.Run("attributes alone release nothing", func(t *testing.T) {
+		setfattr, err := exec.LookPath("setfattr")
+		if err != nil {
+			t.Skip("needs setfattr (package attr)")
+		}
+		const text = "echo self-released\n"
+		self := own("self.sh", text)
+		for _, kv := range [][2]string{{"user.isolator.sha256", fmt.Sprintf("%x", sha256.Sum256([]byte(text)))},
+			{"user.isolator.released-by", "65534"}, {"user.isolator.verdict", "trust"}} {
+			cmd := exec.Command(setfattr, "-n", kv[0], "-v", kv[1], self)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobody, Gid: nobody}}
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Skipf("setfattr as nobody: %v %s", err, out)
+			}
+		}
+		if rep := open(self); rep.Decision.Action != api.ActionIsolate || rep.Decision.Rule != "test-scripts" {
+			t.Errorf("a file the user tagged trusted itself: %+v", rep.Decision)
+		}
+	})
+
+	t.Run("deny wins over a release", func(t *testing.T) {
+		bad := own("bad.sh", badText)
+		if rep := open(bad); rep.Decision.Rule != "test-scripts" {
+			t.Fatalf("before the release: %+v", rep.Decision)
+		}
+		if _, _, code := e.isoctl(nobody, "release", bad); code != 0 {
+			t.Fatal("release failed")
+		}
+		rep := open(bad)
+		if rep.Decision.Action != api.ActionDeny || rep.Decision.Rule != "known-bad" ||
+			!strings.Contains(rep.Decision.Explanation, "does not override a deny rule") {
+			t.Errorf("released known-bad content: %+v", rep.Decision)
+		}
+	})
+
+	t.Run("only the owner or an administrator", func(t *testing.T) {
+		other := own("other.sh", "echo other\n")
+		_, errOut, code := e.isoctl(1, "release", other)
+		want := "isoctl: not permitted: only the file's owner or an administrator can release it (forbidden)\n"
+		if code != 1 || errOut != want {
+			t.Errorf("uid 1 releasing nobody's file: exit %d %q, want %q", code, errOut, want)
+		}
+		if rep := open(other); rep.Decision.Rule != "test-scripts" {
+			t.Errorf("after a refused release: %+v", rep.Decision)
+		}
+		// root (an administrator) may.
+		if _, _, code := e.isoctl(-1, "release", other); code != 0 {
+			t.Fatal("root's release failed")
+		}
+		if rep := open(other); rep.Decision.Rule != "released" || !strings.Contains(rep.Decision.Explanation, "released by root (uid 0)") {
+			t.Errorf("after root's release: %+v", rep.Decision)
+		}
+	})
+}
+
+// releasedAt reads the release time the daemon tagged path with.
+func releasedAt(t *testing.T, path string) string {
+	t.Helper()
+	buf := make([]byte, 64)
+	n, err := unix.Getxattr(path, "user.isolator.released-at", buf)
+	if err != nil {
+		t.Fatalf("released-at of %s: %v", path, err)
+	}
+	return string(buf[:n])
+}

@@ -194,9 +194,11 @@ type ReleaseRequest struct {
 
 // ReleaseResponse confirms a release.
 type ReleaseResponse struct {
-	Path   string `json:"path"`
-	SHA256 string `json:"sha256"`
-	By     int    `json:"by"`
+	Path    string    `json:"path"`
+	SHA256  string    `json:"sha256"` // the released content
+	By      int       `json:"by"`
+	At      time.Time `json:"at,omitzero"`
+	Warning string    `json:"warning,omitempty"` // the file could not be tagged; the release holds
 }
 
 // Error codes carried in Error.Code.

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/isolator-dev/isolator/pkg/api"
@@ -53,11 +54,14 @@ type DecideRequest struct {
 	// Origin and Referrer are the download origin recorded on File (ReadOriginFile), read
 	// by the daemon with the requester's identity.
 	Origin, Referrer string
-	User             string
-	UID              int
-	Groups           []string
-	Home             string
-	Opener           string
+	// Release is the daemon's record of a release of File (by its owner or an
+	// administrator), or nil. It applies only while File's content has its SHA256.
+	Release *Release
+	User    string
+	UID     int
+	Groups  []string
+	Home    string
+	Opener  string
 }
 
 // Decision is the policy's answer.
@@ -147,6 +151,8 @@ type Daemon struct {
 	log        *slog.Logger
 	audit      *Audit
 	store      *store
+	releases   *releases
+	icpt       atomic.Pointer[Interceptor] // the running interception, told about releases
 	metrics    *metrics
 	started    time.Time
 
@@ -253,6 +259,10 @@ func New(cfg Config) (*Daemon, error) {
 	if err != nil {
 		return nil, fmt.Errorf("daemon: %w", err)
 	}
+	rel, errs := openReleases(filepath.Join(cfg.StateDir, "releases.jsonl"))
+	for _, err := range errs {
+		cfg.Logger.Warn("skipping unreadable releases", "err", err)
+	}
 	d := &Daemon{
 		cfg:         cfg,
 		adminGID:    adminGID,
@@ -260,6 +270,7 @@ func New(cfg Config) (*Daemon, error) {
 		log:         cfg.Logger,
 		audit:       au,
 		store:       st,
+		releases:    rel,
 		metrics:     newMetrics(),
 		started:     time.Now(),
 		runSlots:    make(chan struct{}, cfg.MaxConcurrent),

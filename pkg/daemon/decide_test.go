@@ -214,3 +214,49 @@ rules:
 		}
 	}
 }
+
+// TestReleaseAtTheGate: a release reaches the Gate at once, although the Gate had cached
+// the file's isolate verdict.
+func TestReleaseAtTheGate(t *testing.T) {
+	requireFanotify(t)
+	hd := policyDecider(t, `default: {action: deny, untrusted_action: deny}
+handlers:
+  count: {image: none, program: /count}
+rules:
+  - {name: downloads, action: isolate, handler: count, match: {extension: [bin]}}
+`)
+	in := start(t, daemon.Config{Decider: hd})
+	dl := t.TempDir()
+	ic, err := daemon.NewInterceptor(in.d, daemon.InterceptConfig{Dirs: []string{dl}, Settle: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ic.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	p := writeFile(t, dl, "tool.bin", "reviewed bytes\n")
+	if _, _, err := catFile(p); err == nil {
+		t.Fatal("cat of an isolated file succeeded")
+	}
+	if _, err := in.c.Release(context.Background(), api.ReleaseRequest{Path: p, Reason: "reviewed"}); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, err := catFile(p)
+	if err != nil || out != "reviewed bytes\n" {
+		t.Errorf("cat after the release: %v %q %q", err, out, errOut)
+	}
+	var released bool
+	for _, rec := range auditRecords(t, in.state) {
+		released = released || (rec.Event == "decision" && rec.Path == p && rec.Rule == policy.RuleReleased &&
+			strings.Contains(rec.Reason, "intercepted open by"))
+	}
+	if !released {
+		t.Error("the Gate's released decision is not audited")
+	}
+}

@@ -12,6 +12,8 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/isolator-dev/isolator/pkg/api"
 	"github.com/isolator-dev/isolator/pkg/interception"
 	"github.com/isolator-dev/isolator/pkg/policy"
@@ -147,6 +149,7 @@ func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
 		return nil, fmt.Errorf("interception: %w", err)
 	}
 	ic.watcher = w
+	d.icpt.Store(ic)
 	return ic, nil
 }
 
@@ -175,6 +178,7 @@ func (ic *Interceptor) Run(ctx context.Context) error {
 	}
 	stopGate()
 	gerr := <-gateDone
+	ic.d.icpt.CompareAndSwap(ic, nil)
 	ic.cancel()
 	ic.wg.Wait()
 	return errors.Join(werr, gerr)
@@ -240,8 +244,13 @@ func (ic *Interceptor) Decide(ctx context.Context, f interception.FileInfo) (int
 	// The facts come from the descriptor the Gate or the Watcher holds, so the verdict (and
 	// the Gate's cache entry, keyed by that descriptor's inode) is about that file.
 	origin, referrer, _ := policy.ReadOriginFile(f.File)
+	var rel *Release
+	var st unix.Stat_t
+	if unix.Fstat(int(f.File.Fd()), &st) == nil {
+		rel = ic.d.releases.lookup(&st)
+	}
 	dec, err := ic.d.cfg.Decider.Decide(ctx, &DecideRequest{Path: f.Path, File: f.File, Origin: origin,
-		Referrer: referrer, User: p.User, UID: p.UID, Groups: groupNames(p.Groups), Home: p.Home})
+		Referrer: referrer, Release: rel, User: p.User, UID: p.UID, Groups: groupNames(p.Groups), Home: p.Home})
 	if err != nil {
 		return interception.Verdict{}, fmt.Errorf("policy: %w", err)
 	}

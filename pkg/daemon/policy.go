@@ -28,10 +28,14 @@ func (p *PolicyDecider) Decide(_ context.Context, req *DecideRequest) (*Decision
 	if req.File == nil {
 		return nil, fmt.Errorf("policy: no open file to decide on for %s", req.Path)
 	}
-	pd, err := p.store.Current().Decide(&policy.Request{
+	preq := &policy.Request{
 		Path: req.Path, File: req.File, User: req.User, UID: req.UID, Groups: req.Groups, Home: req.Home,
 		Opener: req.Opener, Origin: req.Origin, Referrer: req.Referrer,
-	})
+	}
+	if r := req.Release; r != nil {
+		preq.Release = &policy.Release{SHA256: r.SHA256, By: r.By, At: r.At, Reason: r.Reason}
+	}
+	pd, err := p.store.Current().Decide(preq)
 	if err != nil {
 		return nil, err
 	}

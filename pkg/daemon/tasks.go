@@ -108,7 +108,8 @@ func (d *Daemon) decide(ctx context.Context, p *Peer, req *api.OpenRequest) (*op
 		return nil, nil, err
 	}
 	dr := &DecideRequest{Path: o.real, File: o.f, Origin: o.origin, Referrer: o.referrer,
-		User: p.User, UID: p.UID, Groups: groupNames(p.Groups), Home: p.Home, Opener: req.Opener}
+		Release: d.releases.lookup(&o.st), User: p.User, UID: p.UID, Groups: groupNames(p.Groups),
+		Home: p.Home, Opener: req.Opener}
 	dec, err := d.cfg.Decider.Decide(ctx, dr)
 	if err != nil {
 		o.f.Close()

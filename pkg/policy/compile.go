@@ -23,6 +23,7 @@ const (
 	RuleDefault          = "default"
 	RuleUntrustedDefault = "default-untrusted-origin"
 	RuleFailClosed       = "fail-closed"
+	RuleReleased         = "released" // a valid Request.Release trusted the file
 )
 
 // rule is a compiled rule.

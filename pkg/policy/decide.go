@@ -69,6 +69,13 @@ func (p *Policy) FailClosedReason() string { return p.failReason }
 // that needs them is reached, and cached. An error (the file cannot be read when a rule
 // needs its content, or a bad request) means no decision; callers must then not trust the
 // file.
+//
+// A request with a Release is then looked at once more: a deny stays a deny, and so does a
+// trust; otherwise, when the content's SHA-256 is the released one, every deny rule of the
+// policy is tried in order (also those after the rule that decided, which first-match
+// never reached): the first that matches denies the file; if none does, the file is
+// trusted (rule RuleReleased) with an explanation naming the release. A release of
+// another content is ignored and the explanation says so.
 func (p *Policy) Decide(req *Request) (*Decision, error) {
 	if req == nil || req.Path == "" || !path.IsAbs(req.Path) {
 		return nil, fmt.Errorf("%w: path must be absolute", ErrBadRequest)
@@ -76,6 +83,55 @@ func (p *Policy) Decide(req *Request) (*Decision, error) {
 	e := evalCtx{req: req, cache: p.cache, path: cleanPath(req.Path)}
 	e.base = path.Base(e.path)
 	e.nExt = len(extensions(e.base, e.extBuf[:0]))
+	d, err := p.decide(&e)
+	if err != nil || req.Release == nil {
+		return d, err
+	}
+	return p.released(&e, d)
+}
+
+// released applies e's Release to the decision d, as Decide describes.
+func (p *Policy) released(e *evalCtx, d *Decision) (*Decision, error) {
+	rel := e.req.Release
+	if d.Action == ActionDeny || d.Action == ActionTrust {
+		return d, nil
+	}
+	sum, ok := e.sha256()
+	if !ok {
+		return nil, e.err
+	}
+	d.SHA256 = sum
+	if sum != lowerASCII(rel.SHA256) {
+		d.Explanation += " (the release " + rel.what() + " does not apply: the content has changed since)"
+		return d, nil
+	}
+	for _, r := range p.rules {
+		if r.action != ActionDeny {
+			continue
+		}
+		m, ok := r.eval(e, nil)
+		if e.err != nil {
+			return nil, e.err
+		}
+		if ok {
+			dd := p.decision(r, m, e)
+			dd.SHA256 = sum
+			dd.Explanation += " (the release " + rel.what() + " does not override a deny rule)"
+			return dd, nil
+		}
+	}
+	return &Decision{
+		Action:  ActionTrust,
+		Rule:    RuleReleased,
+		Matched: []string{"released by " + rel.By, "sha256 " + sum},
+		Explanation: "trust: released " + rel.what() + "; the content is the one released (sha256 " + sum +
+			") and no deny rule matches it; without the release: " + string(d.Action) + " (rule " + d.Rule + ")",
+		PolicyVersion: p.version,
+		SHA256:        sum,
+	}, nil
+}
+
+func (p *Policy) decide(e *evalCtx) (*Decision, error) {
 	if p.failReason != "" {
 		return &Decision{
 			Action:        ActionDeny,
@@ -86,15 +142,15 @@ func (p *Policy) Decide(req *Request) (*Decision, error) {
 	}
 	var matched [8]string
 	var cs candidates
-	p.idx.init(&cs, &e)
-	for i := p.idx.next(&cs, &e); i >= 0; i = p.idx.next(&cs, &e) {
+	p.idx.init(&cs, e)
+	for i := p.idx.next(&cs, e); i >= 0; i = p.idx.next(&cs, e) {
 		r := p.rules[i]
-		m, ok := r.eval(&e, matched[:0])
+		m, ok := r.eval(e, matched[:0])
 		if e.err != nil {
 			return nil, e.err
 		}
 		if ok {
-			d := p.decision(r, m, &e)
+			d := p.decision(r, m, e)
 			d.SHA256 = e.sum
 			return d, nil
 		}
@@ -102,7 +158,7 @@ func (p *Policy) Decide(req *Request) (*Decision, error) {
 	if e.err != nil {
 		return nil, e.err
 	}
-	d := p.defaultDecision(&e)
+	d := p.defaultDecision(e)
 	d.SHA256 = e.sum
 	return d, nil
 }

@@ -17,6 +17,7 @@ package policy
 import (
 	"io"
 	"io/fs"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -52,11 +53,36 @@ type Request struct {
 	Origin   string // URL the file was downloaded from ("" if none); see ReadOrigin
 	Referrer string // URL of the page that linked the download ("" if none)
 
+	// Release, when set, says that someone the caller trusts to do so (the file's owner or
+	// an administrator, through isolatord) reviewed one content of this file and released
+	// it. It applies only while the file's SHA-256 is Release.SHA256, and never against a
+	// deny: see Policy.Decide.
+	Release *Release `json:"release,omitempty"`
+
 	// Content facts. The evaluator fills them lazily from the file when a rule needs them
 	// and they are zero; callers that already know them may set them.
 	Size        int64  // size in bytes; -1 or 0 with the file present means "stat the file"
 	SHA256      string // lower-case hex SHA-256 of the content
 	ContentType string // MIME type sniffed from the bytes, e.g. "application/pdf"
+}
+
+// Release is a reviewer's statement that one content of a file is trusted (isoctl
+// release). The policy does not check who made it; the caller (isolatord, which keeps its
+// releases in its own state, never in attributes a user can set) does.
+type Release struct {
+	SHA256 string    `json:"sha256"`           // hex SHA-256 of the released content
+	By     string    `json:"by"`               // who released it, e.g. "alice (uid 1000)"
+	At     time.Time `json:"at"`               // when
+	Reason string    `json:"reason,omitempty"` // the reviewer's words
+}
+
+// what says who released and when: `by alice (uid 1000) at 2026-12-04T03:56:47Z ("why")`.
+func (r *Release) what() string {
+	s := "by " + r.By + " at " + r.At.UTC().Format(time.RFC3339)
+	if r.Reason != "" {
+		s += " (" + strconv.Quote(r.Reason) + ")"
+	}
+	return s
 }
 
 // Action is what happens to a file.

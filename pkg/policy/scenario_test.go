@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestScenarios decides realistic desktop cases with the shipped policy plus a site file,
@@ -370,5 +371,72 @@ func TestDecideOnFile(t *testing.T) {
 	defer df.Close()
 	if _, err := p.Decide(&Request{Path: filepath.Join(dir, "opened.pdf"), File: df}); !errors.Is(err, ErrNotRegular) {
 		t.Errorf("directory as File: %v, want ErrNotRegular", err)
+	}
+}
+
+// TestDecideRelease: a release of the file's current content trusts it, unless the policy
+// denies it or any deny rule matches it (also one first-match never reached); a release of
+// another content changes nothing.
+func TestDecideRelease(t *testing.T) {
+	dir := t.TempDir()
+	const good, bad = "echo reviewed\n", "echo known bad\n"
+	writeFiles(t, dir, map[string]string{
+		"policy/p.yaml": "default: {action: ask, untrusted_action: deny}\n" +
+			"handlers:\n  script: {image: busybox, program: /bin/sh, args: [\"{input}\"]}\n" +
+			"rules:\n" +
+			"  - {name: scripts, action: isolate, handler: script, match: {extension: [sh]}}\n" +
+			"  - {name: known-bad, action: deny, match: {sha256: [" + fmt.Sprintf("%x", sha256.Sum256([]byte(bad))) + "]}}\n" +
+			"  - {name: no-exe, action: deny, match: {extension: [exe]}}\n",
+		"good.sh":  good,
+		"bad.sh":   bad,
+		"tool.exe": good,
+		"notes":    good,
+	})
+	p, err := loadDir(t, filepath.Join(dir, "policy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 12, 4, 3, 56, 47, 0, time.UTC)
+	rel := func(content string) *Release {
+		return &Release{SHA256: fmt.Sprintf("%x", sha256.Sum256([]byte(content))), By: "alice (uid 1000)", At: at, Reason: "reviewed"}
+	}
+	decide := func(name string, r *Release) *Decision {
+		t.Helper()
+		f, err := os.Open(filepath.Join(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		d, err := p.Decide(&Request{Path: filepath.Join(dir, name), File: f, Release: r})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	d := decide("good.sh", rel(good))
+	want := `trust: released by alice (uid 1000) at 2026-12-04T03:56:47Z ("reviewed"); the content is the one released (sha256 ` +
+		rel(good).SHA256 + `) and no deny rule matches it; without the release: isolate (rule scripts)`
+	if d.Action != ActionTrust || d.Rule != RuleReleased || d.Explanation != want || d.SHA256 != rel(good).SHA256 {
+		t.Errorf("released content: %+v\nwant explanation %q", d, want)
+	}
+	if d := decide("notes", rel(good)); d.Action != ActionTrust || d.Rule != RuleReleased {
+		t.Errorf("released content asked about by default: %+v", d)
+	}
+	if d := decide("good.sh", rel("other content")); d.Action != ActionIsolate || d.Rule != "scripts" ||
+		!strings.HasSuffix(d.Explanation, `(the release by alice (uid 1000) at 2026-12-04T03:56:47Z ("reviewed") does not apply: the content has changed since)`) {
+		t.Errorf("a release of another content: %+v", d)
+	}
+	if d := decide("bad.sh", rel(bad)); d.Action != ActionDeny || d.Rule != "known-bad" ||
+		!strings.Contains(d.Explanation, "does not override a deny rule") {
+		t.Errorf("released known-bad content (behind the isolate rule): %+v", d)
+	}
+	if d := decide("tool.exe", rel(good)); d.Action != ActionDeny || d.Rule != "no-exe" {
+		t.Errorf("released content denied by a rule: %+v", d)
+	}
+	if d := decide("good.sh", nil); d.Action != ActionIsolate || d.Rule != "scripts" {
+		t.Errorf("without a release: %+v", d)
+	}
+	if d, err := FailClosed("test").Decide(&Request{Path: filepath.Join(dir, "good.sh"), Release: rel(good)}); err != nil || d.Action != ActionDeny {
+		t.Errorf("fail-closed with a release: %+v, %v", d, err)
 	}
 }
