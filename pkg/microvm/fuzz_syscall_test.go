@@ -36,7 +36,10 @@ import (
 // every call arrives exactly as from a real program, through (*thread).syscall and
 // (*thread).dispatch on a real vCPU thread, with pointers into guest memory the fuzzer
 // filled (fzScratch) and into strings the harness put there (fzStrings: host paths of a
-// canary file, escapes through /proc/self/root and "..", scratch paths).
+// canary file, escapes through /proc/self/root and "..", scratch paths). An encoded call
+// is a uint16 number (with the top bit set, an index into the calls dispatch serves) and
+// six arguments of a tag byte and a uint64 (tagRaw, tagScratch, tagInt, tagString). The
+// guest's stdin yields a line, then blocks in the host reader for ever.
 //
 // Every input must leave the VMM sound: no panic; Run returns within fzRunBound although
 // calls may block (the VM's Timeout ends them); every result is a value or -errno with a
@@ -45,6 +48,9 @@ import (
 // no goroutine of the VM is left, no host descriptor is leaked, no file appeared in the
 // host temp directories, and the host files around the input (a canary with a secret,
 // whose atime shows any read) are untouched and their secret never reaches the guest.
+//
+// The VM's Timeout is short (fzTimeout) because inputs that block until it are common
+// (sleeps, waits, reads of empty pipes) and would otherwise dominate the fuzzing time.
 func FuzzSyscall(f *testing.F) {
 	h := newFuzzHarness(f)
 	// A private temp directory, which must stay empty: the VMM is to leave no file behind.
@@ -332,7 +338,7 @@ func newFuzzHarness(f testing.TB) *fuzzHarness {
 		h.atimeWorks = st.Sys().(*syscall.Stat_t).Atim.Sec != old.Unix()
 	}
 	if !h.atimeWorks {
-		f.Logf("reads do not update atime here: the canary is checked by stat and contents only")
+		f.Logf("reads do not update atime here: the canary's stat is checked without its atime")
 	}
 
 	strs := make([]string, fzNumStrings)
