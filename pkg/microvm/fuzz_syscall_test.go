@@ -687,10 +687,6 @@ func (h *fuzzHarness) checkResults(t *testing.T, o *fzOutcome, desc string) {
 		}
 		nr, a := r[0], r[1:]
 		name := syscallName(nr)
-		if nr == unix.SYS_MREMAP && a[0]+pageUp(a[1]) < a[0] {
-			// Known bug in mem.go, being rewritten: see TestMemoryRangesMustNotWrap.
-			continue
-		}
 		if v := int64(res); v < 0 && (v < -4095 || -v > maxErrno) {
 			t.Errorf("call %d: %s returned %#x: neither a value nor -errno; calls:%s", i, name, res, desc)
 			continue

@@ -26,6 +26,17 @@ const (
 func pageDown(a uint64) uint64 { return a &^ (pageSize - 1) }
 func pageUp(a uint64) uint64   { return (a + pageSize - 1) &^ (pageSize - 1) }
 
+// userRange rounds length up to whole pages and returns the end of [addr, addr+length),
+// with ok false when the rounding or the range wraps around 2^64 or the range ends above
+// the user address space. length 0 gives end == addr.
+func userRange(addr, length uint64) (end uint64, ok bool) {
+	if length > ^uint64(0)-(pageSize-1) {
+		return 0, false
+	}
+	end = addr + pageUp(length)
+	return end, end >= addr && end <= kvmhv.UserLimit
+}
+
 // vma is one mapped region with a single protection.
 type vma struct {
 	start, end uint64
@@ -270,10 +281,11 @@ func (m *memory) mmapImage(addr, length uint64, prot kvmhv.Prot, src *fileSource
 }
 
 func (m *memory) munmap(addr, length uint64) unix.Errno {
-	if addr%pageSize != 0 || length == 0 || addr+pageUp(length) < addr || addr+pageUp(length) > kvmhv.UserLimit {
+	end, ok := userRange(addr, length)
+	if addr%pageSize != 0 || length == 0 || !ok {
 		return unix.EINVAL
 	}
-	length = pageUp(length)
+	length = end - addr
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.hv.Unmap(addr, length); err != nil {
@@ -287,13 +299,14 @@ func (m *memory) mprotect(addr, length uint64, prot kvmhv.Prot) unix.Errno {
 	if addr%pageSize != 0 {
 		return unix.EINVAL
 	}
-	length = pageUp(length)
 	if length == 0 {
 		return 0
 	}
-	if addr+length < addr || addr+length > kvmhv.UserLimit {
+	end, ok := userRange(addr, length)
+	if !ok {
 		return unix.ENOMEM
 	}
+	length = end - addr
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.covered(addr, addr+length) {
@@ -314,10 +327,17 @@ func (m *memory) mprotect(addr, length uint64, prot kvmhv.Prot) unix.Errno {
 
 // dontneed implements MADV_DONTNEED: private anonymous pages read as zero afterwards.
 func (m *memory) dontneed(addr, length uint64) unix.Errno {
-	if addr%pageSize != 0 {
+	if addr%pageSize != 0 || length > ^uint64(0)-(pageSize-1) || addr+pageUp(length) < addr {
 		return unix.EINVAL
 	}
-	length = pageUp(length)
+	if length == 0 {
+		return 0
+	}
+	end, ok := userRange(addr, length)
+	if !ok {
+		return unix.ENOMEM // nothing is mapped above the user address space
+	}
+	length = end - addr
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if !m.covered(addr, addr+length) {
@@ -343,12 +363,15 @@ func (m *memory) dontneed(addr, length uint64) unix.Errno {
 }
 
 func (m *memory) mremap(old, oldLen, newLen uint64, flags int, newAddr uint64) (uint64, unix.Errno) {
-	if old%pageSize != 0 || newLen == 0 {
+	if old%pageSize != 0 || newLen == 0 || oldLen > ^uint64(0)-(pageSize-1) || newLen > ^uint64(0)-(pageSize-1) {
 		return 0, unix.EINVAL
 	}
 	oldLen, newLen = pageUp(oldLen), pageUp(newLen)
 	if flags&^(unix.MREMAP_MAYMOVE|unix.MREMAP_FIXED) != 0 || oldLen == 0 {
 		return 0, unix.EINVAL
+	}
+	if _, ok := userRange(old, oldLen); !ok {
+		return 0, unix.EFAULT // no mapping there
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
