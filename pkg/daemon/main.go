@@ -81,8 +81,9 @@ func LoadFileConfig(path string) (*FileConfig, error) {
 	return &fc, nil
 }
 
-// RunnerFactory makes the micro VM runner from the daemon's images.
-type RunnerFactory func(images *Images) Runner
+// RunnerFactory makes the micro VM runner from the daemon's images. A runner that is also
+// an io.Closer is closed at shutdown, after the last task.
+type RunnerFactory func(images *Images) (Runner, error)
 
 // Main is isolatord: it parses args, loads the configuration, and runs the daemon until
 // SIGINT or SIGTERM; SIGHUP reloads the policy and reopens the audit log. It returns the
@@ -314,11 +315,22 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 			log.Error("building default guest images", "err", err)
 		}
 	}
+	runner, err := newRunner(images)
+	if err != nil {
+		return fmt.Errorf("micro VM runner: %w", err)
+	}
+	if c, ok := runner.(io.Closer); ok {
+		defer func() {
+			if err := c.Close(); err != nil {
+				log.Error("closing the micro VM runner", "err", err)
+			}
+		}()
+	}
 	d, err := New(Config{
 		Socket: o.socket, StateDir: o.stateDir, MaxConcurrent: o.maxConcurrent, Queue: o.queue,
 		QueueWait: o.queueWait, ShutdownTimeout: o.shutdownTimeout, MaxInputBytes: o.maxInputBytes,
 		AdminGroup: o.adminGroup,
-		Decider:    NewPolicyDecider(store), Runner: newRunner(images), Images: images.Names, Logger: log,
+		Decider:    NewPolicyDecider(store), Runner: runner, Images: images.Names, Logger: log,
 	})
 	if err != nil {
 		return err

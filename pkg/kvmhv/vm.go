@@ -152,6 +152,24 @@ func (vm *VM) MemoryStats() (used, peak int64) {
 	return vm.as.frames.used * pageSize, vm.as.frames.peak * pageSize
 }
 
+// LimitMemory lowers the VM's memory budget to bytes, rounded up to whole pages: a VM made
+// ahead of need with a large budget takes the budget of the program it is given. It cannot
+// raise the budget, and fails with ErrNoMemory if more is in use already.
+func (vm *VM) LimitMemory(bytes uint64) error {
+	n := int64((bytes + pageSize - 1) / pageSize)
+	vm.memMu.Lock()
+	defer vm.memMu.Unlock()
+	f := &vm.as.frames
+	switch {
+	case n > f.max:
+		return fmt.Errorf("memory budget %d bytes exceeds the VM's %d", bytes, f.max*pageSize)
+	case f.used > n:
+		return fmt.Errorf("%w: %d bytes in use, budget %d", ErrNoMemory, f.used*pageSize, bytes)
+	}
+	f.max = n
+	return nil
+}
+
 // MemoryBudget is the VM's memory budget in bytes.
 func (vm *VM) MemoryBudget() int64 { return vm.as.frames.max * pageSize }
 

@@ -361,3 +361,25 @@ func TestMemoryBudget(t *testing.T) {
 	}
 	must(t, vm.Map(0x20000000, 512<<10, ProtRead|ProtWrite))
 }
+
+func TestLimitMemory(t *testing.T) {
+	s := requireKVM(t)
+	vm, err := s.NewVM(Config{Memory: 64 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Close()
+	if err := vm.LimitMemory(128 << 20); err == nil {
+		t.Error("LimitMemory raised the budget")
+	}
+	must(t, vm.LimitMemory(1<<20))
+	if got := vm.MemoryBudget(); got != 1<<20 {
+		t.Errorf("budget %d, want %d", got, 1<<20)
+	}
+	if err := vm.Map(0x10000000, 2<<20, ProtRead|ProtWrite); !errors.Is(err, ErrNoMemory) {
+		t.Errorf("mapping 2 MiB after limiting the budget to 1 MiB: %v, want ErrNoMemory", err)
+	}
+	if err := vm.LimitMemory(4096); !errors.Is(err, ErrNoMemory) {
+		t.Errorf("limiting below the memory in use: %v, want ErrNoMemory", err)
+	}
+}

@@ -28,6 +28,7 @@ type Input struct {
 // Config describes one micro VM. The zero value of every limit selects its default.
 type Config struct {
 	KVM     *kvmhv.System // open /dev/kvm shared by many VMs; nil opens one for this VM
+	Pool    *Pool         // VMs made ahead of need; nil creates this one on demand (see Pool)
 	Image   *image.Image  // read-only root file tree of the guest; required
 	Program string        // guest path of the ELF program to run; required
 	Args    []string      // argv; Args[0] defaults to Program
@@ -89,4 +90,5 @@ type Stats struct {
 	SignalsDropped int64             `json:"signals_dropped"` // signals to itself that were caught or ignored, not delivered
 	BytesCopiedIn  int64             `json:"bytes_copied_in"` // bytes copied from the VMM into guest memory
 	BytesCopiedOut int64             `json:"bytes_copied_out"`
+	Pooled         bool              `json:"pooled,omitempty"` // the VM was made ahead of need by a Pool
 }

@@ -24,6 +24,7 @@ type statsCounter struct {
 	copiedOut  atomic.Int64
 	dropped    atomic.Int64
 	nextIno    atomic.Int64
+	pooled     bool // set by New, before any thread runs
 }
 
 func (s *statsCounter) init() {
@@ -72,7 +73,7 @@ func (s *statsCounter) retire(t *thread) {
 	if t.retired.Swap(true) {
 		return
 	}
-	d := threadCPU(t.hostTID)
+	d := threadCPU(t.hostTID) - t.cpuBase
 	s.mu.Lock()
 	s.retiredCPU += d
 	s.mu.Unlock()
@@ -84,7 +85,7 @@ func (vm *VM) cpuTime() time.Duration {
 	var live time.Duration
 	for _, t := range vm.threads {
 		if !t.retired.Load() {
-			live += threadCPU(t.hostTID)
+			live += threadCPU(t.hostTID) - t.cpuBase
 		}
 	}
 	vm.threadMu.Unlock()
@@ -105,6 +106,7 @@ func (vm *VM) snapshotStats() Stats {
 		BytesCopiedIn:  s.copiedIn.Load(),
 		BytesCopiedOut: s.copiedOut.Load(),
 		SignalsDropped: s.dropped.Load(),
+		Pooled:         s.pooled,
 	}
 	s.mu.Lock()
 	for k, v := range s.exits {

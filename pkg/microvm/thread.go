@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -22,8 +23,9 @@ type thread struct {
 	sigmask  uint64 // blocked signals; owned by the thread
 	altstack [3]uint64
 	exited   atomic.Bool
-	retired  atomic.Bool // CPU time added to the VM's total
-	hostTID  int         // OS thread running the vCPU
+	retired  atomic.Bool   // CPU time added to the VM's total
+	hostTID  int           // OS thread running the vCPU
+	cpuBase  time.Duration // CPU time of that OS thread before the guest thread started
 }
 
 func (t *thread) setVCPU(v *kvmhv.VCPU) {

@@ -38,6 +38,7 @@ type VM struct {
 	sys    *kvmhv.System
 	ownSys bool
 	hv     *kvmhv.VM
+	shell  *shell // made ahead of need by cfg.Pool, until the first thread starts on it
 	fs     *guestfs.FS
 	mm     *memory
 	fds    *fdTable
@@ -125,16 +126,28 @@ func (c *Config) normalize() error {
 
 func (vm *VM) init() error {
 	var err error
-	if vm.cfg.KVM != nil {
+	switch {
+	case vm.cfg.Pool != nil:
+		vm.sys = vm.cfg.Pool.cfg.KVM
+		if sh := vm.cfg.Pool.take(vm.cfg.Memory, vm.cfg.MaxVCPUs); sh != nil {
+			vm.shell, vm.hv = sh, sh.hv
+			vm.stats.pooled = true
+			if err := vm.hv.LimitMemory(uint64(vm.cfg.Memory)); err != nil {
+				return err
+			}
+		}
+	case vm.cfg.KVM != nil:
 		vm.sys = vm.cfg.KVM
-	} else {
+	default:
 		if vm.sys, err = kvmhv.Open(); err != nil {
 			return err
 		}
 		vm.ownSys = true
 	}
-	if vm.hv, err = vm.sys.NewVM(kvmhv.Config{Memory: uint64(vm.cfg.Memory), MaxVCPUs: vm.cfg.MaxVCPUs}); err != nil {
-		return err
+	if vm.hv == nil {
+		if vm.hv, err = vm.sys.NewVM(kvmhv.Config{Memory: uint64(vm.cfg.Memory), MaxVCPUs: vm.cfg.MaxVCPUs}); err != nil {
+			return err
+		}
 	}
 	inputs := make([]guestfs.Input, len(vm.cfg.Inputs))
 	for i, in := range vm.cfg.Inputs {
@@ -258,6 +271,11 @@ func (vm *VM) stopping() bool {
 func (vm *VM) Close() error {
 	vm.terminate(exitStatus{killed: true, reason: "closed"})
 	vm.wg.Wait()
+	if sh := vm.takeShell(); sh != nil {
+		// Never started: end the parked thread before its VM goes.
+		close(sh.start)
+		<-sh.done
+	}
 	var errs []error
 	if vm.fds != nil {
 		vm.fds.closeAll()
@@ -277,14 +295,28 @@ func (vm *VM) Close() error {
 	return errors.Join(errs...)
 }
 
-// Run creates a micro VM from cfg, runs it and destroys it.
+// Run creates a micro VM from cfg, runs it and destroys it. With cfg.Pool, the VM is
+// destroyed in the background after Run returns (Pool.Close waits for that).
 func Run(ctx context.Context, cfg Config) (*Result, error) {
 	vm, err := New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	defer vm.Close()
+	if cfg.Pool != nil {
+		defer cfg.Pool.Release(vm)
+	} else {
+		defer vm.Close()
+	}
 	return vm.Run(ctx)
+}
+
+// takeShell returns the VM's ready-made shell the first time it is called, or nil.
+func (vm *VM) takeShell() *shell {
+	vm.threadMu.Lock()
+	defer vm.threadMu.Unlock()
+	sh := vm.shell
+	vm.shell = nil
+	return sh
 }
 
 // startThread starts a guest thread on its own locked OS thread with a new vCPU.
@@ -303,19 +335,12 @@ func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU)) 
 	vm.stats.threads.Add(1)
 
 	ready := make(chan error, 1)
-	vm.wg.Add(1)
-	go func() {
+	// run runs the thread on v, on the locked OS thread v belongs to. The thread is never
+	// unlocked: it exits with its goroutine, taking any state KVM attached to it along.
+	run := func(v *kvmhv.VCPU) {
 		defer vm.wg.Done()
-		runtime.LockOSThread()
 		t.hostTID = unix.Gettid()
-		// The thread is not unlocked: it exits with the goroutine, taking any state KVM
-		// attached to it along.
-		v, err := vm.hv.NewVCPU(regs.RIP, regs.RSP)
-		if err != nil {
-			vm.removeThread(t)
-			ready <- err
-			return
-		}
+		t.cpuBase = threadCPU(t.hostTID)
 		v.Regs = regs
 		t.setVCPU(v)
 		if init != nil {
@@ -323,7 +348,23 @@ func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU)) 
 		}
 		ready <- nil
 		t.loop()
-	}()
+	}
+	vm.wg.Add(1)
+	if sh := vm.takeShell(); sh != nil {
+		sh.start <- run // the first thread, on the vCPU made ahead of need
+	} else {
+		go func() {
+			runtime.LockOSThread()
+			v, err := vm.hv.NewVCPU(regs.RIP, regs.RSP)
+			if err != nil {
+				vm.removeThread(t)
+				vm.wg.Done()
+				ready <- err
+				return
+			}
+			run(v)
+		}()
+	}
 	if err := <-ready; err != nil {
 		return nil, err
 	}

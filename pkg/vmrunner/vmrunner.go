@@ -5,6 +5,7 @@ package vmrunner
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"slices"
@@ -12,6 +13,7 @@ import (
 	"github.com/isolator-dev/isolator/pkg/api"
 	"github.com/isolator-dev/isolator/pkg/daemon"
 	"github.com/isolator-dev/isolator/pkg/image"
+	"github.com/isolator-dev/isolator/pkg/kvmhv"
 	"github.com/isolator-dev/isolator/pkg/microvm"
 	"github.com/isolator-dev/isolator/pkg/policy"
 )
@@ -20,19 +22,48 @@ import (
 type Config struct {
 	// Image returns the guest image called name; required.
 	Image func(name string) (*image.Image, error)
+	// PoolSize is how many micro VMs are kept made ahead of need (microvm.Pool); default
+	// microvm.DefaultPoolSize.
+	PoolSize int
 }
 
-// Runner runs jobs in micro VMs.
+// Runner runs jobs in micro VMs. It opens /dev/kvm once and keeps a microvm.Pool, so that
+// a job does not wait for its VM to be created or destroyed.
 type Runner struct {
-	cfg Config
+	cfg  Config
+	kvm  *kvmhv.System
+	pool *microvm.Pool
 }
 
-var _ daemon.Runner = (*Runner)(nil)
+var (
+	_ daemon.Runner = (*Runner)(nil)
+	_ io.Closer     = (*Runner)(nil)
+)
 
-// New returns a Runner.
-func New(cfg Config) *Runner { return &Runner{cfg: cfg} }
+// New opens /dev/kvm and returns a Runner; Close releases it.
+func New(cfg Config) (*Runner, error) {
+	if cfg.Image == nil {
+		return nil, errors.New("vmrunner: no image lookup")
+	}
+	sys, err := kvmhv.Open()
+	if err != nil {
+		return nil, err
+	}
+	pool, err := microvm.NewPool(microvm.PoolConfig{KVM: sys, Size: cfg.PoolSize})
+	if err != nil {
+		sys.Close()
+		return nil, err
+	}
+	return &Runner{cfg: cfg, kvm: sys, pool: pool}, nil
+}
 
-// Run runs job in a fresh micro VM and destroys the VM before it returns.
+// Close destroys the micro VMs made ahead of need, waits for finished ones to be destroyed
+// and closes /dev/kvm. Jobs must have ended.
+func (r *Runner) Close() error {
+	return errors.Join(r.pool.Close(), r.kvm.Close())
+}
+
+// Run runs job in a fresh micro VM; the VM is destroyed in the background after it ends.
 func (r *Runner) Run(ctx context.Context, job *daemon.Job) (*daemon.RunResult, error) {
 	h := job.Handler
 	img, err := r.cfg.Image(h.Image)
@@ -51,6 +82,7 @@ func (r *Runner) Run(ctx context.Context, job *daemon.Job) (*daemon.RunResult, e
 		}
 	}
 	vm, err := microvm.New(microvm.Config{
+		Pool:           r.pool,
 		Image:          img,
 		Program:        prog,
 		Args:           append([]string{prog}, ph.ExpandArgs(job.InputName)...),
@@ -66,7 +98,7 @@ func (r *Runner) Run(ctx context.Context, job *daemon.Job) (*daemon.RunResult, e
 	if err != nil {
 		return nil, fmt.Errorf("create micro VM: %w", err)
 	}
-	defer vm.Close()
+	defer r.pool.Release(vm)
 	if job.Started != nil {
 		job.Started()
 	}
