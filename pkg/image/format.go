@@ -57,7 +57,7 @@ package image
 //
 // Integrity: the header digest covers the header and the index, so any change to them is
 // detected; Load also reads the whole data section once, checking every file's SHA-256 and
-// that the padding is zero, and computing the digest of the whole file (Image.Digest).
+// that the padding is zero. Image.Digest, the SHA-256 of the whole file, is computed on demand.
 // Tampering with a file's bytes after Load is the caller's concern: an image is immutable
 // once built, and its file must not be writable by whoever the micro VM protects against.
 

@@ -54,7 +54,6 @@ type Image struct {
 	closer  io.Closer // the file Open opened, or nil
 	file    *os.File  // r when it is a file: what Extent hands out
 	size    int64
-	digest  string
 	entries []*Entry            // in index (path) order; entries[i].Ino == i+1
 	byPath  map[string]*Entry   // every entry by path
 	kids    map[*Entry][]*Entry // children of every non-empty directory, sorted by name
@@ -120,8 +119,7 @@ func checkMagicVersion(hdr []byte) error {
 }
 
 // Load reads an image of size bytes from r. It validates the header and the whole index,
-// reads every file's content once to check its SHA-256, and computes the digest of the whole
-// image. A malformed or tampered image yields an error wrapping ErrCorrupt (a *FormatError).
+// and reads every file's content once to check its SHA-256 and the padding. A malformed or tampered image yields an error wrapping ErrCorrupt (a *FormatError).
 // Load allocates memory in proportion to the index, which is bounded by size, never by a
 // count read from the image.
 func Load(r io.ReaderAt, size int64) (*Image, error) {
@@ -289,11 +287,9 @@ func (im *Image) parseIndex(index []byte, base int64, count uint64, dataOff int6
 }
 
 // verifyData reads the rest of the image once, checking that the padding is zero and every
-// file's checksum, and computing the digest of the whole image.
+// file's checksum.
 func (im *Image) verifyData(hdr, index []byte) error {
-	whole := sha256.New()
-	whole.Write(hdr)
-	whole.Write(index)
+	whole := io.Discard
 	buf := make([]byte, 128<<10)
 	fh := sha256.New()
 	var sum [32]byte
@@ -307,7 +303,7 @@ func (im *Image) verifyData(hdr, index []byte) error {
 		}
 		pos = e.off + e.Size
 		fh.Reset()
-		n, err := io.CopyBuffer(io.MultiWriter(fh, whole), io.NewSectionReader(im.r, e.off, e.Size), buf)
+		n, err := io.CopyBuffer(fh, io.NewSectionReader(im.r, e.off, e.Size), buf)
 		if err != nil {
 			return readErr(e.off+n, err)
 		}
@@ -319,11 +315,7 @@ func (im *Image) verifyData(hdr, index []byte) error {
 		}
 	}
 	// Without regular files the image ends with the padding after the index.
-	if err := im.checkZero(pos, im.size, buf, whole); err != nil {
-		return err
-	}
-	im.digest = hex.EncodeToString(whole.Sum(nil))
-	return nil
+	return im.checkZero(pos, im.size, buf, whole)
 }
 
 var zeroPage [PageSize]byte
@@ -447,8 +439,15 @@ func entryPath(e *Entry) string {
 	return e.Path
 }
 
-// Digest returns the hex SHA-256 of the whole image file, computed when it was loaded.
-func (im *Image) Digest() string { return im.digest }
+// Digest returns the hex SHA-256 of the whole image file (what sha256sum prints for it). It
+// reads the file again, so Load does not pay for it; the file must not have changed.
+func (im *Image) Digest() (string, error) {
+	h := sha256.New()
+	if _, err := io.Copy(h, io.NewSectionReader(im.r, 0, im.size)); err != nil {
+		return "", fmt.Errorf("image digest: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
 
 // Size returns the size of the image file in bytes.
 func (im *Image) Size() int64 { return im.size }

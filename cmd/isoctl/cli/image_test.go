@@ -54,8 +54,12 @@ func TestImageBuildAndLs(t *testing.T) {
 		t.Fatalf("unexpected summary %q", &stdout)
 	}
 	fi, _ := os.Stat(out)
-	if m[1] != strconv.Itoa(im.Len()) || m[2] != strconv.Itoa(int(fi.Size())) || m[3] != im.Digest() {
-		t.Errorf("summary %q does not match the image: %d entries, %d bytes, %s", &stdout, im.Len(), fi.Size(), im.Digest())
+	digest, err := im.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m[1] != strconv.Itoa(im.Len()) || m[2] != strconv.Itoa(int(fi.Size())) || m[3] != digest {
+		t.Errorf("summary %q does not match the image: %d entries, %d bytes, %s", &stdout, im.Len(), fi.Size(), digest)
 	}
 
 	stdout.Reset()
