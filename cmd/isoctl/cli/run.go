@@ -18,6 +18,7 @@ import (
 	"github.com/isolator-dev/isolator/pkg/api"
 	"github.com/isolator-dev/isolator/pkg/broker"
 	"github.com/isolator-dev/isolator/pkg/image"
+	"github.com/isolator-dev/isolator/pkg/kvmhv"
 	"github.com/isolator-dev/isolator/pkg/microvm"
 )
 
@@ -56,12 +57,31 @@ The exit code is the program's (128+N when it was killed by signal N, 124 on tim
 }
 
 func (o *runOptions) run(cmd *cobra.Command, args []string) error {
-	im, err := image.Open(o.image)
-	if err != nil {
-		return fmt.Errorf("open image: %w", err)
+	// Opening /dev/kvm probes the host with a VM of its own; it overlaps with reading and
+	// checking the image.
+	type opened struct {
+		sys *kvmhv.System
+		err error
+	}
+	kvm := make(chan opened, 1)
+	go func() {
+		sys, err := kvmhv.Open()
+		kvm <- opened{sys, err}
+	}()
+	im, imErr := image.Open(o.image)
+	k := <-kvm
+	if k.err == nil {
+		defer k.sys.Close()
+	}
+	if imErr != nil {
+		return fmt.Errorf("open image: %w", imErr)
 	}
 	defer im.Close()
+	if k.err != nil {
+		return k.err
+	}
 	cfg := microvm.Config{
+		KVM:     k.sys,
 		Image:   im,
 		Program: args[0],
 		Args:    args,
