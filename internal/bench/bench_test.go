@@ -269,7 +269,9 @@ func TestGetpidProgram(t *testing.T) {
 		}
 		return res.Stats.Syscalls["getpid"]
 	}
-	if zero, many := calls(0), calls(300); many-zero != 300 {
-		t.Errorf("getpid calls served: %d at N=0, %d at N=300; want a difference of 300", zero, many)
+	// The Go runtime calls getpid itself to send a preemption signal (tgkill) to a
+	// goroutine that runs long, which the loop may: allow a few of those.
+	if zero, many := calls(0), calls(300); many-zero < 300 || many-zero > 310 {
+		t.Errorf("getpid calls served: %d at N=0, %d at N=300; want a difference of 300 (up to 310)", zero, many)
 	}
 }

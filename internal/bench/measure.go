@@ -24,6 +24,7 @@ type sample struct {
 	exits    uint64        // VM exits of all kinds
 	syscalls uint64        // system calls served by the VMM
 	vmWall   time.Duration // the micro VM's own wall time, creation to teardown
+	pooled   bool          // the micro VM came ready-made from a microvm.Pool
 }
 
 // runner performs one run and times it.
@@ -37,6 +38,7 @@ type series struct {
 	exits, syscalls   uint64        // medians
 	vmWall            time.Duration // median
 	minExits, maxExit uint64
+	pooled            int // runs whose micro VM came ready-made from a pool
 }
 
 // quantile returns the q-quantile (0 < q <= 1) of sorted by the nearest-rank method.
@@ -58,6 +60,9 @@ func summarize(samples []sample) series {
 	for i, x := range samples {
 		walls[i], exits[i], calls[i], vmWalls[i] = x.wall, x.exits, x.syscalls, x.vmWall
 		s.counted = x.counted
+		if x.pooled {
+			s.pooled++
+		}
 	}
 	slices.Sort(walls)
 	slices.Sort(exits)
