@@ -13,7 +13,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
-	"runtime"
 	"slices"
 	"sort"
 	"strconv"
@@ -66,11 +65,11 @@ func TestInstallUninstall(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Build into a private BIN, so the test leaves the work tree's bin/ alone; the same go
-	// that runs the test builds.
+	// that runs the test builds (go test puts its GOROOT/bin first on PATH).
 	bin := filepath.Join(t.TempDir(), "bin")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if _, err := os.Stat(goBin); err != nil {
-		goBin = "go"
+	goBin, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go is not on PATH: %v", err)
 	}
 	mk := func(args ...string) {
 		t.Helper()
