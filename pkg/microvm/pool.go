@@ -152,8 +152,6 @@ func (p *Pool) Close() error {
 // vCPU created on a locked OS thread that waits for the program's first thread.
 type shell struct {
 	hv    *kvmhv.VM
-	vcpu  *kvmhv.VCPU
-	tid   int                    // the parked OS thread
 	start chan func(*kvmhv.VCPU) // the parked thread runs what it receives, then exits
 	done  chan struct{}          // closed when the parked goroutine has returned
 }
@@ -175,7 +173,6 @@ func newShell(sys *kvmhv.System, memory int64, maxVCPUs int) (*shell, error) {
 			ready <- err
 			return
 		}
-		sh.vcpu = v
 		ready <- nil
 		if fn, ok := <-sh.start; ok {
 			fn(v)
