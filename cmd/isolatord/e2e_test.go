@@ -210,6 +210,33 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
+// spin starts, as root through the client package, a task whose script loops forever
+// (file rel under the test root) and returns its ID once it runs, with the client that
+// holds its stream open; the caller closes the client.
+func (e *env) spin(t testing.TB, rel string) (string, *client.Client) {
+	t.Helper()
+	c, err := client.Dial(e.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := make(chan string, 1)
+	go c.Open(context.Background(), api.OpenRequest{Path: e.file(rel, "while true; do :; done\n", 0o644)},
+		func(ev api.Event) error {
+			if ev.Type == api.EventState && ev.Task.State == api.StateRunning {
+				running <- ev.Task.ID
+			}
+			return nil
+		})
+	select {
+	case id := <-running:
+		return id, c
+	case <-time.After(30 * time.Second):
+		c.Close()
+		t.Fatalf("the task of %s did not start", rel)
+		return "", nil
+	}
+}
+
 func (e *env) file(rel, content string, mode os.FileMode) string {
 	e.t.Helper()
 	p := filepath.Join(e.root, rel)
@@ -392,25 +419,8 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("second user", func(t *testing.T) {
 		const nobody = 65534
 		// Root's task, still running, and finished ones.
-		loop := e.file("untrusted/loop.sh", "while true; do :; done\n", 0o644)
-		c, err := client.Dial(e.socket)
-		if err != nil {
-			t.Fatal(err)
-		}
+		id, c := e.spin(t, "untrusted/loop.sh")
 		defer c.Close()
-		running := make(chan string, 1)
-		go c.Open(context.Background(), api.OpenRequest{Path: loop}, func(ev api.Event) error {
-			if ev.Type == api.EventState && ev.Task.State == api.StateRunning {
-				running <- ev.Task.ID
-			}
-			return nil
-		})
-		var id string
-		select {
-		case id = <-running:
-		case <-time.After(30 * time.Second):
-			t.Fatal("root's task did not start")
-		}
 		out, _, code := e.isoctl(nobody, "ps", "--all", "--json")
 		var tasks []api.Task
 		if err := json.Unmarshal([]byte(out), &tasks); code != 0 || err != nil || len(tasks) != 0 {
@@ -484,25 +494,8 @@ func TestEndToEnd(t *testing.T) {
 	})
 
 	t.Run("results of a running task", func(t *testing.T) {
-		c, err := client.Dial(e.socket)
-		if err != nil {
-			t.Fatal(err)
-		}
+		id, c := e.spin(t, "untrusted/busy.sh")
 		defer c.Close()
-		running := make(chan string, 1)
-		go c.Open(context.Background(), api.OpenRequest{Path: e.file("untrusted/busy.sh", "while true; do :; done\n", 0o644)},
-			func(ev api.Event) error {
-				if ev.Type == api.EventState && ev.Task.State == api.StateRunning {
-					running <- ev.Task.ID
-				}
-				return nil
-			})
-		var id string
-		select {
-		case id = <-running:
-		case <-time.After(30 * time.Second):
-			t.Fatal("task did not start")
-		}
 		out, errOut, code := e.isoctl(-1, "results", "--dir", filepath.Join(e.root, "early"), id)
 		want := "isoctl: task " + id + " is still running; it has no results yet: wait for it with isoctl logs -f " + id +
 			", then run isoctl results " + id + " again\n"
@@ -562,24 +555,7 @@ func TestRestartKeepsHistory(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("first open: exit %d", code)
 	}
-	c, err := client.Dial(e.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
-	running := make(chan string, 1)
-	go c.Open(context.Background(), api.OpenRequest{Path: e.file("untrusted/spin.sh", "while true; do :; done\n", 0o644)},
-		func(ev api.Event) error {
-			if ev.Type == api.EventState && ev.Task.State == api.StateRunning {
-				running <- ev.Task.ID
-			}
-			return nil
-		})
-	var spin string
-	select {
-	case spin = <-running:
-	case <-time.After(30 * time.Second):
-		t.Fatal("task did not start")
-	}
+	spin, c := e.spin(t, "untrusted/spin.sh")
 	// The daemon dies hard in the middle of the task.
 	e.stop(syscall.SIGKILL)
 	c.Close()
@@ -767,25 +743,8 @@ func TestAdminGroup(t *testing.T) {
 		t.Errorf("the ready line does not name the administrators:\n%s", e.logs())
 	}
 	admin := []uint32{gid}
-	c, err := client.Dial(e.socket)
-	if err != nil {
-		t.Fatal(err)
-	}
+	id, c := e.spin(t, "untrusted/spin.sh")
 	defer c.Close()
-	running := make(chan string, 1)
-	go c.Open(context.Background(), api.OpenRequest{Path: e.file("untrusted/spin.sh", "while true; do :; done\n", 0o644)},
-		func(ev api.Event) error {
-			if ev.Type == api.EventState && ev.Task.State == api.StateRunning {
-				running <- ev.Task.ID
-			}
-			return nil
-		})
-	var id string
-	select {
-	case id = <-running:
-	case <-time.After(30 * time.Second):
-		t.Fatal("root's task did not start")
-	}
 
 	out, _, code := e.isoctl(nobody, "status")
 	for _, want := range []string{"micro VMs:  0 of yours running (limit 4 for everyone)\n",

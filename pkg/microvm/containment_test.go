@@ -131,16 +131,23 @@ func TestContainment(t *testing.T) {
 			}
 		})
 	}
-	// Nothing left behind: goroutines and descriptors return to where they were.
+	checkNothingLeft(t, baseGoroutines, baseFDs)
+}
+
+// checkNothingLeft checks that goroutines and descriptors came back to where they were
+// (given by runtime.NumGoroutine and countFDs before), waiting a little for goroutines
+// that are on their way out.
+func checkNothingLeft(t *testing.T, baseGoroutines, baseFDs int) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > baseGoroutines && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if g := runtime.NumGoroutine(); g > baseGoroutines {
-		t.Errorf("%d goroutines after the runs, %d before", g, baseGoroutines)
+		t.Errorf("%d goroutines left, %d before", g, baseGoroutines)
 	}
 	if n := countFDs(t); n > baseFDs {
-		t.Errorf("%d open descriptors after the runs, %d before", n, baseFDs)
+		t.Errorf("%d open descriptors left, %d before", n, baseFDs)
 	}
 }
 

@@ -98,16 +98,7 @@ func TestPool(t *testing.T) {
 		t.Error("second Close succeeded")
 	}
 	// Nothing left behind: the ready VMs, their parked threads and the VMs handed back.
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > baseGoroutines && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if g := runtime.NumGoroutine(); g > baseGoroutines {
-		t.Errorf("%d goroutines after Close, %d before", g, baseGoroutines)
-	}
-	if n := countFDs(t); n > baseFDs {
-		t.Errorf("%d open descriptors after Close, %d before", n, baseFDs)
-	}
+	checkNothingLeft(t, baseGoroutines, baseFDs)
 }
 
 // TestPoolTimeout checks that the time limit ends a program in a pooled VM.
