@@ -251,7 +251,7 @@ func TestOpenErrors(t *testing.T) {
 	}{
 		{"relative/path", api.CodeBadRequest},
 		{filepath.Join(dir, "missing"), api.CodeNotFound},
-		{dir, api.CodeInternal}, // a directory is not a regular file
+		{dir, api.CodeBadRequest}, // a directory is not a regular file
 	} {
 		_, err := openAll(in.c, tt.path)
 		var ae *api.Error

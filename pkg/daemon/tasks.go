@@ -56,7 +56,7 @@ func openAsPeer(p *Peer, path string) (*opened, error) {
 			return &os.PathError{Op: "stat", Path: path, Err: err}
 		}
 		if o.st.Mode&unix.S_IFMT != unix.S_IFREG {
-			return fmt.Errorf("%s is not a regular file", path)
+			return fmt.Errorf("%w: %s is not a regular file: only regular files can be opened in a micro VM", errBadRequest, path)
 		}
 		o.origin, o.referrer, _ = policy.ReadOriginFile(o.f) // none recorded, or unreadable: no origin
 		return nil
