@@ -83,7 +83,9 @@ var DefaultImages = map[string][]string{
 // the handlers that need it then fail with a clear error. Other images of dir in the old
 // format are reported, not rebuilt: nothing says what they were built from.
 func EnsureImages(dir string, want map[string][]string, log *slog.Logger) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	// The images are the daemon's own (like the rest of the state directory, in which
+	// the image directory usually is): 0700.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("image dir: %w", err)
 	}
 	names := make([]string, 0, len(want))

@@ -309,6 +309,11 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 	if err != nil {
 		return err
 	}
+	// The state directory first, so that nothing made inside it (the images) creates it
+	// with other permissions.
+	if err := os.MkdirAll(o.stateDir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
 	images := NewImages(o.imageDir)
 	if !o.noBuildImages {
 		if err := EnsureImages(o.imageDir, DefaultImages, log); err != nil {
