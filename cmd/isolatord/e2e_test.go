@@ -426,13 +426,13 @@ func TestEndToEnd(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &tasks); code != 0 || err != nil || len(tasks) != 0 {
 			t.Errorf("nobody's ps --all: exit %d, %q, %v", code, out, err)
 		}
-		for _, args := range [][]string{{"kill", id}, {"logs", id}} {
+		for _, args := range [][]string{{"kill", id}, {"logs", id}, {"results", "--dir", filepath.Join(e.root, "nobody-results"), id}} {
 			_, errOut, code := e.isoctl(nobody, args...)
 			if code == 0 || !strings.Contains(errOut, "no such task") {
 				t.Errorf("nobody's %v: exit %d, %q", args, code, errOut)
 			}
 		}
-		// Results over the API are refused the same way.
+		// nobody's kill did not touch root's task.
 		if st, err := c.Task(context.Background(), id); err != nil || st.State != api.StateRunning {
 			t.Errorf("root's task after nobody's kill: %+v, %v", st, err)
 		}
