@@ -162,7 +162,16 @@ func (as *addressSpace) zeroFileFrames(fr []uint64) {
 				continue
 			}
 		}
-		clear(as.mem.mem[gpa : gpa+length])
+		if guarded(func() { clear(as.mem.mem[gpa : gpa+length]) }) != nil {
+			// The file no longer backs these frames (it shrank): they cannot be written,
+			// so replace them with anonymous memory whatever the bound on host mappings.
+			if as.mem.mapAnon(gpa, length) == nil {
+				as.hostMaps++
+				for k := i; k < j; k++ {
+					as.fileBacked.clear(fr[k] / pageSize)
+				}
+			}
+		}
 		i = j
 	}
 }

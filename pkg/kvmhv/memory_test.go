@@ -324,3 +324,35 @@ func hostMappings(t *testing.T) int {
 	must(t, err)
 	return bytes.Count(b, []byte("\n"))
 }
+
+// TestTruncatedFileDoesNotCrashTheVMM maps a file, truncates it under the VM (an image
+// file must never change in place, but a mistake must not take the VMM down) and checks
+// that the VMM's accesses to the pages it no longer backs fail with ErrFault and
+// ErrBackingLost instead of killing the process with SIGBUS, and that freeing those
+// frames still works.
+func TestTruncatedFileDoesNotCrashTheVMM(t *testing.T) {
+	const fileVA = 0x10000000
+	f, data := testFile(t, 4*pageSize)
+	vm := newTestVM(t, nil)
+	must(t, vm.MapFile(fileVA, 4*pageSize, ProtRead|ProtWrite, f, 0))
+	buf := make([]byte, 16)
+	if _, err := vm.ReadAt(buf, fileVA+2*pageSize); err != nil || !bytes.Equal(buf, data[2*pageSize:2*pageSize+16]) {
+		t.Fatalf("read before the truncation: %v", err)
+	}
+	must(t, os.Truncate(f.Name(), pageSize))
+	for _, access := range []struct {
+		name string
+		do   func() error
+	}{
+		{"read", func() error { _, err := vm.ReadAt(buf, fileVA+3*pageSize); return err }},
+		{"write", func() error { _, err := vm.WriteAt(buf, fileVA+3*pageSize); return err }},
+	} {
+		if err := access.do(); !errors.Is(err, ErrFault) || !errors.Is(err, ErrBackingLost) {
+			t.Errorf("%s of a page past the new end of the file: %v, want ErrFault and ErrBackingLost", access.name, err)
+		}
+	}
+	if _, err := vm.ReadAt(buf, fileVA); err != nil {
+		t.Errorf("read of the page the file still backs: %v", err)
+	}
+	must(t, vm.Unmap(fileVA, 4*pageSize))
+}

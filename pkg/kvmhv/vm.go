@@ -268,10 +268,15 @@ func (vm *VM) access(va uint64, buf []byte, write, force bool) (int, error) {
 			return done, fmt.Errorf("%w: %#x", ErrFault, a)
 		}
 		n := min(int(pageSize-a%pageSize), len(buf)-done)
-		if write {
-			copy(vm.mem.mem[gpa:gpa+uint64(n)], buf[done:done+n])
-		} else {
-			copy(buf[done:done+n], vm.mem.mem[gpa:gpa+uint64(n)])
+		page, part := vm.mem.mem[gpa:gpa+uint64(n)], buf[done:done+n]
+		if err := guarded(func() {
+			if write {
+				copy(page, part)
+			} else {
+				copy(part, page)
+			}
+		}); err != nil {
+			return done, fmt.Errorf("%w: %#x: %w", ErrFault, a, err)
 		}
 		done += n
 	}
