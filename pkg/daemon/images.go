@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 
 	"github.com/isolator-dev/isolator/pkg/image"
 )
@@ -41,12 +42,35 @@ func (im *Images) Get(name string) (*image.Image, error) {
 	if img, ok := im.open[name]; ok {
 		return img, nil
 	}
-	img, err := image.Open(filepath.Join(im.dir, name+".img"))
+	path := filepath.Join(im.dir, name+".img")
+	if err := checkImageFile(path); err != nil {
+		return nil, fmt.Errorf("guest image %q: %w", name, err)
+	}
+	img, err := image.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("guest image %q: %w", name, err)
 	}
 	im.open[name] = img
 	return img, nil
+}
+
+// checkImageFile refuses an image file that someone other than the daemon's user could
+// change: micro VMs map its pages, so it must never change while in use (docs/IMAGE.md).
+func checkImageFile(path string) error {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return err
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	switch {
+	case !fi.Mode().IsRegular():
+		return fmt.Errorf("%s is not a regular file", path)
+	case !ok || int(st.Uid) != os.Geteuid():
+		return fmt.Errorf("%s is not owned by uid %d, the daemon's user: images must be the daemon's own", path, os.Geteuid())
+	case fi.Mode().Perm()&0o022 != 0:
+		return fmt.Errorf("%s is writable by others (mode %04o): micro VMs map its pages, so only the daemon's user may write it", path, fi.Mode().Perm())
+	}
+	return nil
 }
 
 // Names lists the images in the directory.
