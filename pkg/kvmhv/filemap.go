@@ -50,8 +50,9 @@ func (b bitmap) clear(i uint64) {
 // (mmap MAP_PRIVATE|MAP_FIXED over them, one call per run of contiguous frames), which KVM
 // follows through its MMU notifier. Past maxHostMaps such calls the bytes are read in. f
 // must not change while the VM exists: pages the guest has not written still show f's
-// current bytes, and a page beyond the end of a truncated f faults for the guest and for
-// the VMM (SIGBUS) alike. An image file is immutable, which is what this is for.
+// current bytes, and a page beyond the end of a truncated f faults for the guest (KVM_RUN
+// fails) and for the VMM, whose ReadAt, WriteAt and Poke then fail with ErrFault and
+// ErrBackingLost. An image file is immutable, which is what this is for.
 func (vm *VM) MapFile(va, length uint64, prot Prot, f *os.File, off int64) error {
 	if err := checkRange(va, length); err != nil {
 		return err
