@@ -14,10 +14,12 @@
 // On VT-x/AMD-V, `syscall` at CPL3 enters CPL0 at MSR_LSTAR, where the supervisor's entry
 // stub executes `out` to a hypercall port (an exit to the VMM) and then `sysretq`. On the
 // nested kvm_pvm hosts Isolator is also built on, `syscall` jumps to MSR_LSTAR but stays at
-// CPL3, and `out` at CPL3 exits to the VMM instead of raising #GP. The stub page is
-// therefore mapped user-executable and the VMM completes the call itself (RIP from RCX,
-// RFLAGS from R11) when the probe run once by Open finds the second behaviour. Both paths
-// share the same exit: ExitSyscall.
+// CPL3, and `out` at CPL3 exits to the VMM instead of raising #GP. There the stub page is
+// mapped user-executable (read-only) and the VMM completes the call itself (RIP from RCX,
+// RFLAGS from R11); on VT-x/AMD-V it is supervisor-only. Open tells the two apart once, by
+// running `syscall` in a VM whose stub page is supervisor-only: the stub's hypercall on
+// VT-x, a user-mode page fault at MSR_LSTAR on kvm_pvm. Both paths share the same exit:
+// ExitSyscall.
 //
 // unsafe is confined to files named *_unsafe.go.
 package kvmhv

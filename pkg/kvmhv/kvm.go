@@ -12,6 +12,10 @@ import (
 // ErrNoKVM means /dev/kvm is missing or cannot be opened.
 var ErrNoKVM = errors.New("kvm unavailable")
 
+// ErrUnsupportedHost means the host's KVM delivers guest system calls in a way this
+// package does not know.
+var ErrUnsupportedHost = errors.New("unsupported KVM host")
+
 // SyscallMode says how the host delivers a guest `syscall` executed at CPL3.
 type SyscallMode int
 

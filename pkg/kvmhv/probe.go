@@ -5,8 +5,11 @@ import (
 	"runtime"
 )
 
-// probeSyscall runs a one-instruction guest (`syscall`) once and looks at the privilege
-// level at which the supervisor's hypercall arrives: CPL0 on VT-x/AMD-V, CPL3 on kvm_pvm.
+// probeSyscall runs a one-instruction guest (`syscall`) once and sees where the call
+// arrives. The probe VM is made before the mode is known, so its supervisor code page is
+// mapped for CPL0 only. On VT-x/AMD-V `syscall` enters CPL0 at MSR_LSTAR and the syscall
+// stub's hypercall exits to the VMM. On kvm_pvm it jumps to MSR_LSTAR but stays at CPL3, so
+// fetching the stub faults with a user-mode page fault at exactly that address.
 func (s *System) probeSyscall() (SyscallMode, error) {
 	vm, err := s.NewVM(Config{Memory: 1 << 20, MaxVCPUs: 1})
 	if err != nil {
@@ -39,25 +42,26 @@ func (s *System) probeSyscall() (SyscallMode, error) {
 			ch <- result{err: err}
 			return
 		}
-		if exit.Kind != ExitSyscall {
-			ch <- result{err: fmt.Errorf("probe guest exited with %v (%s) vector %d err %#x addr %#x rip %#x, want a syscall", exit.Kind, exit.Reason, exit.Vector, exit.ErrorCode, exit.Address, v.Regs.RIP)}
-			return
-		}
-		var sr sregs
-		if err := ioctlPtr(v.fd, kvmGetSregs, &sr); err != nil {
-			ch <- result{err: fmt.Errorf("KVM_GET_SREGS: %w", err)}
-			return
-		}
-		ch <- result{mode: modeFromCS(sr.CS.Selector)}
+		mode, err := modeFromExit(exit, v.Regs)
+		ch <- result{mode, err}
 	}()
 	r := <-ch
 	return r.mode, r.err
 }
 
-// modeFromCS interprets the code segment selector at the syscall hypercall.
-func modeFromCS(cs uint16) SyscallMode {
-	if cs&3 == 3 {
-		return SyscallStaysCPL3
+// modeFromExit interprets the exit of the probe guest and its registers.
+func modeFromExit(exit Exit, regs Regs) (SyscallMode, error) {
+	stub := SupervisorBase + codeGPA
+	switch {
+	case exit.Kind == ExitSyscall && regs.RIP == stub+syscallExitOffset:
+		return SyscallEntersCPL0, nil
+	case exit.Kind == ExitException && exit.Vector == VectorPageFault && exit.Address == stub &&
+		regs.RIP == stub && exit.ErrorCode&pfUser != 0:
+		return SyscallStaysCPL3, nil
 	}
-	return SyscallEntersCPL0
+	return 0, fmt.Errorf("%w: the probe guest's syscall ended in %v (%s), vector %d, error %#x, address %#x, rip %#x",
+		ErrUnsupportedHost, exit.Kind, exit.Reason, exit.Vector, exit.ErrorCode, exit.Address, regs.RIP)
 }
+
+// pfUser is the page-fault error code bit for an access made at CPL3.
+const pfUser = 1 << 2

@@ -4,8 +4,8 @@ import "encoding/binary"
 
 // Guest-physical layout of the supervisor area, at the bottom of guest memory. Everything
 // here is mapped at SupervisorBase+gpa with U/S=0 (the guest program can never touch it),
-// except the code page, which is mapped user-executable and read-only because on kvm_pvm
-// the syscall entry stub runs at CPL3 (see the package comment).
+// except, on kvm_pvm, the code page, which is mapped user-executable and read-only there
+// because the syscall entry stub runs at CPL3 (see the package comment).
 const (
 	gdtGPA      = 0x1000 // GDT: fixed descriptors, then one TSS descriptor per vCPU
 	idtGPA      = 0x2000 // IDT: 32 exception gates

@@ -1,6 +1,8 @@
 package kvmhv
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -69,22 +71,95 @@ func TestIDTPointsAtStubs(t *testing.T) {
 	}
 }
 
-// TestSyscallReturnBothModes covers the two ways a syscall is completed with register
-// states recorded at the hypercall: the CPL0 branch cannot run on kvm_pvm hosts.
+// TestSyscallReturnBothModes covers how a completed system call returns on both kinds of
+// host, with register states recorded at the syscall stub's hypercall after `syscall` at
+// 0x401000 (RCX = next RIP, R11 = RFLAGS). The VT-x/AMD-V branches cannot run on the
+// kvm_pvm hosts the tests run on.
 func TestSyscallReturnBothModes(t *testing.T) {
-	if modeFromCS(kernelCS) != SyscallEntersCPL0 || modeFromCS(userCS) != SyscallStaysCPL3 {
-		t.Fatal("modeFromCS misclassifies selectors")
-	}
-	// Recorded at the hypercall after `syscall` at 0x401000 (RCX = next RIP, R11 = RFLAGS).
-	r := Regs{RAX: 39, RCX: 0x401002, R11: 0x246 | 0x3000 | 0x100, RIP: SupervisorBase + codeGPA + 2, RFLAGS: 0x2}
-	userReturn(&r)
-	if r.RIP != 0x401002 {
-		t.Errorf("RIP %#x, want %#x", r.RIP, 0x401002)
-	}
-	if r.RFLAGS&0x3000 != 0 || r.RFLAGS&0x100 != 0 || r.RFLAGS&0x200 == 0 || r.RFLAGS&0x46 != 0x46 {
-		t.Errorf("RFLAGS %#x: want IOPL and TF cleared, IF set, ZF/PF kept", r.RFLAGS)
+	stub := SupervisorBase + codeGPA + syscallExitOffset
+	recorded := Regs{RAX: 39, RCX: 0x401002, R11: 0x246 | 0x3000 | 0x100, RIP: stub, RFLAGS: 0x2}
+	for _, c := range []struct {
+		name        string
+		mode        SyscallMode
+		sregsNeeded bool
+		wantRIP     uint64
+		wantSregs   bool
+	}{
+		{"VT-x: the stub's sysretq returns", SyscallEntersCPL0, false, stub, false},
+		{"VT-x with new system registers: the VMM returns", SyscallEntersCPL0, true, 0x401002, true},
+		{"kvm_pvm: the VMM returns", SyscallStaysCPL3, false, 0x401002, false},
+		{"kvm_pvm with new system registers", SyscallStaysCPL3, true, 0x401002, true},
+	} {
+		r := recorded
+		r.RAX = 1234 // the result
+		writeSregs := finishSyscall(c.mode, &r, c.sregsNeeded)
+		if r.RIP != c.wantRIP || writeSregs != c.wantSregs || r.RAX != 1234 {
+			t.Errorf("%s: RIP %#x, write sregs %v, RAX %d; want RIP %#x, write sregs %v, RAX 1234",
+				c.name, r.RIP, writeSregs, r.RAX, c.wantRIP, c.wantSregs)
+		}
+		if r.RIP == 0x401002 && (r.RFLAGS&0x3000 != 0 || r.RFLAGS&0x100 != 0 || r.RFLAGS&0x200 == 0 || r.RFLAGS&0x46 != 0x46) {
+			t.Errorf("%s: RFLAGS %#x: want IOPL and TF cleared, IF set, ZF/PF kept", c.name, r.RFLAGS)
+		}
+		if r.RIP == stub && r.RFLAGS != recorded.RFLAGS {
+			t.Errorf("%s: RFLAGS changed to %#x although the stub returns", c.name, r.RFLAGS)
+		}
 	}
 	if canonical(0x8000_0000_0000_0000) || !canonical(0x7fff_ffff_f000) {
 		t.Error("canonical misjudges addresses")
+	}
+}
+
+// TestModeFromExit checks how the probe's outcome is read on both kinds of host.
+func TestModeFromExit(t *testing.T) {
+	stub := SupervisorBase + codeGPA
+	for _, c := range []struct {
+		name string
+		exit Exit
+		rip  uint64
+		want SyscallMode
+		err  error
+	}{
+		{"VT-x: the stub's hypercall", Exit{Kind: ExitSyscall}, stub + syscallExitOffset, SyscallEntersCPL0, nil},
+		{"kvm_pvm: user fetch of the stub", Exit{Kind: ExitException, Vector: VectorPageFault, ErrorCode: 0x15, Address: stub}, stub, SyscallStaysCPL3, nil},
+		{"supervisor fault", Exit{Kind: ExitException, Vector: VectorPageFault, ErrorCode: 0x11, Address: stub}, stub, 0, ErrUnsupportedHost},
+		{"#UD at the syscall", Exit{Kind: ExitException, Vector: VectorInvalidOp}, 0x10000, 0, ErrUnsupportedHost},
+		{"fault elsewhere", Exit{Kind: ExitException, Vector: VectorPageFault, ErrorCode: 0x15, Address: 0x1000}, 0x1000, 0, ErrUnsupportedHost},
+	} {
+		got, err := modeFromExit(c.exit, Regs{RIP: c.rip})
+		if got != c.want || !errors.Is(err, c.err) {
+			t.Errorf("%s: %v, %v; want %v, %v", c.name, got, err, c.want, c.err)
+		}
+	}
+}
+
+// recordedVCPU is a vCPU that never ran, on a host with the given syscall mode, with Regs
+// and an I/O exit in its run area as KVM reported them once on such a host.
+func recordedVCPU(mode SyscallMode, regs Regs, port uint16) *VCPU {
+	run := &runArea{mem: make([]byte, pageSize)}
+	binary.LittleEndian.PutUint32(run.mem[8:], exitIO)
+	binary.LittleEndian.PutUint16(run.mem[32+2:], port)
+	return &VCPU{vm: &VM{sys: &System{mode: mode}}, run: run, Regs: regs}
+}
+
+// TestDecodeRecorded decodes exits recorded on VT-x: the syscall stub's hypercall at CPL0
+// is a system call, and the same ports used from anywhere else are stray port I/O.
+func TestDecodeRecorded(t *testing.T) {
+	stub := SupervisorBase + codeGPA
+	for _, c := range []struct {
+		name string
+		rip  uint64
+		port uint16
+		want ExitKind
+	}{
+		{"the stub's hypercall", stub + syscallExitOffset, portSyscall, ExitSyscall},
+		{"the hypercall port from the program", 0x401002, portSyscall, ExitPortIO},
+		{"an exception port from the program", 0x401002, portException + VectorInvalidOp, ExitPortIO},
+		{"another port from the stub page", stub + syscallExitOffset, 0x42, ExitPortIO},
+	} {
+		v := recordedVCPU(SyscallEntersCPL0, Regs{RAX: 39, RCX: 0x401002, RIP: c.rip}, c.port)
+		exit, again, err := v.decode()
+		if err != nil || again || exit.Kind != c.want {
+			t.Errorf("%s: %v (again %v, err %v), want %v", c.name, exit.Kind, again, err, c.want)
+		}
 	}
 }

@@ -241,6 +241,28 @@ func userReturn(r *Regs) {
 	r.RFLAGS = r.R11&0x3C7FD7&^0x3100 | 0x202
 }
 
+// finishSyscall prepares the registers of a vCPU stopped at the syscall stub's hypercall
+// for the return of a call the VMM completed, and reports whether the system registers
+// must be written before it runs again. sregsNeeded says they must be anyway (a new FS
+// base, a TLB flush).
+//
+// Where `syscall` stays at CPL3 (kvm_pvm) the vCPU is at CPL3 in the stub, so the VMM does
+// what sysretq would: RIP from RCX, RFLAGS from R11. Where it enters CPL0 (VT-x/AMD-V) the
+// stub's own sysretq returns, unless the system registers must be rewritten: writing them
+// with the program's CPL3 segments would leave the vCPU at CPL3 in the stub, so then the
+// VMM finishes the return itself and enters the program directly.
+func finishSyscall(mode SyscallMode, r *Regs, sregsNeeded bool) (writeSregs bool) {
+	switch {
+	case mode == SyscallStaysCPL3:
+		userReturn(r)
+		return sregsNeeded
+	case sregsNeeded:
+		userReturn(r)
+		return true
+	}
+	return false // RIP stays at the stub's sysretq
+}
+
 // canonical reports whether a is a canonical user address sysretq may return to.
 func canonical(a uint64) bool { return a < UserLimit }
 
@@ -255,17 +277,7 @@ func (v *VCPU) Run() (Exit, error) {
 			if !canonical(v.Regs.RCX) {
 				return Exit{Kind: ExitException, Vector: VectorGP}, nil
 			}
-			switch {
-			case v.vm.sys.mode == SyscallStaysCPL3:
-				// The vCPU is at CPL3 in the stub: the VMM finishes the call.
-				userReturn(&v.Regs)
-			case v.sregsDirty || v.flushedGen.Load() < v.vm.tlbGen.Load():
-				// The stub's sysretq finishes the call on VT-x unless system registers
-				// must be rewritten, which would leave it at CPL3 in the stub: then the
-				// VMM finishes it and enters user mode directly.
-				userReturn(&v.Regs)
-				v.sregsDirty = true
-			}
+			v.sregsDirty = finishSyscall(v.vm.sys.mode, &v.Regs, v.sregsDirty || v.flushedGen.Load() < v.vm.tlbGen.Load())
 		}
 		v.inGuest.Store(true)
 		if g := v.vm.tlbGen.Load(); v.flushedGen.Load() < g {

@@ -104,8 +104,13 @@ func (vm *VM) init(slot, budget uint64) error {
 	return vm.mapSupervisor()
 }
 
-// mapSupervisor maps the supervisor area at SupervisorBase: U/S=0 except the code page.
+// mapSupervisor maps the supervisor area at SupervisorBase with U/S=0, except the code
+// page where `syscall` stays at CPL3 (kvm_pvm): there the syscall stub runs at CPL3, so
+// the page is user-executable and read-only. The probe's VM, made while the mode still
+// has its zero value, has it supervisor-only: that is how the probe tells the two kinds
+// of host apart.
 func (vm *VM) mapSupervisor() error {
+	userCode := vm.sys.mode == SyscallStaysCPL3
 	for p := uint64(1); p < supervisorPages; p++ {
 		gpa := p * pageSize
 		va := uint64(SupervisorBase) + gpa
@@ -115,7 +120,10 @@ func (vm *VM) mapSupervisor() error {
 		}
 		bits := uint64(ptePresent | pteWrite | pteNX)
 		if gpa == codeGPA {
-			bits = ptePresent | pteUser // read-only, executable, user: see package comment
+			bits = ptePresent // read-only, executable
+			if userCode {
+				bits |= pteUser
+			}
 		}
 		atomic.StoreUint64(e, gpa|bits)
 	}
