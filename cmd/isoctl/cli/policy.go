@@ -29,7 +29,8 @@ func newPolicyCmd() *cobra.Command {
 		Long: `Check, explain and show trust policies. A policy is the shipped defaults (embedded in
 isoctl and isolatord) with the *.yaml files of the policy directory (default ` + policy.DefaultDir + `)
 layered on top: a file with the same name as a shipped one replaces it. --no-defaults uses
-the directory alone. See docs/POLICY.md.`,
+the directory alone. A directory named on the command line must exist; the default one may
+be absent (the shipped defaults alone). See docs/POLICY.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
@@ -40,6 +41,7 @@ the directory alone. See docs/POLICY.md.`,
 // policySourceOptions say where a policy is loaded from.
 type policySourceOptions struct {
 	dir        string
+	explicit   bool // dir was named on the command line, so it must be a readable directory
 	noDefaults bool
 }
 
@@ -54,17 +56,39 @@ func (o *policySourceOptions) load() (*policy.Policy, error) {
 		srcs = append(srcs, policy.Source{FS: policies.FS(), Dir: ".", Label: policy.ShippedLabel})
 	}
 	fi, err := os.Stat(o.dir)
+	if err == nil && !fi.IsDir() {
+		return nil, fmt.Errorf("policy directory %s is not a directory", o.dir)
+	}
+	if err == nil {
+		err = readableDir(o.dir)
+	}
 	switch {
-	case err == nil && !fi.IsDir():
-		return nil, fmt.Errorf("%s is not a directory", o.dir)
 	case err == nil:
 		srcs = append(srcs, policy.Source{FS: os.DirFS(o.dir), Dir: ".", Label: o.dir})
-	case errors.Is(err, fs.ErrNotExist) && !o.noDefaults:
-		// No site policy: the shipped defaults alone.
+	case errors.Is(err, fs.ErrNotExist) && !o.explicit && !o.noDefaults:
+		// The default directory, absent on a fresh machine: the shipped defaults alone, as
+		// isolatord does. A directory named on the command line must exist.
 	default:
-		return nil, fmt.Errorf("policy directory: %w", err)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err // the path is in the message already
+		}
+		return nil, fmt.Errorf("policy directory %s: %w", o.dir, err)
 	}
 	return policy.LoadSources(srcs...)
+}
+
+// readableDir checks that the directory dir can be listed.
+func readableDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Readdirnames(1); err != nil && err != io.EOF {
+		return err
+	}
+	return nil
 }
 
 // printIssues writes every issue as file:line:col: message.
@@ -85,7 +109,7 @@ with every error listed as file:line:col: message otherwise.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.dir = policy.DefaultDir
 			if len(args) == 1 {
-				o.dir = args[0]
+				o.dir, o.explicit = args[0], true
 			}
 			return runPolicyCheck(cmd.OutOrStdout(), cmd.ErrOrStderr(), o)
 		},
@@ -126,7 +150,7 @@ and lists sorted, rules in evaluation order with the file:line each came from.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.dir = policy.DefaultDir
 			if len(args) == 1 {
-				o.dir = args[0]
+				o.dir, o.explicit = args[0], true
 			}
 			p, err := o.load()
 			var ve *policy.ValidationErrors
@@ -172,6 +196,7 @@ explanation. The requester defaults to the current user; the origin and referrer
 the file's user.xdg.origin.url / user.xdg.referrer.url (or user.isolator.*) xattrs.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			o.explicit = cmd.Flags().Changed("policy-dir")
 			return runPolicyExplain(cmd, o, args[0])
 		},
 	}

@@ -146,3 +146,42 @@ func TestPolicyShow(t *testing.T) {
 		t.Errorf("shown policy does not check: %s%s", out, errOut)
 	}
 }
+
+// TestPolicyExplicitDir: a policy directory named on the command line must be a readable
+// directory. A mistyped one is an error, not a silent check of the shipped defaults alone.
+func TestPolicyExplicitDir(t *testing.T) {
+	tmp := t.TempDir()
+	missing := filepath.Join(tmp, "nonexistent")
+	file := filepath.Join(tmp, "file.yaml")
+	os.WriteFile(file, []byte("rules: []\n"), 0o644)
+	dangling := filepath.Join(tmp, "dangling")
+	os.Symlink(filepath.Join(tmp, "gone"), dangling)
+	pdf := filepath.Join(tmp, "x.pdf")
+	os.WriteFile(pdf, []byte("%PDF-1.4\n"), 0o644)
+	for _, tc := range []struct {
+		dir, want string
+	}{
+		{missing, "policy directory " + missing + ": no such file or directory"},
+		{dangling, "policy directory " + dangling + ": no such file or directory"},
+		{file, "policy directory " + file + " is not a directory"},
+	} {
+		for _, args := range [][]string{
+			{"policy", "check", tc.dir},
+			{"policy", "show", tc.dir},
+			{"policy", "explain", "--policy-dir", tc.dir, pdf},
+			{"policy", "check", "--no-defaults", tc.dir},
+		} {
+			code, out, errOut := runCLI(t, args...)
+			if code != 1 || !strings.Contains(errOut, tc.want) || strings.Contains(out, "policy OK") || strings.Contains(out, "decision:") {
+				t.Errorf("%v: exit %d, want 1 with %q\nstdout: %s\nstderr: %s", args, code, tc.want, out, errOut)
+			}
+		}
+	}
+	// The default directory, not named, may be absent: isolatord then applies the shipped
+	// defaults alone, and so does isoctl.
+	if _, err := os.Stat(policy.DefaultDir); os.IsNotExist(err) {
+		if code, out, errOut := runCLI(t, "policy", "check"); code != 0 || !strings.Contains(out, "policy OK") {
+			t.Errorf("check without a directory, %s absent: exit %d\n%s%s", policy.DefaultDir, code, out, errOut)
+		}
+	}
+}
