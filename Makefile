@@ -9,14 +9,16 @@ PREFIX       ?= /usr/local
 DESTDIR      ?=
 STATICCHECK  := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages the tests and benchmarks run real programs from.
-APT_PACKAGES := busybox-static poppler-utils coreutils bubblewrap runsc strace attr
+# gcc and libc6-dev: the image builder's tests compile small programs with RPATH/RUNPATH.
+APT_PACKAGES := busybox-static poppler-utils coreutils bubblewrap runsc strace attr gcc libc6-dev
 TEST_TIMEOUT ?= 25m
 
 .DEFAULT_GOAL := help
 
 .PHONY: help
 help: ## Show this help.
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@if [ -t 1 ]; then on=$$'\033[36m' off=$$'\033[0m'; else on= off=; fi; \
+	awk -v on="$$on" -v off="$$off" 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %s%-12s%s %s\n", on, $$1, off, $$2}' $(MAKEFILE_LIST)
 
 .PHONY: deps
 deps: ## Install the Debian packages that tests, demo and benchmarks use (needs root).

@@ -94,11 +94,13 @@ func (im *Images) Forget() {
 	im.open = make(map[string]*image.Image)
 }
 
-// DefaultImages are the guest images the shipped policies use, built from host programs
-// when missing.
-var DefaultImages = map[string][]string{
-	"busybox":   {"/usr/bin/busybox"},
-	"documents": {"/usr/bin/pdftotext", "/usr/bin/pdftoppm", "/usr/bin/busybox"},
+// DefaultImages returns the guest images the shipped policies use, by name, with the host
+// programs each is built from when missing.
+func DefaultImages() map[string][]string {
+	return map[string][]string{
+		"busybox":   {"/usr/bin/busybox"},
+		"documents": {"/usr/bin/pdftotext", "/usr/bin/pdftoppm", "/usr/bin/busybox"},
+	}
 }
 
 // EnsureImages builds each image of want that is missing from dir, or is in the old image

@@ -316,7 +316,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 	}
 	images := NewImages(o.imageDir)
 	if !o.noBuildImages {
-		if err := EnsureImages(o.imageDir, DefaultImages, log); err != nil {
+		if err := EnsureImages(o.imageDir, DefaultImages(), log); err != nil {
 			log.Error("building default guest images", "err", err)
 		}
 	}
