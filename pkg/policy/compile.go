@@ -38,6 +38,7 @@ type rule struct {
 	match       []*cond
 	unless      []*cond
 	explain     string // start of every explanation: "isolate with handler h: rule r at f:12"
+	broken      bool   // the rule had errors (a condition did not compile): never analysed
 }
 
 // defaultAction is a compiled default decision.
@@ -66,6 +67,7 @@ func (d *defaultAction) explain(rule string) {
 
 type compiler struct {
 	issues   []Issue
+	errs     int // errors added by errAt, reported or not (past maxIssues)
 	files    []*policyFile
 	listData [][]byte
 
@@ -78,6 +80,7 @@ type compiler struct {
 }
 
 func (c *compiler) errAt(file string, line, col int, format string, args ...any) {
+	c.errs++
 	if len(c.issues) < maxIssues {
 		c.issues = append(c.issues, Issue{File: file, Line: line, Col: col, Msg: fmt.Sprintf(format, args...)})
 	}
@@ -184,13 +187,19 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 	}
 	c.shadowing(p.rules)
 
+	// A file with errors in its rules or defaults may have lost the reference that uses a
+	// handler or list: do not guess.
+	refsLost := false
+	for _, rf := range raws {
+		refsLost = refsLost || rf.refsLost
+	}
 	for name, h := range c.handlers {
-		if !c.usedHandler[name] {
+		if !c.usedHandler[name] && !refsLost {
 			c.warnAt(h.File, h.Line, c.handlerPos[name].col, "handler %q is not used by any rule or default", name)
 		}
 	}
 	for name, l := range c.lists {
-		if !c.usedList[name] {
+		if !c.usedList[name] && !refsLost {
 			c.warnAt(l.file, l.line, 1, "list %q is not used by any rule", name)
 		}
 	}
@@ -364,6 +373,7 @@ func fsValidPath(p string) bool {
 func (c *compiler) rule(rf *rawFile, rr *rawRule) *rule {
 	f := rf.name
 	r := &rule{name: rr.name.s, description: rr.description, file: f, line: rr.line, col: rr.col}
+	errs := c.errs
 	ok := r.name != "" && rr.action.s != ""
 	if r.name != "" && strings.TrimSpace(r.name) != r.name {
 		c.errAt(f, rr.name.line, rr.name.col, "rule name %q has leading or trailing space", r.name)
@@ -388,14 +398,16 @@ func (c *compiler) rule(rf *rawFile, rr *rawRule) *rule {
 		r.match = c.conds(f, rr.match, "match")
 	}
 	if rr.unless != nil {
+		before := c.errs
 		r.unless = c.conds(f, rr.unless, "unless")
-		if len(r.unless) == 0 {
+		if len(r.unless) == 0 && c.errs == before && !rr.unless.broken {
 			c.errAt(f, rr.unless.line, rr.unless.col, "rule %q: unless has no conditions", r.name)
 		}
 	}
 	if !ok {
 		return nil
 	}
+	r.broken = rr.broken || c.errs > errs
 	return r
 }
 
@@ -681,7 +693,15 @@ func (c *compiler) regexCond(f string, kind condKind, vals []sval, what string, 
 
 // shadowing warns about rules that can never match because an earlier rule without an
 // unless block matches everything they match.
-func (c *compiler) shadowing(rules []*rule) {
+func (c *compiler) shadowing(all []*rule) {
+	// A rule with errors matches less or more than was written (a condition that did not
+	// compile is missing): any warning about it, or because of it, would be invented.
+	rules := make([]*rule, 0, len(all))
+	for _, r := range all {
+		if !r.broken {
+			rules = append(rules, r)
+		}
+	}
 	// A rule can only cover another if the other has a condition of every kind it has:
 	// compare kind masks first, which makes the quadratic scan cheap.
 	// For kinds matched by plain key equality, a Bloom signature of the keys per kind

@@ -35,9 +35,13 @@ type sval struct {
 type decoder struct {
 	file   string
 	issues *[]Issue
+	errs   int // errors found so far, reported or not (past maxIssues)
 }
 
 func (d *decoder) add(line, col int, warn bool, format string, args ...any) {
+	if !warn {
+		d.errs++
+	}
 	if len(*d.issues) >= maxIssues {
 		return
 	}

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/isolator-dev/isolator/policies"
 )
 
 // TestValidation loads broken policies and checks that every problem is reported with
@@ -339,5 +341,114 @@ func TestSymlinkedPolicyFiles(t *testing.T) {
 	}
 	if len(p.Files()) != 1 {
 		t.Fatalf("files %v", p.Files())
+	}
+}
+
+// TestNoShadowingByBrokenRules: a rule whose match or unless did not compile is not
+// analysed for shadowing, neither as the rule that covers nor as the one covered: what
+// it would match is unknown, so any warning about it would be invented.
+func TestNoShadowingByBrokenRules(t *testing.T) {
+	site := t.TempDir()
+	writeFiles(t, site, map[string]string{"05-broken.yaml": `rules:
+  - name: bad-glob
+    action: deny
+    match: {path: ["/x/[y"]}
+  - name: bad-type
+    action: deny
+    match: {extension: {pdf: true}}
+  - name: bad-regex
+    action: trust
+    match: {path_regex: ["(a"], extension: [txt]}
+  - name: typo-match
+    action: trust
+    mach: {extension: [doc]}
+  - name: bad-unless
+    action: ask
+    match: {extension: [odt]}
+    unless: {path: ["relative"]}
+  - name: after-bad-glob
+    action: trust
+    match: {extension: [txt]}
+  - name: partly-bad
+    action: deny
+    match: {extension: [md, "*"]}
+  - name: narrower-than-partly-bad
+    action: deny
+    match: {extension: [md], path: ["/srv/**"]}
+  - name: valid-broad
+    action: deny
+    match: {extension: [rtf]}
+  - name: valid-narrow
+    action: deny
+    match: {extension: [rtf], path: ["/srv/**"]}
+`})
+	_, err := LoadSources(Source{FS: policies.FS(), Dir: ".", Label: ShippedLabel}, Source{FS: os.DirFS(site), Dir: ".", Label: site})
+	var ve *ValidationErrors
+	if !errors.As(err, &ve) {
+		t.Fatalf("Load = %v, want *ValidationErrors", err)
+	}
+	shadowed := 0
+	for _, w := range ve.Warnings() {
+		if !strings.Contains(w.Msg, "can never match") {
+			continue
+		}
+		shadowed++
+		// Between valid rules the analysis still runs.
+		if !strings.Contains(w.Msg, `rule "valid-narrow" can never match: rule "valid-broad"`) {
+			t.Errorf("shadowing warning about a broken rule: %s", w)
+		}
+	}
+	if shadowed != 1 {
+		t.Errorf("%d shadowing warnings, want 1 (valid-narrow)", shadowed)
+	}
+	for _, e := range ve.Errors() {
+		if strings.Contains(e.Msg, "unless has no conditions") {
+			t.Errorf("invented error: %s", e)
+		}
+	}
+	if n := len(ve.Errors()); n != 6 {
+		t.Errorf("%d errors, want 6 (one per broken condition):\n%v", n, err)
+	}
+}
+
+// TestUnusedWarningsNeedValidReferences: a handler or list is reported unused only when
+// every rule and default was read; a rule with errors may be the one that uses it.
+func TestUnusedWarningsNeedValidReferences(t *testing.T) {
+	const defs = `default: {action: deny, untrusted_action: deny}
+handlers:
+  hh: {image: busybox, program: /usr/bin/busybox}
+lists:
+  ll: {sha256: [` + "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" + `]}
+`
+	unused := func(issues []Issue) (n int) {
+		for _, is := range issues {
+			if strings.Contains(is.Msg, "is not used") {
+				n++
+			}
+		}
+		return n
+	}
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"a.yaml": defs + "rules:\n  - {name: r, action: deny, match: {extension: [x]}}\n"})
+	p, err := loadDir(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := unused(p.Warnings()); n != 2 {
+		t.Errorf("valid policy: %d unused warnings, want 2: %v", n, p.Warnings())
+	}
+	writeFiles(t, dir, map[string]string{"a.yaml": defs + `rules:
+  - name: r
+    action: isolate
+    handler: hh
+    mach: {sha256_list: [ll]}
+`, "b.yaml": "rules:\n  - {name: s, action: isolate, handler: [hh]}\n"})
+	_, err = loadDir(t, dir)
+	var ve *ValidationErrors
+	if !errors.As(err, &ve) {
+		t.Fatalf("Load = %v, want *ValidationErrors", err)
+	}
+	if n := unused(ve.Warnings()); n != 0 {
+		t.Errorf("%d unused warnings with broken rules, want none:\n%v", n, err)
 	}
 }

@@ -22,6 +22,9 @@ type rawFile struct {
 	handlers []*rawHandler
 	lists    []*rawList
 	rules    []*rawRule
+	// refsLost: the file had errors outside its handlers and lists, so some of its
+	// references to handlers and lists may be missing.
+	refsLost bool
 }
 
 type rawDefault struct {
@@ -60,10 +63,12 @@ type rawRule struct {
 	handler     *sval
 	match       *rawCond
 	unless      *rawCond
+	broken      bool // the rule had errors: what it matches is not what was written
 }
 
 type rawCond struct {
 	line, col   int
+	broken      bool // some of the conditions had errors and are missing
 	path        []sval
 	pathRegex   []sval
 	name        []sval
@@ -97,6 +102,8 @@ var yamlLineRE = regexp.MustCompile(`line (\d+)`)
 func parseFile(name, base string, data []byte, issues *[]Issue) *rawFile {
 	d := &decoder{file: name, issues: issues}
 	f := &rawFile{name: name, base: base}
+	defErrs := 0 // errors in handler and list definitions
+	defer func() { f.refsLost = d.errs > defErrs }()
 	if len(data) > MaxFileSize {
 		d.add(1, 1, false, "file is %d bytes, more than the limit of %d", len(data), MaxFileSize)
 		return f
@@ -140,9 +147,17 @@ func parseFile(name, base string, data []byte, issues *[]Issue) *rawFile {
 				f.version = int(n)
 			}
 		},
-		"default":  func(k, v *yaml.Node) { f.def = d.defaults(k, v) },
-		"handlers": func(k, v *yaml.Node) { f.handlers = d.handlers(v) },
-		"lists":    func(k, v *yaml.Node) { f.lists = d.lists(v) },
+		"default": func(k, v *yaml.Node) { f.def = d.defaults(k, v) },
+		"handlers": func(k, v *yaml.Node) {
+			e := d.errs
+			f.handlers = d.handlers(v)
+			defErrs += d.errs - e
+		},
+		"lists": func(k, v *yaml.Node) {
+			e := d.errs
+			f.lists = d.lists(v)
+			defErrs += d.errs - e
+		},
 		"rules": func(k, v *yaml.Node) {
 			v = deref(v)
 			if v.Kind != yaml.SequenceNode {
@@ -261,6 +276,8 @@ var ruleKeys = []string{"name", "description", "action", "handler", "match", "un
 func (d *decoder) rule(n *yaml.Node) *rawRule {
 	n = deref(n)
 	r := &rawRule{line: n.Line, col: n.Column}
+	errs := d.errs
+	defer func() { r.broken = d.errs > errs }()
 	d.keyed(n, "rule", ruleKeys, func(key string, k, v *yaml.Node) {
 		switch key {
 		case "name":
@@ -297,6 +314,8 @@ var sizeKeys = []string{"min", "max"}
 
 func (d *decoder) cond(k, v *yaml.Node, what string) *rawCond {
 	c := &rawCond{line: k.Line, col: k.Column}
+	errs := d.errs
+	defer func() { c.broken = d.errs > errs }()
 	d.keyed(v, what, condKeys, func(key string, k, v *yaml.Node) {
 		w := what + "." + key
 		switch key {
