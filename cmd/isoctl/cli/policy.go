@@ -177,6 +177,7 @@ and lists sorted, rules in evaluation order with the file:line each came from.`,
 type policyExplainOptions struct {
 	policySourceOptions
 	user     string
+	userSet  bool // --user was given
 	uid      int
 	groups   []string
 	home     string
@@ -197,16 +198,17 @@ the file's user.xdg.origin.url / user.xdg.referrer.url (or user.isolator.*) xatt
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.explicit = cmd.Flags().Changed("policy-dir")
+			o.userSet = cmd.Flags().Changed("user")
 			return runPolicyExplain(cmd, o, args[0])
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.dir, "policy-dir", policy.DefaultDir, "policy directory")
-	f.StringVar(&o.user, "user", "", "requesting user name (default: the current user)")
+	f.StringVar(&o.user, "user", "", "requesting user, a name or a uid (default: the current user)")
 	f.IntVar(&o.uid, "uid", -1, "requesting uid (default: the --user's uid)")
 	f.StringArrayVar(&o.groups, "group", nil, "group of the requester (repeatable; default: the user's groups)")
 	f.StringVar(&o.home, "home", "", "home directory for ~ in patterns (default: the user's home)")
-	f.StringVar(&o.opener, "opener", "", "executable path of the program opening the file")
+	f.StringVar(&o.opener, "opener", "", "absolute executable path of the program opening the file")
 	f.StringVar(&o.origin, "origin", "", "URL the file was downloaded from (default: from its xattrs)")
 	f.StringVar(&o.referrer, "referrer", "", "URL of the page that linked the download (default: from its xattrs)")
 	f.BoolVar(&o.json, "json", false, "print the request and decision as JSON")
@@ -216,28 +218,18 @@ the file's user.xdg.origin.url / user.xdg.referrer.url (or user.isolator.*) xatt
 
 // requester fills the identity fields of req from the flags and the user database.
 func (o *policyExplainOptions) requester(req *policy.Request) error {
-	var u *user.User
-	var err error
-	if o.user == "" {
-		u, err = user.Current()
-	} else {
-		u, err = user.Lookup(o.user)
+	u, err := o.lookupUser()
+	if err != nil {
+		return err
 	}
-	switch {
-	case err == nil:
-		req.User, req.Home = u.Username, u.HomeDir
-		req.UID, _ = strconv.Atoi(u.Uid)
-		if gids, err := u.GroupIds(); err == nil && o.groups == nil {
-			for _, gid := range gids {
-				if g, err := user.LookupGroupId(gid); err == nil {
-					req.Groups = append(req.Groups, g.Name)
-				}
+	req.User, req.Home = u.Username, u.HomeDir
+	req.UID, _ = strconv.Atoi(u.Uid)
+	if gids, err := u.GroupIds(); err == nil && o.groups == nil {
+		for _, gid := range gids {
+			if g, err := user.LookupGroupId(gid); err == nil {
+				req.Groups = append(req.Groups, g.Name)
 			}
 		}
-	case o.user != "":
-		req.User = o.user // a user unknown here can still be matched by name
-	default:
-		return fmt.Errorf("current user: %w", err)
 	}
 	if o.uid >= 0 {
 		req.UID = o.uid
@@ -251,6 +243,35 @@ func (o *policyExplainOptions) requester(req *policy.Request) error {
 	return nil
 }
 
+// lookupUser returns the requester named by --user, a user name or a uid (all digits, as
+// in the user condition of rules), or the current user. A user the user database does not
+// know is an error: deciding for it would decide for uid 0 with no home.
+func (o *policyExplainOptions) lookupUser() (*user.User, error) {
+	if !o.userSet {
+		u, err := user.Current()
+		if err != nil {
+			return nil, fmt.Errorf("current user: %w", err)
+		}
+		return u, nil
+	}
+	if o.user == "" {
+		return nil, errors.New("--user must name a user (a name or a uid)")
+	}
+	u, err := user.Lookup(o.user)
+	var unknown user.UnknownUserError
+	if errors.As(err, &unknown) && strings.Trim(o.user, "0123456789") == "" {
+		u, err = user.LookupId(o.user)
+	}
+	var unknownID user.UnknownUserIdError
+	if errors.As(err, &unknown) || errors.As(err, &unknownID) {
+		return nil, fmt.Errorf("no such user %s", o.user)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("looking up user %s: %w", o.user, err)
+	}
+	return u, nil
+}
+
 func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) error {
 	stdout := cmd.OutOrStdout()
 	abs, err := filepath.Abs(file)
@@ -260,6 +281,9 @@ func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) 
 	// Decide about the file itself, not a symlink to it.
 	if resolved, err := filepath.EvalSymlinks(abs); err == nil {
 		abs = resolved
+	}
+	if o.opener != "" && !filepath.IsAbs(o.opener) {
+		return fmt.Errorf("--opener must be the absolute path of a program, not %q", o.opener)
 	}
 	req := &policy.Request{Path: abs, Opener: o.opener}
 	if err := o.requester(req); err != nil {

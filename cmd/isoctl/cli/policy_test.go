@@ -185,3 +185,32 @@ func TestPolicyExplicitDir(t *testing.T) {
 		}
 	}
 }
+
+// TestPolicyExplainRequester: --user names a user of the user database, by name or uid;
+// an unknown one is an error, never a silent decision for uid 0 with no home.
+func TestPolicyExplainRequester(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "notes.txt")
+	os.WriteFile(file, []byte("hello\n"), 0o644)
+	for _, args := range [][]string{
+		{"--user", "nosuchuser"},
+		{"--user", "4294967"},
+		{"--user", ""},
+	} {
+		code, out, errOut := runCLI(t, append(append([]string{"policy", "explain"}, args...), file)...)
+		want := "no such user " + args[1]
+		if args[1] == "" {
+			want = "--user must name a user"
+		}
+		if code != 1 || !strings.Contains(errOut, want) || strings.Contains(out, "decision:") {
+			t.Errorf("explain %v: exit %d, want 1 with %q\n%s%s", args, code, want, out, errOut)
+		}
+	}
+	code, out, errOut := runCLI(t, "policy", "explain", "--user", "0", file)
+	if code != 0 || !strings.Contains(out, "requester: root (uid 0), home ") {
+		t.Errorf("explain --user 0: exit %d\n%s%s", code, out, errOut)
+	}
+	code, out, errOut = runCLI(t, "policy", "explain", "--opener", "sha256sum", file)
+	if code != 1 || !strings.Contains(errOut, `--opener must be the absolute path of a program, not "sha256sum"`) {
+		t.Errorf("explain --opener sha256sum: exit %d\n%s%s", code, out, errOut)
+	}
+}
