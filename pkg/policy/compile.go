@@ -390,8 +390,10 @@ func (c *compiler) rule(rf *rawFile, rr *rawRule) *rule {
 	case rr.handler != nil:
 		r.handler = c.lookupHandler(f, *rr.handler)
 		ok = ok && r.handler != nil
-	case r.action == ActionIsolate:
+	case r.action == ActionIsolate && !rr.hasHandler: // a bad handler value is reported already
 		c.errAt(f, rr.action.line, rr.action.col, "rule %q: action isolate needs a handler", r.name)
+		ok = false
+	case r.action == ActionIsolate:
 		ok = false
 	}
 	if rr.match != nil {

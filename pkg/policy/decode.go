@@ -287,10 +287,18 @@ func (d *decoder) integer(n *yaml.Node, what string, lo, hi int64) (int64, bool)
 		if err == nil && v >= lo && v <= hi {
 			return v, true
 		}
-		d.errorf(n, "%s must be an integer between %d and %d", what, lo, hi)
+		if lo == hi {
+			d.errorf(n, "%s must be %d, not %s", what, lo, n.Value)
+		} else {
+			d.errorf(n, "%s must be an integer between %d and %d", what, lo, hi)
+		}
 		return 0, false
 	}
-	d.errorf(n, "%s must be an integer, not %s", what, nodeKind(n))
+	if lo == hi {
+		d.errorf(n, "%s must be %d, not %s", what, lo, nodeKind(n))
+	} else {
+		d.errorf(n, "%s must be an integer, not %s", what, nodeKind(n))
+	}
 	return 0, false
 }
 

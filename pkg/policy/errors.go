@@ -19,8 +19,9 @@ type Issue struct {
 	Warning bool   `json:"warning,omitempty"` // warnings do not make a policy invalid
 }
 
-// String formats the issue as "file:line:col: message", with "warning: " before the
-// message of a warning.
+// String formats the issue as "file:line:col: message", or "file: message" for a problem
+// of a whole file (Line 0: it cannot be read, is a dangling symlink, is too large), with
+// "warning: " before the message of a warning.
 func (i Issue) String() string {
 	w := ""
 	if i.Warning {

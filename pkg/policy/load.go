@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -59,6 +60,7 @@ type policyFile struct {
 func LoadWith(cfg LoadConfig) (*Policy, error) {
 	var issues []Issue
 	byBase := map[string]*policyFile{}
+	var failed []*policyFile // files that could not be read, for the order of the issues
 	for _, src := range cfg.Sources {
 		if src.Dir == "" {
 			src.Dir = "."
@@ -78,21 +80,26 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 			}
 			name := path.Join(src.Label, base)
 			p := path.Join(src.Dir, base)
+			// Problems of a whole file have no position: "file: message".
+			bad := func(msg string) {
+				issues = append(issues, Issue{File: name, Msg: msg})
+				failed = append(failed, &policyFile{base: base, name: name})
+			}
 			fi, err := fs.Stat(src.FS, p) // follows symlinks
 			if err != nil {
-				issues = append(issues, Issue{File: name, Msg: fmt.Sprintf("cannot read: %v", err)})
+				bad(fileProblem(src.FS, p, ent, err))
 				continue
 			}
 			if fi.IsDir() {
 				continue
 			}
 			if !fi.Mode().IsRegular() {
-				issues = append(issues, Issue{File: name, Msg: "not a regular file"})
+				bad("not a regular file")
 				continue
 			}
 			data, err := readLimited(src.FS, p, MaxFileSize)
 			if err != nil {
-				issues = append(issues, Issue{File: name, Line: 1, Col: 1, Msg: err.Error()})
+				bad(fileProblem(src.FS, p, ent, err))
 				continue
 			}
 			byBase[base] = &policyFile{src: src, base: base, name: name, data: data}
@@ -143,7 +150,7 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 	for _, l := range c.listData {
 		h.Write(l)
 	}
-	sortIssues(c.issues, files)
+	sortIssues(c.issues, append(failed, files...))
 	var errs, warns []Issue
 	for _, is := range c.issues {
 		if is.Warning {
@@ -164,7 +171,10 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 	return p, nil
 }
 
+// sortIssues sorts issues by file, in the order of the files' base names, then position.
 func sortIssues(issues []Issue, files []*policyFile) {
+	files = append([]*policyFile(nil), files...)
+	sort.SliceStable(files, func(i, j int) bool { return files[i].base < files[j].base })
 	order := map[string]int{}
 	for i, f := range files {
 		order[f.name] = i + 1
@@ -188,6 +198,22 @@ func sortIssues(issues []Issue, files []*policyFile) {
 		}
 		return a.Col < b.Col
 	})
+}
+
+// fileProblem says why the policy file p (directory entry ent) cannot be read: a dangling
+// symlink, or the error without the operation and path, which the issue names already.
+func fileProblem(fsys fs.FS, p string, ent fs.DirEntry, err error) string {
+	if ent.Type()&fs.ModeSymlink != 0 && errors.Is(err, fs.ErrNotExist) {
+		if target, lerr := fs.ReadLink(fsys, p); lerr == nil {
+			return "dangling symlink to " + target
+		}
+		return "dangling symlink"
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return "cannot read: " + pe.Err.Error()
+	}
+	return err.Error()
 }
 
 func readLimited(fsys fs.FS, name string, limit int64) ([]byte, error) {

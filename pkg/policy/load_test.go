@@ -46,7 +46,6 @@ default: {handler: h, action: ask}
       origin: {present: maybe}
 `},
 			want: []string{
-				"a.yaml:8:5: rule \"r\" has no action",
 				"a.yaml:9:13: rule action must be a string, not a list",
 				"a.yaml:11:19: match.size.min must be a size",
 				"a.yaml:12:18: match.extension must be a list of strings, not a mapping",
@@ -131,7 +130,7 @@ default: {handler: h, action: ask}
 		{
 			name:  "oversized file",
 			files: map[string]string{"a.yaml": "# " + strings.Repeat("x", MaxFileSize) + "\n"},
-			want:  []string{"a.yaml:1:1: file is larger than the limit"},
+			want:  []string{"a.yaml: file is larger than the limit"},
 		},
 		{
 			name:  "invalid YAML syntax",
@@ -450,5 +449,47 @@ lists:
 	}
 	if n := unused(ve.Warnings()); n != 0 {
 		t.Errorf("%d unused warnings with broken rules, want none:\n%v", n, err)
+	}
+}
+
+// TestMessages checks the wording of messages that used to say too much or too little.
+func TestMessages(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"40-x.yaml": `version: 2
+default: {action: deny, untrusted_action: deny}
+handlers:
+  h: {image: busybox, program: /usr/bin/busybox}
+rules:
+  - name: r
+    action: [trust]
+  - name: [x]
+    action: deny
+  - name: s
+    action: isolate
+    handler: [h]
+  - name: t
+`})
+	if err := os.Symlink(filepath.Join(dir, "missing.yaml"), filepath.Join(dir, "30-dangling.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	_, err := loadDir(t, dir)
+	var ve *ValidationErrors
+	if !errors.As(err, &ve) {
+		t.Fatalf("Load = %v, want *ValidationErrors", err)
+	}
+	want := []string{
+		dir + "/30-dangling.yaml: dangling symlink to " + dir + "/missing.yaml",
+		dir + "/40-x.yaml:1:10: version must be 1, not 2",
+		dir + "/40-x.yaml:7:13: rule action must be a string, not a list",
+		dir + "/40-x.yaml:8:11: rule name must be a string, not a list",
+		dir + "/40-x.yaml:12:14: rule handler must be a string, not a list",
+		dir + `/40-x.yaml:13:5: rule "t" has no action`,
+	}
+	var got []string
+	for _, is := range ve.Errors() {
+		got = append(got, is.String())
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Errorf("errors:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }

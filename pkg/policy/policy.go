@@ -34,7 +34,7 @@ type File interface {
 // Request is what a decision is about: one file, who asks, with what program, and where
 // the file came from.
 type Request struct {
-	Path string // absolute host path of the file; what path, name and extension rules see
+	Path string `json:"path"` // absolute host path of the file; what path, name and extension rules see
 
 	// File, when set, is the file itself, already open: every content fact (size, content
 	// type, SHA-256) is read from it and never from Path, so a decision cannot be steered
@@ -43,15 +43,15 @@ type Request struct {
 	// identity and set this; without it the facts are read from Path with the caller's own
 	// identity. See ReadOriginFile for the origin.
 	File   File     `json:"-"`
-	User   string   // name of the owner/requester
-	UID    int      // uid of the owner/requester
-	Groups []string // group names of the requester
-	Home   string   // home directory of the requester; "~" in path globs means this
+	User   string   `json:"user,omitempty"`   // name of the owner/requester ("" if unknown)
+	UID    int      `json:"uid"`              // uid of the owner/requester
+	Groups []string `json:"groups,omitempty"` // group names of the requester
+	Home   string   `json:"home,omitempty"`   // home directory of the requester ("" if none); "~" in path globs means this
 
-	Opener string // executable path of the program opening the file ("" if unknown)
+	Opener string `json:"opener,omitempty"` // executable path of the program opening the file ("" if unknown)
 
-	Origin   string // URL the file was downloaded from ("" if none); see ReadOrigin
-	Referrer string // URL of the page that linked the download ("" if none)
+	Origin   string `json:"origin,omitempty"`   // URL the file was downloaded from ("" if none); see ReadOrigin
+	Referrer string `json:"referrer,omitempty"` // URL of the page that linked the download ("" if none)
 
 	// Release, when set, says that someone the caller trusts to do so (the file's owner or
 	// an administrator, through isolatord) reviewed one content of this file and released
@@ -61,9 +61,10 @@ type Request struct {
 
 	// Content facts. The evaluator fills them lazily from the file when a rule needs them
 	// and they are zero; callers that already know them may set them.
-	Size        int64  // size in bytes; -1 or 0 with the file present means "stat the file"
-	SHA256      string // lower-case hex SHA-256 of the content
-	ContentType string // MIME type sniffed from the bytes, e.g. "application/pdf"
+	// In JSON, unknown facts are left out.
+	Size        int64  `json:"size,omitempty"`         // size in bytes; -1 or 0 with the file present means "stat the file"
+	SHA256      string `json:"sha256,omitempty"`       // lower-case hex SHA-256 of the content
+	ContentType string `json:"content_type,omitempty"` // MIME type sniffed from the bytes, e.g. "application/pdf"
 }
 
 // Release is a reviewer's statement that one content of a file is trusted (isoctl

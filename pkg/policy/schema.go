@@ -61,6 +61,7 @@ type rawRule struct {
 	description string
 	action      sval
 	handler     *sval
+	hasHandler  bool // the handler key is there, valid or not
 	match       *rawCond
 	unless      *rawCond
 	broken      bool // the rule had errors: what it matches is not what was written
@@ -105,7 +106,7 @@ func parseFile(name, base string, data []byte, issues *[]Issue) *rawFile {
 	defErrs := 0 // errors in handler and list definitions
 	defer func() { f.refsLost = d.errs > defErrs }()
 	if len(data) > MaxFileSize {
-		d.add(1, 1, false, "file is %d bytes, more than the limit of %d", len(data), MaxFileSize)
+		d.add(0, 0, false, "file is %d bytes, more than the limit of %d", len(data), MaxFileSize) // the whole file: no position
 		return f
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(data))
@@ -278,16 +279,28 @@ func (d *decoder) rule(n *yaml.Node) *rawRule {
 	r := &rawRule{line: n.Line, col: n.Column}
 	errs := d.errs
 	defer func() { r.broken = d.errs > errs }()
+	var hasName, hasAction bool // the keys are there, valid or not
 	d.keyed(n, "rule", ruleKeys, func(key string, k, v *yaml.Node) {
 		switch key {
 		case "name":
-			r.name, _ = d.str(v, "rule name")
+			hasName = true
+			if s, ok := d.str(v, "rule name"); ok && s.s == "" {
+				d.errorf(v, "rule name must not be empty")
+			} else {
+				r.name = s
+			}
 		case "description":
 			s, _ := d.str(v, "rule description")
 			r.description = s.s
 		case "action":
-			r.action, _ = d.str(v, "rule action")
+			hasAction = true
+			if s, ok := d.str(v, "rule action"); ok && s.s == "" {
+				d.errorf(v, "rule action must not be empty")
+			} else {
+				r.action = s
+			}
 		case "handler":
+			r.hasHandler = true
 			r.handler = d.optStr(v, "rule handler")
 		case "match":
 			r.match = d.cond(k, v, "match")
@@ -298,10 +311,11 @@ func (d *decoder) rule(n *yaml.Node) *rawRule {
 	if n.Kind != yaml.MappingNode {
 		return nil
 	}
-	if r.name.s == "" {
+	// A key that is there with a bad value is reported as such, and only that.
+	if !hasName {
 		d.errorf(n, "rule has no name")
 	}
-	if r.action.s == "" {
+	if !hasAction {
 		d.errorf(n, "rule %q has no action", r.name.s)
 	}
 	return r

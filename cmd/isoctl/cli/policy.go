@@ -282,6 +282,9 @@ func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) 
 	if resolved, err := filepath.EvalSymlinks(abs); err == nil {
 		abs = resolved
 	}
+	if _, err := os.Stat(abs); err != nil {
+		return fileError(file, abs, err)
+	}
 	if o.opener != "" && !filepath.IsAbs(o.opener) {
 		return fmt.Errorf("--opener must be the absolute path of a program, not %q", o.opener)
 	}
@@ -325,6 +328,7 @@ func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) 
 	if o.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false) // "<shipped>/…", not "\u003cshipped\u003e/…"
 		return enc.Encode(struct {
 			Request  *policy.Request  `json:"request"`
 			Decision *policy.Decision `json:"decision"`
@@ -332,6 +336,21 @@ func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) 
 	}
 	printDecision(stdout, req, d)
 	return nil
+}
+
+// fileError says why the file named name (at abs) cannot be decided on: the name first,
+// then what is wrong with it.
+func fileError(name, abs string, err error) error {
+	if errors.Is(err, fs.ErrNotExist) {
+		if target, lerr := os.Readlink(abs); lerr == nil {
+			return fmt.Errorf("%s: dangling symlink to %s", name, target)
+		}
+	}
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		err = pe.Err
+	}
+	return fmt.Errorf("%s: %w", name, err)
 }
 
 // openRegular opens path for reading if it is a regular file (a FIFO does not block).

@@ -214,3 +214,48 @@ func TestPolicyExplainRequester(t *testing.T) {
 		t.Errorf("explain --opener sha256sum: exit %d\n%s%s", code, out, errOut)
 	}
 }
+
+// TestPolicyExplainMessages: a missing file is named first; --json uses the same
+// snake_case names for the request as for the decision, without unknown facts.
+func TestPolicyExplainMessages(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing.pdf")
+	if code, _, errOut := runCLI(t, "policy", "explain", missing); code != 1 || errOut != "isoctl: "+missing+": no such file or directory\n" {
+		t.Errorf("explain of a missing file: exit %d, %q", code, errOut)
+	}
+	link := filepath.Join(dir, "link.pdf")
+	os.Symlink(missing, link)
+	if code, _, errOut := runCLI(t, "policy", "explain", link); code != 1 || errOut != "isoctl: "+link+": dangling symlink to "+missing+"\n" {
+		t.Errorf("explain of a dangling symlink: exit %d, %q", code, errOut)
+	}
+
+	file := filepath.Join(dir, "notes.txt")
+	os.WriteFile(file, []byte("hello\n"), 0o644)
+	code, out, errOut := runCLI(t, "policy", "explain", "--json", "--user", "root", file)
+	if code != 0 {
+		t.Fatalf("explain --json: exit %d\n%s%s", code, out, errOut)
+	}
+	var got map[string]map[string]any
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatalf("explain --json: %v\n%s", err, out)
+	}
+	req := got["request"]
+	for _, k := range []string{"path", "user", "uid", "home"} {
+		if _, ok := req[k]; !ok {
+			t.Errorf("request lacks %q: %s", k, out)
+		}
+	}
+	for k := range req {
+		if k != strings.ToLower(k) {
+			t.Errorf("request key %q is not snake_case: %s", k, out)
+		}
+	}
+	for _, k := range []string{"opener", "origin", "referrer", "size", "sha256", "content_type"} {
+		if _, ok := req[k]; ok {
+			t.Errorf("request has %q, unknown here: %s", k, out)
+		}
+	}
+	if !strings.Contains(out, `"file": "<shipped>/`) {
+		t.Errorf("--json escapes <shipped>: %s", out)
+	}
+}
