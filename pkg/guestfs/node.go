@@ -184,8 +184,22 @@ func direntType(mode uint32) uint8 {
 	return unix.DT_UNKNOWN
 }
 
+// blocks is st_blocks (512-byte units) of a file of size bytes, as ext4 reports it for a
+// file without holes: whole 4 KiB blocks.
 func blocks(size int64) int64 {
 	return (size + 4095) / 4096 * 8
+}
+
+// fastSymlinkMax is the longest symlink target ext4 keeps in the inode (a "fast" symlink,
+// 60 bytes of block pointers including the NUL): such a symlink has no data block.
+const fastSymlinkMax = 59
+
+// linkBlocks is st_blocks of a symlink with a target of n bytes, as ext4 reports it.
+func linkBlocks(n int64) int64 {
+	if n <= fastSymlinkMax {
+		return 0
+	}
+	return blocks(n)
 }
 
 func timespec(ts unix.Timespec) time.Time { return time.Unix(ts.Sec, ts.Nsec) }
@@ -197,20 +211,28 @@ type imgNode struct{ e *image.Entry }
 
 func (n *imgNode) treeOf() treeID { return treeImage }
 
+// stat reports an image entry the way ext4 reports the host file it was packed from (as
+// long as the host directory was small: ext4 grows a directory with many entries beyond
+// one block): a directory has 2 + its subdirectories links (the image counts them once at
+// Load, so a lookup costs no listing; a count that is right also keeps find(1)'s leaf
+// optimisation right), size 4096 and 8 blocks; a regular file has whole 4 KiB blocks; a
+// symlink of up to 59 bytes is a fast symlink, without a block.
 func (n *imgNode) stat(f *FS) Stat {
 	e := n.e
 	st := Stat{
 		Dev: f.trees[treeImage].dev, Ino: e.Ino, Nlink: 1, Mode: modeToUnix(e.Mode),
 		Size: e.Size, Blksize: 4096, Atime: e.ModTime, Mtime: e.ModTime, Ctime: e.ModTime,
 	}
-	if e.IsDir() {
-		// 1, as btrfs reports, means "subdirectories not counted": counting them would
-		// make every lookup cost as much as a listing, and 2 would tell find(1) that the
-		// directory has none.
-		st.Nlink = 1
+	switch {
+	case e.IsDir():
+		st.Nlink = 2 + uint64(e.Subdirs())
 		st.Size = 4096
+		st.Blocks = blocks(st.Size)
+	case e.IsSymlink():
+		st.Blocks = linkBlocks(st.Size)
+	default:
+		st.Blocks = blocks(st.Size)
 	}
-	st.Blocks = blocks(st.Size)
 	return st
 }
 
@@ -277,16 +299,34 @@ type rootDir struct {
 	img    *imgNode // nil for an image without a root entry (never, for a valid image)
 	mounts map[string]*tree
 	born   time.Time
+	nlink  uint64 // 2 + the image's subdirectories and the mount points; set by buildTrees
 }
 
 func (r *rootDir) treeOf() treeID { return treeImage }
 
 func (r *rootDir) stat(f *FS) Stat {
-	if r.img != nil {
-		return r.img.stat(f)
-	}
-	return Stat{Dev: f.trees[treeImage].dev, Ino: 1, Nlink: 2, Mode: unix.S_IFDIR | 0o755, Size: 4096,
+	st := Stat{Dev: f.trees[treeImage].dev, Ino: 1, Mode: unix.S_IFDIR | 0o755, Size: 4096,
 		Blksize: 4096, Blocks: 8, Atime: r.born, Mtime: r.born, Ctime: r.born}
+	if r.img != nil {
+		st = r.img.stat(f)
+	}
+	st.Nlink = r.nlink
+	return st
+}
+
+// countLinks sets r.nlink: the mount points are subdirectories of "/" too, whether or not
+// they mask a directory of the image.
+func (r *rootDir) countLinks(f *FS) {
+	r.nlink = 2 + uint64(len(r.mounts))
+	if r.img == nil {
+		return
+	}
+	r.nlink += uint64(r.img.e.Subdirs())
+	for name := range r.mounts {
+		if e, err := f.im.Lookup("/" + name); err == nil && e.IsDir() {
+			r.nlink-- // counted among the image's subdirectories already
+		}
+	}
 }
 
 func (r *rootDir) lookup(f *FS, name string) (node, error) {

@@ -50,6 +50,8 @@ func (m *memNode) stat(f *FS) Stat {
 		st.Size = int64(len(m.data))
 	case unix.S_IFLNK:
 		st.Size = int64(len(m.link))
+		st.Blocks = linkBlocks(st.Size) // as the image's: a short target needs no block
+		return st
 	}
 	st.Blocks = blocks(st.Size)
 	return st

@@ -327,4 +327,5 @@ func (f *FS) buildTrees(inputDir, procDir *synthDir) {
 	f.root.mounts["output"] = mk(treeOutput, "/output", kindScratch, newScratchRoot(treeOutput, firstScratchIno-1, 0o755, f.uid, f.gid, born))
 	f.root.mounts["dev"] = mk(treeDev, "/dev", kindSynthetic, buildDev(born))
 	f.root.mounts["proc"] = mk(treeProc, "/proc", kindSynthetic, procDir)
+	f.root.countLinks(f)
 }

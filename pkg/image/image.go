@@ -31,8 +31,9 @@ type Entry struct {
 	ModTime time.Time
 	Ino     uint64 // stable inode number, unique within the image, root = 1
 
-	off int64    // offset of the content in the image file (regular files)
-	sum [32]byte // SHA-256 of the content (regular files)
+	off     int64    // offset of the content in the image file (regular files)
+	sum     [32]byte // SHA-256 of the content (regular files)
+	subdirs int      // directories: number of children that are directories
 }
 
 // Name returns the base name of the entry ("/" for the root).
@@ -46,6 +47,11 @@ func (e *Entry) IsRegular() bool { return e.Mode.IsRegular() }
 
 // IsSymlink reports whether the entry is a symbolic link.
 func (e *Entry) IsSymlink() bool { return e.Mode&fs.ModeSymlink != 0 }
+
+// Subdirs returns the number of children of the directory e that are directories (0 for
+// other entries), counted once when the image was loaded: what a directory's link count
+// (2 + subdirectories) needs without listing it.
+func (e *Entry) Subdirs() int { return e.subdirs }
 
 // Image is an opened guest image. After Open or Load it is never modified, so it is safe for
 // concurrent use by many micro VMs at once.
@@ -273,6 +279,9 @@ func (im *Image) parseIndex(index []byte, base int64, count uint64, dataOff int6
 				return corrupt(at, "entry %d (%s): parent is not a directory in the image", i, p)
 			}
 			im.kids[parent] = append(im.kids[parent], e)
+			if mode.IsDir() {
+				parent.subdirs++
+			}
 		}
 		im.entries = append(im.entries, e)
 		im.byPath[p] = e

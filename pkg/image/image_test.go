@@ -336,6 +336,13 @@ func TestReadDir(t *testing.T) {
 		{dir: "/data/rel-link", wantErr: ErrNotDir},
 		{dir: "/missing", wantErr: fs.ErrNotExist},
 	}
+	for dir, want := range map[string]int{"/data": 1, "/data/sub": 1, "/data/sub/deep": 0, "/usr/bin": 0, "/data/hello.txt": 0} {
+		if e, err := im.Lookup(dir); err != nil {
+			t.Errorf("Lookup(%q): %v", dir, err)
+		} else if e.Subdirs() != want {
+			t.Errorf("%s: Subdirs() = %d, want %d", dir, e.Subdirs(), want)
+		}
+	}
 	for _, tt := range tests {
 		got, err := im.ReadDir(tt.dir)
 		if tt.wantErr != nil {
@@ -362,11 +369,18 @@ func TestReadDir(t *testing.T) {
 		if !slices.IsSortedFunc(kids, func(a, b *Entry) int { return strings.Compare(a.Name(), b.Name()) }) {
 			return fmt.Errorf("ReadDir(%s) not sorted: %q", e.Path, names(kids))
 		}
+		subdirs := 0
 		for _, k := range kids {
 			if path.Dir(k.Path) != e.Path {
 				return fmt.Errorf("ReadDir(%s) lists %s", e.Path, k.Path)
 			}
 			seen[k.Path]++
+			if k.IsDir() {
+				subdirs++
+			}
+		}
+		if e.Subdirs() != subdirs {
+			return fmt.Errorf("%s: Subdirs() = %d, ReadDir lists %d directories", e.Path, e.Subdirs(), subdirs)
 		}
 		return nil
 	})

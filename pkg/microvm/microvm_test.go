@@ -5,14 +5,18 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/isolator-dev/isolator/pkg/image"
 	"github.com/isolator-dev/isolator/pkg/kvmhv"
@@ -119,10 +123,23 @@ func hostRun(t *testing.T, dir string, stdin []byte, args ...string) (string, in
 
 // TestBusyboxMatchesHost runs busybox applets in micro VMs and on the host over the same
 // input files and compares stdout byte for byte, and the exit status.
+//
+// Cases with dir "tree" run in an image directory packed from a host directory with --add
+// (guest /srv/t, host the directory itself), so that ls -la of image directories can be
+// compared. Those need the host directory on ext4, whose st_nlink, st_size and st_blocks the
+// guest's image files mimic (see guestfs's imgNode.stat), and files owned by root, as
+// image files are; they are skipped, saying why, elsewhere.
 func TestBusyboxMatchesHost(t *testing.T) {
 	sys := requireKVM(t)
-	im := busyboxImage(t)
 	host := t.TempDir()
+	treeRoot, treeSkip := makeHostTree(t)
+	requireFile(t, "/usr/bin/busybox")
+	im := buildImage(t, "busybox-tree", image.BuildConfig{
+		Programs: []string{"/usr/bin/busybox"},
+		Files: []image.FileSpec{{HostPath: "/etc/services", GuestPath: "/etc/services"},
+			{HostPath: "/etc/passwd", GuestPath: "/etc/passwd"}, {HostPath: "/etc/group", GuestPath: "/etc/group"},
+			{HostPath: treeRoot, GuestPath: "/srv/t"}},
+	})
 	text := "banana\napple\ncherry\napple\nbanana\nbanana\ndate 42\nelder berry\n"
 	files := map[string][]byte{"words.txt": []byte(text), "nums.txt": []byte("3\n10\n2\n33\n1\n")}
 	blob := make([]byte, 300<<10)
@@ -175,73 +192,142 @@ func TestBusyboxMatchesHost(t *testing.T) {
 		name  string
 		guest []string
 		stdin string
+		dir   string // "tree": run in the packed host directory, not in /input
+		sort  bool   // compare the lines sorted: the host lists directories in ext4's hash order
 	}{
-		{"echo", []string{"echo", "hello", "world"}, ""},
-		{"true", []string{"true"}, ""},
-		{"false", []string{"false"}, ""},
-		{"sha256sum", []string{"sha256sum", in("blob.bin")}, ""},
-		{"sha1sum", []string{"sha1sum", in("words.txt")}, ""},
-		{"md5sum", []string{"md5sum", in("blob.bin"), in("words.txt")}, ""},
-		{"wc", []string{"wc", in("words.txt")}, ""},
-		{"wc -c blob", []string{"wc", "-c", in("blob.bin")}, ""},
-		{"sort", []string{"sort", in("words.txt")}, ""},
-		{"sort -n -r", []string{"sort", "-n", "-r", in("nums.txt")}, ""},
-		{"uniq -c", []string{"uniq", "-c", in("words.txt")}, ""},
-		{"sh builtins", []string{"sh", "-c", "for w in a b c; do echo $w; done; x=$((6*7)); echo $x"}, ""},
-		{"unzip -l", []string{"unzip", "-l", in("a.zip")}, ""},
-		{"unzip -p", []string{"unzip", "-p", in("a.zip"), "nums.txt"}, ""},
-		{"ls -ln files", []string{"ls", "-ln", "a.tar", "blob.bin", "nums.txt", "words.txt"}, ""},
-		{"ls -lan image dir", []string{"ls", "-lan", "/usr/bin/busybox", "/etc/services"}, ""},
-		{"ls -1", []string{"ls", "-1"}, ""},
-		{"stat", []string{"stat", "-c", "%n %s %a %F", in("words.txt")}, ""},
-		{"find", []string{"find", ".", "-name", "*.txt"}, ""},
-		{"diff", []string{"diff", in("words.txt"), in("nums.txt")}, ""},
-		{"cmp", []string{"cmp", in("words.txt"), in("words.txt")}, ""},
-		{"fold", []string{"fold", "-w", "4", in("words.txt")}, ""},
-		{"tac", []string{"tac", in("words.txt")}, ""},
-		{"dd", []string{"dd", "if=" + in("blob.bin"), "bs=1000", "count=3", "status=none"}, ""},
-		{"xxd", []string{"xxd", "-l", "64", in("blob.bin")}, ""},
-		{"uniq", []string{"uniq", in("words.txt")}, ""},
-		{"sed", []string{"sed", "-e", "s/an/AN/g", in("words.txt")}, ""},
-		{"awk", []string{"awk", "{ n += length($0) } END { print NR, n }", in("words.txt")}, ""},
-		{"grep", []string{"grep", "-n", "an", in("words.txt")}, ""},
-		{"grep -c", []string{"grep", "-c", "apple", in("words.txt")}, ""},
-		{"grep miss", []string{"grep", "zzz", in("words.txt")}, ""},
-		{"cut", []string{"cut", "-c", "1-3", in("words.txt")}, ""},
-		{"tr", []string{"tr", "a-z", "A-Z"}, text},
-		{"head", []string{"head", "-n", "3", in("words.txt")}, ""},
-		{"tail", []string{"tail", "-n", "2", in("words.txt")}, ""},
-		{"od", []string{"od", "-A", "x", "-t", "x1z", "-N", "64", in("blob.bin")}, ""},
-		{"hexdump", []string{"hexdump", "-C", "-n", "96", in("blob.bin")}, ""},
-		{"base64", []string{"base64", in("words.txt")}, ""},
-		{"base64 -d", []string{"base64", "-d"}, "aGVsbG8gd29ybGQK\n"},
-		{"gzip -c", []string{"gzip", "-c", in("words.txt")}, ""},
-		{"gzip -d", []string{"gzip", "-d", "-c", in("words.txt.gz")}, ""},
-		{"gunzip -c", []string{"gunzip", "-c", in("words.txt.gz")}, ""},
-		{"tar -t", []string{"tar", "-tvf", in("a.tar")}, ""},
-		{"cat stdin", []string{"cat"}, text},
-		{"rev", []string{"rev", in("words.txt")}, ""},
-		{"nl", []string{"nl", in("words.txt")}, ""},
-		{"expand", []string{"expand", in("nums.txt")}, ""},
-		{"cksum", []string{"cksum", in("blob.bin")}, ""},
-		{"seq", []string{"seq", "1", "3", "20"}, ""},
-		{"printf", []string{"printf", "%05d|%s|%x\\n", "42", "str", "255"}, ""},
-		{"expr", []string{"expr", "6", "*", "7"}, ""},
-		{"basename", []string{"basename", "/a/b/c.txt", ".txt"}, ""},
+		{"echo", []string{"echo", "hello", "world"}, "", "", false},
+		{"true", []string{"true"}, "", "", false},
+		{"false", []string{"false"}, "", "", false},
+		{"sha256sum", []string{"sha256sum", in("blob.bin")}, "", "", false},
+		{"sha1sum", []string{"sha1sum", in("words.txt")}, "", "", false},
+		{"md5sum", []string{"md5sum", in("blob.bin"), in("words.txt")}, "", "", false},
+		{"wc", []string{"wc", in("words.txt")}, "", "", false},
+		{"wc -c blob", []string{"wc", "-c", in("blob.bin")}, "", "", false},
+		{"sort", []string{"sort", in("words.txt")}, "", "", false},
+		{"sort -n -r", []string{"sort", "-n", "-r", in("nums.txt")}, "", "", false},
+		{"uniq -c", []string{"uniq", "-c", in("words.txt")}, "", "", false},
+		{"sh builtins", []string{"sh", "-c", "for w in a b c; do echo $w; done; x=$((6*7)); echo $x"}, "", "", false},
+		{"unzip -l", []string{"unzip", "-l", in("a.zip")}, "", "", false},
+		{"unzip -p", []string{"unzip", "-p", in("a.zip"), "nums.txt"}, "", "", false},
+		{"ls -ln files", []string{"ls", "-ln", "a.tar", "blob.bin", "nums.txt", "words.txt"}, "", "", false},
+		{"ls -lan image files", []string{"ls", "-lan", "/usr/bin/busybox", "/etc/services"}, "", "", false},
+		{"ls -1", []string{"ls", "-1"}, "", "", false},
+		{"stat", []string{"stat", "-c", "%n %s %a %F", in("words.txt")}, "", "", false},
+		{"find", []string{"find", ".", "-name", "*.txt"}, "", "", false},
+		{"diff", []string{"diff", in("words.txt"), in("nums.txt")}, "", "", false},
+		{"cmp", []string{"cmp", in("words.txt"), in("words.txt")}, "", "", false},
+		{"fold", []string{"fold", "-w", "4", in("words.txt")}, "", "", false},
+		{"tac", []string{"tac", in("words.txt")}, "", "", false},
+		{"dd", []string{"dd", "if=" + in("blob.bin"), "bs=1000", "count=3", "status=none"}, "", "", false},
+		{"xxd", []string{"xxd", "-l", "64", in("blob.bin")}, "", "", false},
+		{"uniq", []string{"uniq", in("words.txt")}, "", "", false},
+		{"sed", []string{"sed", "-e", "s/an/AN/g", in("words.txt")}, "", "", false},
+		{"awk", []string{"awk", "{ n += length($0) } END { print NR, n }", in("words.txt")}, "", "", false},
+		{"grep", []string{"grep", "-n", "an", in("words.txt")}, "", "", false},
+		{"grep -c", []string{"grep", "-c", "apple", in("words.txt")}, "", "", false},
+		{"grep miss", []string{"grep", "zzz", in("words.txt")}, "", "", false},
+		{"cut", []string{"cut", "-c", "1-3", in("words.txt")}, "", "", false},
+		{"tr", []string{"tr", "a-z", "A-Z"}, text, "", false},
+		{"head", []string{"head", "-n", "3", in("words.txt")}, "", "", false},
+		{"tail", []string{"tail", "-n", "2", in("words.txt")}, "", "", false},
+		{"od", []string{"od", "-A", "x", "-t", "x1z", "-N", "64", in("blob.bin")}, "", "", false},
+		{"hexdump", []string{"hexdump", "-C", "-n", "96", in("blob.bin")}, "", "", false},
+		{"base64", []string{"base64", in("words.txt")}, "", "", false},
+		{"base64 -d", []string{"base64", "-d"}, "aGVsbG8gd29ybGQK\n", "", false},
+		{"gzip -c", []string{"gzip", "-c", in("words.txt")}, "", "", false},
+		{"gzip -d", []string{"gzip", "-d", "-c", in("words.txt.gz")}, "", "", false},
+		{"gunzip -c", []string{"gunzip", "-c", in("words.txt.gz")}, "", "", false},
+		{"tar -t", []string{"tar", "-tvf", in("a.tar")}, "", "", false},
+		{"cat stdin", []string{"cat"}, text, "", false},
+		{"rev", []string{"rev", in("words.txt")}, "", "", false},
+		{"nl", []string{"nl", in("words.txt")}, "", "", false},
+		{"expand", []string{"expand", in("nums.txt")}, "", "", false},
+		{"cksum", []string{"cksum", in("blob.bin")}, "", "", false},
+		{"seq", []string{"seq", "1", "3", "20"}, "", "", false},
+		{"printf", []string{"printf", "%05d|%s|%x\\n", "42", "str", "255"}, "", "", false},
+		{"expr", []string{"expr", "6", "*", "7"}, "", "", false},
+		{"basename", []string{"basename", "/a/b/c.txt", ".txt"}, "", "", false},
+		{"ls -la image dir", []string{"ls", "-la", "tree"}, "", "tree", false},
+		{"ls -lan image dir", []string{"ls", "-lan", "tree"}, "", "tree", false},
+		{"ls -la image subdir", []string{"ls", "-la", "tree/sub"}, "", "tree", false},
+		{"ls -lan image dirs", []string{"ls", "-lan", "tree/sub", "tree/sub/deeper", "tree/empty"}, "", "tree", false},
+		{"ls -ld image dirs", []string{"ls", "-ld", "tree", "tree/sub", "tree/sub/deeper"}, "", "tree", false},
+		{"ls -laR image dir", []string{"ls", "-laR", "tree"}, "", "tree", false},
+		{"stat image dir", []string{"stat", "-c", "%n %h %s %b %B %a %F", "tree", "tree/sub", "tree/a.txt", "tree/big.bin",
+			"tree/none", "tree/link", "tree/longlink"}, "", "tree", false},
+		{"find image dir", []string{"find", "tree"}, "", "tree", true},
+		{"find image dirs", []string{"find", "tree", "-type", "d"}, "", "tree", true},
+		{"du image dir", []string{"du", "-a", "tree"}, "", "tree", true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var stdin []byte
 			if c.stdin != "" {
 				stdin = []byte(c.stdin)
 			}
-			gout, gerr, res := runGuestIn(t, sys, im, "/input", inputs, stdin, append([]string{bb}, c.guest...)...)
-			hout, hcode := hostRun(t, host, stdin, append([]string{bb}, c.guest...)...)
+			gdir, hdir := "/input", host
+			if c.dir == "tree" {
+				if treeSkip != "" {
+					t.Skip(treeSkip)
+				}
+				gdir, hdir = "/srv/t", treeRoot
+			}
+			gout, gerr, res := runGuestIn(t, sys, im, gdir, inputs, stdin, append([]string{bb}, c.guest...)...)
+			hout, hcode := hostRun(t, hdir, stdin, append([]string{bb}, c.guest...)...)
+			if c.sort {
+				gout, hout = sortLines(gout), sortLines(hout)
+			}
 			if gout != hout || res.ExitCode != hcode {
 				t.Errorf("guest exit %d (%s) stdout:\n%q\nstderr: %s\nhost exit %d stdout:\n%q\ndenied: %v",
 					res.ExitCode, res.Reason, gout, gerr, hcode, hout, res.Stats.Denied)
 			}
 		})
 	}
+}
+
+// sortLines returns the lines of s sorted.
+func sortLines(s string) string {
+	lines := strings.SplitAfter(s, "\n")
+	slices.Sort(lines)
+	return strings.Join(lines, "")
+}
+
+// makeHostTree makes a directory holding tree/, a small tree of directories, files and
+// symlinks, for TestBusyboxMatchesHost to pack with --add and list in the guest and on the
+// host. skip says why listings of it cannot match, or is "".
+func makeHostTree(t *testing.T) (root, skip string) {
+	t.Helper()
+	root = t.TempDir()
+	tr := filepath.Join(root, "tree")
+	for _, d := range []string{"", "sub", "sub/deeper", "sub/deeper/deepest", "sub/other", "empty"} {
+		if err := os.Mkdir(filepath.Join(tr, d), 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for name, size := range map[string]int{"a.txt": 5, "big.bin": 10000, "zero": 0, "sub/x.txt": 4096, "sub/deeper/y": 4097} {
+		if err := os.WriteFile(filepath.Join(tr, name), bytes.Repeat([]byte("z"), size), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.Chmod(filepath.Join(tr, "big.bin"), 0o600)
+	os.Chmod(filepath.Join(tr, "sub/other"), 0o775) // the guest runs as uid 1000: it must be able to read every directory
+	// A fast symlink (target under 60 bytes: no block on ext4) and a slow one.
+	if err := os.Symlink("a.txt", filepath.Join(tr, "link")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(strings.Repeat("long/", 15)+"target", filepath.Join(tr, "longlink")); err != nil {
+		t.Fatal(err)
+	}
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(root, &sfs); err != nil {
+		t.Fatal(err)
+	}
+	switch {
+	case sfs.Type != unix.EXT4_SUPER_MAGIC:
+		skip = fmt.Sprintf("skipping: %s is on a file system of type %#x, not ext4 (%#x), whose directory sizes and block counts the guest reports", root, sfs.Type, unix.EXT4_SUPER_MAGIC)
+	case os.Getuid() != 0:
+		skip = fmt.Sprintf("skipping: the host files are owned by uid %d; image files are root's in the guest", os.Getuid())
+	}
+	return root, skip
 }
 
 // TestTarExtractToOutput unpacks an archive under /output and checks the files returned.
