@@ -59,6 +59,85 @@ func FuzzLoad(f *testing.F) {
 	})
 }
 
+// FuzzLoadWithLists is FuzzLoad with SHA-256 list files: the fuzzer writes a policy file
+// and the contents of the list files it may name (l.sha256, and feeds/l.txt). Besides what
+// FuzzLoad checks, a policy that loads must decide every digest of the list file the same
+// way as its normalized form, in which the list files are inlined.
+func FuzzLoadWithLists(f *testing.F) {
+	const digest = "275a021bbfb6489e54d471899f7db9d1663fc695ec2fe2a2c4538aabf651fd0f"
+	policies := []string{
+		"default: {action: ask, untrusted_action: deny}\nlists:\n  l: {files: [l.sha256]}\nrules:\n  - {name: r, action: deny, match: {sha256_list: [l]}}\n",
+		"default: {action: trust, untrusted_action: ask}\nlists:\n  a: {sha256: [" + digest + "], files: [l.sha256, feeds/l.txt]}\n  b: {files: feeds/l.txt}\n" +
+			"rules:\n  - {name: a, action: deny, match: {sha256_list: [a], extension: [exe]}}\n  - {name: b, action: ask, match: {sha256_list: [b, a]}}\n",
+		"lists:\n  l: {files: [../l.sha256, /etc/l, missing.txt, feeds]}\nrules:\n  - {name: r, action: deny, match: {sha256_list: [l, m]}}\n",
+	}
+	lists := []string{
+		"",
+		digest + "  eicar.com\n",
+		"# known bad\n\n" + strings.ToUpper(digest) + " *eicar.com\r\n\\" + strings.Repeat("ab", 32) + "  a\\nb\n",
+		"not-a-digest\n" + digest[:63] + "\n" + digest + "0\n  \t\n#",
+		strings.Repeat("0", 1<<16) + "\n",
+	}
+	for _, p := range policies {
+		for _, l := range lists {
+			f.Add([]byte(p), []byte(l))
+		}
+	}
+	f.Fuzz(func(t *testing.T, policy, list []byte) {
+		fsys := fstest.MapFS{
+			"a.yaml":      {Data: policy},
+			"l.sha256":    {Data: list},
+			"feeds/l.txt": {Data: list},
+		}
+		p, err := Load(fsys, ".")
+		if err != nil {
+			var ve *ValidationErrors
+			if !errors.As(err, &ve) || len(ve.Errors()) == 0 {
+				t.Fatalf("Load error is %T %v, want *ValidationErrors with errors", err, err)
+			}
+			for _, is := range ve.Issues {
+				if is.File == "" || is.Line < 0 || is.Msg == "" {
+					t.Fatalf("issue without position or message: %+v", is)
+				}
+				if (is.File == "l.sha256" || is.File == "feeds/l.txt") && is.Line < 1 {
+					t.Fatalf("issue in a list file without a line: %+v", is)
+				}
+			}
+			return
+		}
+		out, err := p.Normalized()
+		if err != nil {
+			t.Fatal(err)
+		}
+		q, err := Load(fstest.MapFS{"n.yaml": {Data: out}}, ".")
+		if err != nil {
+			t.Fatalf("normalized policy does not load: %v\n%s", err, out)
+		}
+		if q.NumRules() != p.NumRules() {
+			t.Fatalf("normalized policy has %d rules, want %d", q.NumRules(), p.NumRules())
+		}
+		sums := []string{digest, strings.Repeat("ab", 32)}
+		for _, line := range strings.Split(string(list), "\n") {
+			if fields := strings.Fields(line); len(fields) > 0 && len(sums) < 64 {
+				sums = append(sums, strings.ToLower(strings.TrimPrefix(fields[0], "\\")))
+			}
+		}
+		for _, sum := range sums {
+			if !isSHA256(sum) {
+				continue
+			}
+			for _, name := range []string{"/x/a.exe", "/x/a.txt"} {
+				req := &Request{Path: name, SHA256: sum, ContentType: "application/octet-stream", Size: 1}
+				d1, err1 := p.Decide(req)
+				d2, err2 := q.Decide(req)
+				if err1 != nil || err2 != nil || d1.Rule != d2.Rule || d1.Action != d2.Action {
+					t.Fatalf("%s %s: policy decides %+v (%v), normalized %+v (%v)\n%s", name, sum, d1, err1, d2, err2, out)
+				}
+			}
+		}
+	})
+}
+
 // matcherPolicy is a policy exercising every condition kind and every index dimension.
 const matcherPolicy = `
 default:

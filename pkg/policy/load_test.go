@@ -493,3 +493,26 @@ rules:
 		t.Errorf("errors:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// TestNormalizedEmptyList: a list whose files hold no digest normalizes to a list that
+// loads (found by FuzzLoadWithLists: "sha256: []" is an error).
+func TestNormalizedEmptyList(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"a.yaml":   "default: {action: deny, untrusted_action: deny}\nlists:\n  l: {files: [l.sha256]}\nrules:\n  - {name: r, action: deny, match: {sha256_list: [l]}}\n",
+		"l.sha256": "# nothing yet\n",
+	})
+	p, err := loadDir(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.Normalized()
+	if err != nil {
+		t.Fatal(err)
+	}
+	norm := t.TempDir()
+	writeFiles(t, norm, map[string]string{"all.yaml": string(out)})
+	if _, err := loadDir(t, norm); err != nil {
+		t.Fatalf("normalized policy does not load: %v\n%s", err, out)
+	}
+}

@@ -36,7 +36,7 @@ type normHandler struct {
 }
 
 type normList struct {
-	SHA256 []string `yaml:"sha256"`
+	SHA256 []string `yaml:"sha256,omitempty"` // absent when empty (list files of no digests): "l: {}"
 }
 
 type normOrigin struct {
