@@ -139,10 +139,22 @@ func errorStatus(err error) (int, string) {
 		return http.StatusServiceUnavailable, api.CodeBusy
 	case errors.Is(err, ErrShuttingDown):
 		return http.StatusServiceUnavailable, api.CodeShuttingDown
-	case errors.Is(err, errBadRequest):
+	case errors.Is(err, errBadRequest), badPath(err):
 		return http.StatusBadRequest, api.CodeBadRequest
 	}
 	return http.StatusInternalServerError, api.CodeInternal
+}
+
+// badPath reports whether err is the open of a caller's path failing because of the path
+// itself: a NUL byte in it, too long, through a non-directory, or a symlink loop (or a
+// symlink where none is followed).
+func badPath(err error) bool {
+	var pe *fs.PathError
+	if !errors.As(err, &pe) || pe.Op != "open" {
+		return false
+	}
+	return errors.Is(pe.Err, syscall.EINVAL) || errors.Is(pe.Err, syscall.ENAMETOOLONG) ||
+		errors.Is(pe.Err, syscall.ENOTDIR) || errors.Is(pe.Err, syscall.ELOOP)
 }
 
 var errBadRequest = errors.New("bad request")
@@ -157,6 +169,9 @@ func decodeBody(r *http.Request, v any) error {
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return fmt.Errorf("%w: %v", errBadRequest, err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) { // one request, nothing after it
+		return fmt.Errorf("%w: data after the JSON request", errBadRequest)
 	}
 	return nil
 }
