@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/isolator-dev/isolator/internal/xdg"
 	"github.com/isolator-dev/isolator/pkg/api"
 	"github.com/isolator-dev/isolator/pkg/broker"
 	"github.com/isolator-dev/isolator/pkg/client"
@@ -22,7 +22,17 @@ import (
 const (
 	exitDenied     = 2 // a file was denied
 	exitTaskFailed = 3 // an isolated task failed, was killed or its handler exited non-zero
+	exitNoApp      = 4 // a trusted file has no application other than Isolator's handler
+	exitRelaunch   = 5 // a trusted file was not opened: isoctl runs under a program it launched
 )
+
+// launchedEnv is set to 1 in the environment of every application isoctl open launches.
+// An isoctl open that finds it set does not launch trusted files: it was started, directly
+// or not, by an application isoctl started, and launching again could go on forever.
+const launchedEnv = "ISOLATOR_LAUNCHED"
+
+// isolatorDesktopID is the desktop file ID of Isolator's handler, deploy/xdg/isolator-open.desktop.
+const isolatorDesktopID = "isolator-open.desktop"
 
 // dial connects to isolatord at the --socket path.
 func (g *globalOptions) dial() (*client.Client, error) {
@@ -47,8 +57,13 @@ type openReport struct {
 	Written      []string       `json:"written,omitempty"`
 	Refused      []api.Rejected `json:"refused,omitempty"`
 	XattrWarning string         `json:"xattr_warning,omitempty"`
+	MIMEType     string         `json:"mime_type,omitempty"`   // of a trusted file being launched
+	Application  string         `json:"application,omitempty"` // desktop file ID it was launched with
+	PassedOver   []string       `json:"passed_over,omitempty"` // applications not used, "ID: why"
 	Launched     bool           `json:"launched,omitempty"`
 	Error        string         `json:"error,omitempty"`
+
+	code int // exit status for Error; 0 means 1
 }
 
 func newOpenCmd(g *globalOptions) *cobra.Command {
@@ -56,20 +71,31 @@ func newOpenCmd(g *globalOptions) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "open FILE...",
 		Short: "Open files as the policy says: on the host, in a micro VM, or not at all",
-		Long: `Open asks isolatord about each FILE. A trusted file is opened on the host with the
-default application (xdg-open), or only reported with --no-launch. An isolated file runs
-its handler in a throwaway micro VM: the handler's output is shown as it runs and the files
-it returns are written to RESULTS-DIR/<task-id>/ (default ~/Isolated), never overwriting
-anything and never following symlinks. A denied file is refused with the policy's reason.
+		Long: `Open asks isolatord about each FILE. A trusted file is opened on the host, or only
+reported with --no-launch. An isolated file runs its handler in a throwaway micro VM: the
+handler's output is shown as it runs and the files it returns are written to
+RESULTS-DIR/<task-id>/ (default ~/Isolated), never overwriting anything and never following
+symlinks. A denied file is refused with the policy's reason.
+
+A trusted file opens with the application the desktop would use if Isolator's handler
+(isolator-open.desktop) were not installed: isoctl finds the file's MIME type and the
+default application for it from the mimeapps.list files and desktop entries, as the XDG
+specifications say, passing over isolator-open.desktop and any entry that runs isoctl or
+a program that asks for the default application again (xdg-open, gio, kde-open, ...). It
+starts that application itself, detached, never through xdg-open, with ISOLATOR_LAUNCHED=1
+in its environment; an isoctl open that finds ISOLATOR_LAUNCHED set opens no trusted file.
 
 Exit status: 0 when every file was handled, 1 on errors, 2 when a file was denied, 3 when
-an isolated task failed, was killed, or its handler exited non-zero.`,
+an isolated task failed, was killed, or its handler exited non-zero, 4 when a trusted file
+has no application other than Isolator's handler (set one with
+xdg-mime default APP.desktop TYPE), 5 when a trusted file was not opened because
+ISOLATOR_LAUNCHED is set.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runOpen(cmd.Context(), g, o, args, cmd.OutOrStdout(), cmd.ErrOrStderr())
 		},
 	}
-	cmd.Flags().BoolVar(&o.noLaunch, "no-launch", false, "report trusted files instead of opening them with xdg-open")
+	cmd.Flags().BoolVar(&o.noLaunch, "no-launch", false, "report trusted files instead of opening them")
 	cmd.Flags().StringVar(&o.resultsDir, "results-dir", "", "where results go, one directory per task (default ~/Isolated)")
 	cmd.Flags().BoolVar(&o.json, "json", false, "print one JSON object per file")
 	cmd.Flags().StringVar(&o.opener, "opener", "", "program that will open the file, for opener rules")
@@ -94,8 +120,9 @@ func runOpen(ctx context.Context, g *globalOptions, o *openOptions, files []stri
 	defer c.Close()
 	code := 0
 	worse := func(n int) {
-		// Errors outrank denials, which outrank failed tasks.
-		rank := map[int]int{0: 0, exitTaskFailed: 1, exitDenied: 2, 1: 3}
+		// Errors outrank denials, which outrank trusted files not opened, which outrank
+		// failed tasks.
+		rank := map[int]int{0: 0, exitTaskFailed: 1, exitNoApp: 2, exitRelaunch: 3, exitDenied: 4, 1: 5}
 		if rank[n] > rank[code] {
 			code = n
 		}
@@ -105,9 +132,14 @@ func runOpen(ctx context.Context, g *globalOptions, o *openOptions, files []stri
 		rep := openOne(ctx, c, o, f, stdout, stderr)
 		switch {
 		case rep.Error != "":
-			worse(1)
+			worse(max(rep.code, 1))
 			if !o.json {
 				fmt.Fprintf(stderr, "isoctl: %s: %s\n", f, rep.Error)
+				if rep.code == exitNoApp {
+					for _, p := range rep.PassedOver {
+						fmt.Fprintf(stderr, "  passed over %s\n", p)
+					}
+				}
 			}
 		case rep.Decision != nil && rep.Decision.Action == api.ActionDeny:
 			worse(exitDenied)
@@ -194,11 +226,10 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 	switch rep.Decision.Action {
 	case api.ActionTrust:
 		if !o.noLaunch {
-			if err := exec.Command("xdg-open", abs).Start(); err != nil {
-				rep.Error = fmt.Sprintf("trusted, but xdg-open failed: %v", err)
-				return rep
+			launchTrusted(abs, rep)
+			if rep.Launched {
+				say("  opened with %s (%s)\n", rep.Application, rep.MIMEType)
 			}
-			rep.Launched = true
 		}
 		return rep
 	case api.ActionIsolate:
@@ -242,4 +273,73 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 		say("  not returned: %s: %s\n", r.Name, r.Reason)
 	}
 	return rep
+}
+
+// launchTrusted opens the trusted file abs on the host with the application the desktop
+// would open it with were Isolator's handler not installed, and records the outcome in
+// rep. It never goes through xdg-open or anything else that could come back to isoctl.
+func launchTrusted(abs string, rep *openReport) {
+	if os.Getenv(launchedEnv) != "" {
+		rep.Error = "trusted, but not opened: this isoctl runs under an application that isoctl launched " +
+			"(" + launchedEnv + " is set), and launching again could loop; open the file from the file manager or a shell"
+		rep.code = exitRelaunch
+		return
+	}
+	r := xdg.NewResolver(xdg.FromEnv(nil))
+	typ, err := r.MIMEDB().TypeOfFile(abs)
+	if err != nil {
+		rep.Error = fmt.Sprintf("trusted, but its type could not be told: %v", err)
+		return
+	}
+	rep.MIMEType = typ
+	app, skipped := r.Find(typ, notIsolator())
+	for _, s := range skipped {
+		rep.PassedOver = append(rep.PassedOver, s.ID+": "+s.Reason)
+	}
+	if app == nil {
+		rep.Error = fmt.Sprintf("trusted, but no application other than Isolator's handler opens %s; "+
+			"set one with `xdg-mime default viewer.desktop %s`", typ, typ)
+		rep.code = exitNoApp
+		return
+	}
+	rep.Application = app.Entry.ID
+	env := []string{launchedEnv + "=1"}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, launchedEnv+"=") {
+			env = append(env, kv)
+		}
+	}
+	if _, err := app.Launch([]string{abs}, env); err != nil {
+		rep.Error = fmt.Sprintf("trusted, but %s did not start: %v", app.Entry.ID, err)
+		return
+	}
+	rep.Launched = true
+}
+
+// notIsolator refuses the applications that would bring a file back to isoctl: Isolator's
+// handler, entries that run isoctl (by name, or the very executable of this process under
+// another name) and entries that run a program that opens the default application again.
+func notIsolator() func(*xdg.App) string {
+	self, _ := os.Executable()
+	var selfInfo os.FileInfo
+	if self != "" {
+		selfInfo, _ = os.Stat(self)
+	}
+	return func(a *xdg.App) string {
+		if a.Entry.ID == isolatorDesktopID {
+			return "Isolator's own handler"
+		}
+		if n, ok := a.Entry.Runs(append([]string{"isoctl"}, xdg.Openers...)...); ok {
+			if n == "isoctl" {
+				return "it runs isoctl"
+			}
+			return "it runs " + n + ", which would ask for the default application again"
+		}
+		if selfInfo != nil && a.Program != "" {
+			if fi, err := os.Stat(a.Program); err == nil && os.SameFile(fi, selfInfo) {
+				return "it runs isoctl (" + a.Program + ")"
+			}
+		}
+		return ""
+	}
 }
