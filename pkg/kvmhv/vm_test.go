@@ -308,8 +308,8 @@ func TestTripleFault(t *testing.T) {
 	// so delivering #UD faults, then #DF faults, and the CPU shuts down.
 	copy(vm.mem.mem[tssGPA+4:], make([]byte, 8))
 	exit, _ := runUntil(t, vm, func(*VCPU) bool { return false })
-	if exit.Kind != ExitFatal {
-		t.Errorf("exit %v (%s), want fatal", exit.Kind, exit.Reason)
+	if exit.Kind != ExitFatal || exit.Reason != "triple fault" {
+		t.Errorf("exit %v (%q), want fatal (\"triple fault\")", exit.Kind, exit.Reason)
 	}
 }
 

@@ -7,10 +7,14 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/isolator-dev/isolator/pkg/image"
+	"github.com/isolator-dev/isolator/pkg/kvmhv"
 )
 
 // tinyELF returns a static x86-64 ELF executable whose only code is code, loaded at
@@ -131,6 +135,80 @@ func TestContainment(t *testing.T) {
 			}
 		})
 	}
+	checkNothingLeft(t, baseGoroutines, baseFDs)
+}
+
+// TestFatalExit checks that a fatal exit of a vCPU (a triple fault, a fault inside the
+// supervisor, an instruction KVM cannot emulate) ends the program as MICROVM.md says: with
+// SIGSEGV, exit status 139 and the reason, whichever thread it happens on, leaving nothing
+// behind. A CPL3 program cannot cause one: kvmhv's TestTripleFault does by breaking the
+// TSS, which only the VMM can write, and the supervisor takes no fault a user program can
+// provoke. So the test injects the exits kvmhv reports for them into the thread loop,
+// through VM.exitHook, in place of a system call.
+func TestFatalExit(t *testing.T) {
+	sys := requireKVM(t)
+	prog := filepath.Join(t.TempDir(), "prog")
+	// getpid, then exit(0): the fatal exit comes in place of the getpid.
+	if err := os.WriteFile(prog, tinyELF(join(movEAXImm(39), codeSyscall, movEDIImm(0), movEAXImm(60), codeSyscall)), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	run := func(t *testing.T, cfg Config, hook func(kvmhv.Exit) kvmhv.Exit) *Result {
+		t.Helper()
+		vm, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer vm.Close()
+		vm.exitHook = hook
+		res, err := vm.Run(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	check := func(t *testing.T, res *Result, reason string) {
+		t.Helper()
+		if res.ExitCode != 139 || res.Signal != int(unix.SIGSEGV) || res.Reason != "SIGSEGV: "+reason || res.TimedOut || res.Killed {
+			t.Errorf("exit %d signal %d reason %q timed out %v killed %v, want exit 139 signal 11 reason %q",
+				res.ExitCode, res.Signal, res.Reason, res.TimedOut, res.Killed, "SIGSEGV: "+reason)
+		}
+		if n := res.Stats.Exits["fatal"]; n != 1 {
+			t.Errorf("%d fatal exits counted, want 1: %v", n, res.Stats.Exits)
+		}
+	}
+	im := buildImage(t, "fatal", image.BuildConfig{Files: []image.FileSpec{{HostPath: prog, GuestPath: "/prog"}}})
+	threaded := buildTestProg(t, "mmapstress")
+	baseGoroutines := runtime.NumGoroutine() // the images stay open, in buildImage's cache
+	baseFDs := countFDs(t)
+	for _, reason := range []string{"triple fault", "exception 14 in supervisor code at 0xffffff8000001000",
+		"exception 13 with supervisor stack at 0x7ffffffde000", "KVM internal error (suberror 1)"} {
+		t.Run(reason, func(t *testing.T) {
+			res := run(t, Config{KVM: sys, Image: im, Program: "/prog", Timeout: 10 * time.Second}, func(e kvmhv.Exit) kvmhv.Exit {
+				if e.Kind == kvmhv.ExitSyscall {
+					return kvmhv.Exit{Kind: kvmhv.ExitFatal, Reason: reason}
+				}
+				return e
+			})
+			check(t, res, reason)
+			if res.Stats.SyscallCount != 0 {
+				t.Errorf("system calls served after the fatal exit: %v", res.Stats.Syscalls)
+			}
+		})
+	}
+	t.Run("one thread of many", func(t *testing.T) {
+		var syscalls atomic.Int64
+		res := run(t, Config{KVM: sys, Image: threaded, Program: "/bin/mmapstress", Args: []string{"/bin/mmapstress", "8", "300"},
+			Env: []string{"GOMAXPROCS=4"}, Timeout: 60 * time.Second}, func(e kvmhv.Exit) kvmhv.Exit {
+			if e.Kind == kvmhv.ExitSyscall && syscalls.Add(1) == 1000 {
+				return kvmhv.Exit{Kind: kvmhv.ExitFatal, Reason: "triple fault"}
+			}
+			return e
+		})
+		check(t, res, "triple fault")
+		if res.Stats.Threads < 2 {
+			t.Errorf("the program had %d threads when the fatal exit came, want several", res.Stats.Threads)
+		}
+	})
 	checkNothingLeft(t, baseGoroutines, baseFDs)
 }
 

@@ -60,6 +60,9 @@ func (t *thread) loop() {
 			t.vm.terminate(exitStatus{signal: int(unix.SIGKILL), reason: fmt.Sprintf("vCPU failed: %v", err)})
 			return
 		}
+		if t.vm.exitHook != nil {
+			exit = t.vm.exitHook(exit)
+		}
 		t.vm.stats.exit(exit)
 		switch exit.Kind {
 		case kvmhv.ExitSyscall:

@@ -63,6 +63,11 @@ type VM struct {
 
 	stats statsCounter
 	ran   atomic.Bool
+
+	// exitHook, when set (by tests, before Run), sees every exit of every thread before it
+	// is handled and may replace it: a CPL3 program cannot cause the fatal exits a broken
+	// supervisor would, so TestFatalExit injects them.
+	exitHook func(kvmhv.Exit) kvmhv.Exit
 }
 
 // New builds a micro VM from cfg: guest memory, the file namespace, and the program loaded
