@@ -5,7 +5,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
+	goimage "image"
+	"image/color"
+	"image/png"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -387,7 +391,8 @@ func buildTestProg(t *testing.T, name string) *image.Image {
 }
 
 // TestGoProgram runs a static Go program that uses goroutines, channels, timers, file
-// reads, crypto and image/png 50 times, comparing each run with the host's.
+// reads, crypto and image/png 50 times, comparing each run's output and its /output/out.png
+// with what the test computes on the host from the same input (goprogWant).
 func TestGoProgram(t *testing.T) {
 	sys := requireKVM(t)
 	im := buildGoProg(t)
@@ -396,30 +401,58 @@ func TestGoProgram(t *testing.T) {
 	rand.Read(data)
 	in := filepath.Join(dir, "data.bin")
 	os.WriteFile(in, data, 0o644)
+	want, wantPNG := goprogWant(t, data)
 	runs := 50
 	if testing.Short() {
 		runs = 5
 	}
-	var want string
 	for i := 0; i < runs; i++ {
 		out, stderr, res := runGuest(t, sys, im, []Input{{Name: "data.bin", HostPath: in}}, nil, "/bin/goprog", "/input/data.bin")
 		if res.ExitCode != 0 || res.TimedOut {
 			t.Fatalf("run %d: exit %d (%s) timed out %v\nstderr: %s\nstats: %+v", i, res.ExitCode, res.Reason, res.TimedOut, stderr, res.Stats.Denied)
 		}
-		if i == 0 {
-			want = out
-			if !strings.Contains(out, "ticks 3\n") || !strings.Contains(out, "bounds (0,0)-(64,48)") {
-				t.Fatalf("unexpected output %q", out)
-			}
-			if len(res.Outputs) != 1 || res.Outputs[0].Name != "out.png" {
-				t.Fatalf("outputs %v, want out.png", res.Outputs)
-			}
-			continue
-		}
 		if out != want {
-			t.Fatalf("run %d output %q differs from run 0 %q", i, out, want)
+			t.Fatalf("run %d output:\n%s\nwant (computed on the host):\n%s", i, out, want)
+		}
+		if len(res.Outputs) != 1 || res.Outputs[0].Name != "out.png" || !bytes.Equal(res.Outputs[0].Data, wantPNG) {
+			t.Fatalf("run %d outputs %v, want out.png of %d bytes as encoded on the host", i, outputNames(res.Outputs), len(wantPNG))
 		}
 	}
+}
+
+// goprogWant computes on the host what testdata/goprog prints for data, and the PNG file it
+// writes: the XOR of SHA-256(data + "i") for its eight workers i, SHA-256(data), three
+// ticks, the pixel it reads back at (10, 20) and the bounds.
+func goprogWant(t *testing.T, data []byte) (string, []byte) {
+	t.Helper()
+	var x [32]byte
+	for i := range 8 {
+		s := sha256.Sum256(append(append([]byte(nil), data...), strconv.Itoa(i)...))
+		for j := range x {
+			x[j] ^= s[j]
+		}
+	}
+	img := goimage.NewRGBA(goimage.Rect(0, 0, 64, 48))
+	for y := range 48 {
+		for xx := range 64 {
+			img.Set(xx, y, color.RGBA{uint8(xx * 4), uint8(y * 5), data[(xx+y)%len(data)], 255})
+		}
+	}
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("sha256 %x\nfile %x\nticks 3\npixel %d %d %d\nbounds (0,0)-(64,48)\n",
+		x, sha256.Sum256(data), 10*4, 20*5, data[30])
+	return want, buf.Bytes()
+}
+
+func outputNames(outs []Output) []string {
+	var names []string
+	for _, o := range outs {
+		names = append(names, fmt.Sprintf("%s (%d bytes)", o.Name, len(o.Data)))
+	}
+	return names
 }
 
 // TestMunmapAcrossThreads runs testdata/mmapstress: goroutines on several guest threads map,
