@@ -96,6 +96,9 @@ func TestContainment(t *testing.T) {
 			[]byte{0x31, 0xff}, movESIImm(1<<30), movEDXImm(3), []byte{0x41, 0xba, 0x22, 0, 0, 0},
 			[]byte{0x49, 0xc7, 0xc0, 0xff, 0xff, 0xff, 0xff, 0x45, 0x31, 0xc9}, movEAXImm(9), codeSyscall, codeExitNegRAX), exit: 12},
 		{name: "fork denied", code: join(movEAXImm(57), codeSyscall, codeExitNegRAX), exit: 38, denied: "fork"},
+		// clone as fork calls it (SIGCHLD) and as posix_spawn does (CLONE_VM|CLONE_VFORK|SIGCHLD).
+		{name: "process clone denied", code: join(movEDIImm(uint32(unix.SIGCHLD)), []byte{0x31, 0xf6}, movEAXImm(56), codeSyscall, codeExitNegRAX), exit: 38, denied: "clone"},
+		{name: "vfork clone denied", code: join(movEDIImm(unix.CLONE_VM|unix.CLONE_VFORK|uint32(unix.SIGCHLD)), []byte{0x31, 0xf6}, movEAXImm(56), codeSyscall, codeExitNegRAX), exit: 38, denied: "clone"},
 		{name: "socket refused", code: join(movEDIImm(2), movESIImm(1), movEDXImm(0), movEAXImm(41), codeSyscall, codeExitNegRAX), exit: 13, denied: "socket"},
 		{name: "unknown syscall", code: join(movEAXImm(999), codeSyscall, codeExitNegRAX), exit: 38, denied: "syscall_999"},
 		{name: "wall clock timeout", code: []byte{0xeb, 0xfe}, timeout: 300 * time.Millisecond, exit: 137, signal: 9, timedOut: true},
@@ -130,8 +133,8 @@ func TestContainment(t *testing.T) {
 				t.Errorf("exit %d signal %d timed out %v (%s), want exit %d signal %d timed out %v",
 					res.ExitCode, res.Signal, res.TimedOut, res.Reason, c.exit, c.signal, c.timedOut)
 			}
-			if c.denied != "" && res.Stats.Denied[c.denied] != 1 {
-				t.Errorf("denied %v, want %s counted once", res.Stats.Denied, c.denied)
+			if c.denied != "" && (res.Stats.Denied[c.denied] != 1 || res.Stats.Syscalls[c.denied] != 0 || res.Stats.DeniedCount != 1) {
+				t.Errorf("denied %v, served %v: want %s counted once, as denied only", res.Stats.Denied, res.Stats.Syscalls, c.denied)
 			}
 		})
 	}

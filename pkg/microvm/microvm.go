@@ -80,7 +80,7 @@ type Result struct {
 type Stats struct {
 	Exits          map[string]uint64 `json:"exits"`           // VM exits by reason
 	Syscalls       map[string]uint64 `json:"syscalls"`        // syscalls served, by name
-	Denied         map[string]uint64 `json:"denied"`          // syscalls refused (ENOSYS/EACCES), by name
+	Denied         map[string]uint64 `json:"denied"`          // syscalls refused (ENOSYS/EACCES), by name; each call is in Syscalls or here, never both
 	Wall           time.Duration     `json:"wall_ns"`         // from New to the program's end (creation included, teardown not)
 	CPU            time.Duration     `json:"cpu_ns"`          // CPU time of the vCPU threads
 	PeakMemory     int64             `json:"peak_memory"`     // peak guest memory in use, bytes

@@ -265,6 +265,9 @@ func (t *thread) dispatch(v *kvmhv.VCPU, nr uint64, a args) (res uint64, handled
 	case unix.SYS_SET_ROBUST_LIST:
 		return 0, true
 	case unix.SYS_CLONE:
+		if a[0]&threadFlags != threadFlags {
+			return 0, false // a new process, which the personality does not provide: denied
+		}
 		return ret(t.clone(v, a[0], a[1], a[2], a[3], a[4])), true
 	case unix.SYS_FUTEX:
 		return ret(t.futex(a)), true
