@@ -49,6 +49,26 @@ const (
 	MaxSymlinks = 40
 )
 
+// mountPoints are the directories of "/" that the namespace mounts its other trees on,
+// sorted: the image's entries at and under them are masked.
+var mountPoints = [...]string{"/dev", "/input", "/output", "/proc", "/tmp", "/work"}
+
+// MountPoints returns the guest directories that the namespace mounts over the image:
+// /dev, /input, /output, /proc, /tmp and /work. The guest never sees an image entry at or
+// under one of them (`isoctl image build` refuses to pack one).
+func MountPoints() []string { return append([]string(nil), mountPoints[:]...) }
+
+// MountOf returns the mount point that the clean absolute guest path p is at or under, or
+// "" when p is in the image.
+func MountOf(p string) string {
+	for _, m := range mountPoints {
+		if p == m || strings.HasPrefix(p, m+"/") {
+			return m
+		}
+	}
+	return ""
+}
+
 // Input is a host file made visible read-only to the guest as /input/<Name>.
 type Input struct {
 	Name     string // plain file name inside /input: no "/", not "." or "..", at most 255 bytes

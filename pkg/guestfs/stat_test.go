@@ -2,6 +2,7 @@ package guestfs
 
 import (
 	"path"
+	"slices"
 	"strings"
 	"testing"
 
@@ -104,5 +105,29 @@ func TestStatSizesLikeExt4(t *testing.T) {
 	}
 	if st, _ := f.Stat("/", "/usr/bin/busybox", false); st.Blocks != (st.Size+4095)/4096*8 || st.Nlink != 1 {
 		t.Errorf("busybox: size %d blocks %d nlink %d", st.Size, st.Blocks, st.Nlink)
+	}
+}
+
+// TestMountPoints checks that MountPoints names exactly the trees mounted on "/", and
+// MountOf the paths they mask.
+func TestMountPoints(t *testing.T) {
+	f := newTestFS(t, nil)
+	var mounted []string
+	for name := range f.root.mounts {
+		mounted = append(mounted, "/"+name)
+	}
+	slices.Sort(mounted)
+	if got := MountPoints(); !slices.Equal(got, mounted) {
+		t.Errorf("MountPoints() = %q, the namespace mounts %q", got, mounted)
+	}
+	for p, want := range map[string]string{"/tmp": "/tmp", "/tmp/x/prog": "/tmp", "/tmpfoo": "", "/work/a": "/work",
+		"/proc/self": "/proc", "/dev": "/dev", "/input/x": "/input", "/output": "/output", "/usr/bin/x": "", "/": "", "/devices": ""} {
+		if got := MountOf(p); got != want {
+			t.Errorf("MountOf(%q) = %q, want %q", p, got, want)
+		}
+	}
+	// What the image has under /tmp is masked.
+	if _, err := f.Stat("/", "/tmp/hidden", false); errnoOf(t, err) != unix.ENOENT {
+		t.Errorf("stat of the image's /tmp/hidden: %v, want ENOENT", err)
 	}
 }

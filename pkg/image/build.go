@@ -38,6 +38,12 @@ type BuildConfig struct {
 	// directories of /etc/ld.so.conf (and the files it includes), then
 	// /lib/x86_64-linux-gnu, /usr/lib/x86_64-linux-gnu, /lib64 and /usr/lib.
 	LibraryPath []string
+	// Hidden lists guest directories that the micro VM mounts over the image
+	// (guestfs.MountPoints: /tmp, /work, /input, /output, /dev, /proc). The guest never
+	// sees what the image holds at or under them, so Build refuses, with a
+	// *HiddenPathError, any entry under one of them, and anything but a directory at one.
+	// Nil refuses nothing.
+	Hidden []string
 	// Progress, if not nil, is called with a line describing each step.
 	Progress func(msg string)
 }
@@ -69,6 +75,28 @@ var (
 	// ErrConflict means two inputs want different things at the same guest path.
 	ErrConflict = errors.New("conflicting image entries")
 )
+
+// HiddenPathError reports an entry Build refused because its guest path is at or under a
+// directory of BuildConfig.Hidden, where the guest would not see it.
+type HiddenPathError struct {
+	Path  string // guest path of the entry
+	Mount string // the directory of BuildConfig.Hidden it is at or under
+}
+
+func (e *HiddenPathError) Error() string {
+	return fmt.Sprintf("guest path %s is hidden by the micro VM's %s mount: the guest would not see it", e.Path, e.Mount)
+}
+
+// hidden returns a *HiddenPathError if the guest would not see an entry at p (a directory
+// when dir), or nil.
+func (b *builder) hidden(p string, dir bool) error {
+	for _, m := range b.cfg.Hidden {
+		if strings.HasPrefix(p, strings.TrimSuffix(m, "/")+"/") || p == m && !dir {
+			return &HiddenPathError{Path: p, Mount: m}
+		}
+	}
+	return nil
+}
 
 // MissingLibraryError reports a DT_NEEDED library found in no search directory.
 type MissingLibraryError struct {
@@ -200,6 +228,9 @@ func kind(m fs.FileMode) string {
 
 // addDir adds directory p with the metadata of fi (nil: default metadata).
 func (b *builder) addDir(p string, fi fs.FileInfo) error {
+	if err := b.hidden(p, true); err != nil {
+		return err
+	}
 	if err := b.ensureParents(p); err != nil {
 		return err
 	}
@@ -224,6 +255,9 @@ func (b *builder) addSymlink(p, target string, fi fs.FileInfo) error {
 	if len(target) == 0 || len(target) > maxTargetLen || strings.IndexByte(target, 0) >= 0 {
 		return fmt.Errorf("symlink %s: unusable target %q", p, target)
 	}
+	if err := b.hidden(p, false); err != nil {
+		return err
+	}
 	if err := b.ensureParents(p); err != nil {
 		return err
 	}
@@ -239,6 +273,9 @@ func (b *builder) addSymlink(p, target string, fi fs.FileInfo) error {
 
 // addFile adds regular file p with the content of host file host.
 func (b *builder) addFile(p, host string, fi fs.FileInfo) error {
+	if err := b.hidden(p, false); err != nil {
+		return err
+	}
 	if err := b.ensureParents(p); err != nil {
 		return err
 	}
@@ -371,7 +408,10 @@ func (b *builder) addSpec(fsp FileSpec) error {
 			return fmt.Errorf("add %s: not a regular file or directory", fsp.HostPath)
 		}
 		b.progress("file %s -> %s", host, guest)
-		return b.addFile(guest, real, fi)
+		if err := b.addFile(guest, real, fi); err != nil {
+			return fmt.Errorf("add %s: %w", fsp.HostPath, err)
+		}
+		return nil
 	}
 	b.progress("directory %s -> %s", host, guest)
 	return filepath.WalkDir(real, func(hp string, d fs.DirEntry, err error) error {
@@ -392,19 +432,22 @@ func (b *builder) addSpec(fsp FileSpec) error {
 		}
 		switch {
 		case d.IsDir():
-			return b.addDir(gp, fi)
+			err = b.addDir(gp, fi)
 		case d.Type()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(hp)
-			if err != nil {
-				return fmt.Errorf("add %s: %w", hp, err)
+			target, rerr := os.Readlink(hp)
+			if rerr != nil {
+				return fmt.Errorf("add %s: %w", hp, rerr)
 			}
-			return b.addSymlink(gp, target, fi)
+			err = b.addSymlink(gp, target, fi)
 		case d.Type().IsRegular():
-			return b.addFile(gp, hp, fi)
+			err = b.addFile(gp, hp, fi)
 		default:
 			b.progress("skipping %s: %v is not a file, directory or symlink", hp, d.Type())
-			return nil
 		}
+		if err != nil {
+			return fmt.Errorf("add %s: %w", fsp.HostPath, err)
+		}
+		return nil
 	})
 }
 

@@ -129,6 +129,10 @@ func (b *builder) addProgram(p string) error {
 	if err != nil {
 		return fmt.Errorf("program %s: %w", p, err)
 	}
+	// Name the program, not the first hidden directory on its way.
+	if err := b.hidden(abs, false); err != nil {
+		return fmt.Errorf("program %s: %w", p, err)
+	}
 	real, err := b.addHostPath(abs)
 	if err != nil {
 		return fmt.Errorf("program %s: %w", p, err)

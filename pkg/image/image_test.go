@@ -660,6 +660,65 @@ func TestBuildErrors(t *testing.T) {
 	}
 }
 
+// TestBuildHidden checks that Build refuses what BuildConfig.Hidden mounts over: a
+// program at a hidden path, a program whose path leads there through a symlink, a file or
+// tree added at or under a hidden directory; and that it accepts an empty directory at a
+// mount point and everything else, and everything when Hidden is nil.
+func TestBuildHidden(t *testing.T) {
+	needHostFiles(t, busybox)
+	dir := t.TempDir()
+	bb, err := os.ReadFile(busybox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hid := filepath.Join(dir, "h") // the test's own hidden directory on the host
+	for _, d := range []string{hid, filepath.Join(dir, "empty"), filepath.Join(dir, "tree", "hide")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	prog := filepath.Join(hid, "prog")
+	os.WriteFile(prog, bb, 0o755)
+	os.Symlink(prog, filepath.Join(dir, "link"))
+	text := filepath.Join(dir, "note.txt")
+	os.WriteFile(text, []byte("note\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, "tree", "hide", "x"), []byte("x"), 0o644)
+	hidden := []string{"/hide", hid}
+
+	tests := []struct {
+		name        string
+		cfg         BuildConfig
+		path, mount string // of the HiddenPathError; "" for success
+		want        string // in the message
+	}{
+		{"program", BuildConfig{Programs: []string{prog}}, prog, hid, "program " + prog + ": guest path " + prog + " is hidden by the micro VM's " + hid + " mount"},
+		{"program through a symlink", BuildConfig{Programs: []string{filepath.Join(dir, "link")}}, prog, hid, "program " + filepath.Join(dir, "link")},
+		{"file under", BuildConfig{Files: []FileSpec{{HostPath: text, GuestPath: "/hide/note.txt"}}}, "/hide/note.txt", "/hide", "add " + text + ": guest path /hide/note.txt"},
+		{"file at", BuildConfig{Files: []FileSpec{{HostPath: text, GuestPath: "/hide"}}}, "/hide", "/hide", "guest path /hide is hidden"},
+		{"tree at", BuildConfig{Files: []FileSpec{{HostPath: filepath.Join(dir, "tree"), GuestPath: "/hide"}}}, "/hide/hide", "/hide", "add " + filepath.Join(dir, "tree")},
+		{"tree holding it", BuildConfig{Files: []FileSpec{{HostPath: filepath.Join(dir, "tree"), GuestPath: "/"}}}, "/hide/x", "/hide", "guest path /hide/x"},
+		{"empty directory at", BuildConfig{Files: []FileSpec{{HostPath: filepath.Join(dir, "empty"), GuestPath: "/hide"}}}, "", "", ""},
+		{"elsewhere", BuildConfig{Files: []FileSpec{{HostPath: prog, GuestPath: "/usr/local/bin/prog"}, {HostPath: text, GuestPath: "/hidenot/x"}}}, "", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := tt.cfg
+			cfg.Hidden = hidden
+			_, err := Build(io.Discard, cfg)
+			var he *HiddenPathError
+			switch {
+			case tt.path == "" && err != nil:
+				t.Errorf("Build: %v", err)
+			case tt.path != "" && (!errors.As(err, &he) || he.Path != tt.path || he.Mount != tt.mount || !strings.Contains(err.Error(), tt.want)):
+				t.Errorf("Build error %v, want a HiddenPathError for %s under %s containing %q", err, tt.path, tt.mount, tt.want)
+			}
+			if _, err := Build(io.Discard, tt.cfg); err != nil {
+				t.Errorf("without Hidden: %v", err)
+			}
+		})
+	}
+}
+
 // rawEntry is an index record written field by field, for crafting invalid images.
 type rawEntry struct {
 	mode   uint32

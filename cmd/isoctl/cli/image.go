@@ -2,14 +2,17 @@ package cli
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os/exec"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/isolator-dev/isolator/pkg/guestfs"
 	"github.com/isolator-dev/isolator/pkg/image"
 )
 
@@ -43,7 +46,12 @@ func newImageBuildCmd() *cobra.Command {
 		Long: `Build a guest image: each PROGRAM (a path, or a name looked up in $PATH) is packed at
 its host path together with its ELF interpreter, the shared libraries it needs and every
 symlink on the way; each --add packs a host file or directory (recursively), at GUESTPATH
-if given. The image is written atomically. Progress goes to stderr, the summary to stdout.`,
+if given. The image is written atomically. Progress goes to stderr, the summary to
+stdout.
+
+The micro VM mounts /tmp, /work, /input, /output, /dev and /proc over the image, so nothing
+can be packed at or under them: a program whose host path is there (say /tmp/x/prog) must be
+added at another guest path, with --add /tmp/x/prog:/usr/local/bin/prog.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runImageBuild(cmd.OutOrStdout(), cmd.ErrOrStderr(), o, args)
@@ -59,7 +67,7 @@ if given. The image is written atomically. Progress goes to stderr, the summary 
 }
 
 func runImageBuild(stdout, stderr io.Writer, o *imageBuildOptions, args []string) error {
-	cfg := image.BuildConfig{LibraryPath: o.libraryPath}
+	cfg := image.BuildConfig{LibraryPath: o.libraryPath, Hidden: guestfs.MountPoints()}
 	for _, a := range args {
 		p := a
 		if !strings.Contains(a, "/") {
@@ -81,12 +89,55 @@ func runImageBuild(stdout, stderr io.Writer, o *imageBuildOptions, args []string
 		cfg.Progress = func(msg string) { fmt.Fprintln(stderr, msg) }
 	}
 	rep, err := image.BuildFile(o.output, cfg)
+	var hidden *image.HiddenPathError
+	if errors.As(err, &hidden) {
+		return fmt.Errorf("%w (%s)%s", err, mountRole(hidden.Mount), hiddenHint(hidden.Path, cfg))
+	}
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "%s: %d entries (%d files, %d directories, %d symlinks), %d libraries, %d bytes\nsha256 %s\n",
 		o.output, rep.Entries, rep.Files, rep.Dirs, rep.Symlinks, len(rep.Libraries), rep.Bytes, rep.Digest)
 	return nil
+}
+
+// hiddenHint says how to pack what was refused at the hidden guest path p elsewhere, when p
+// is a program's own path or comes from an --add.
+func hiddenHint(p string, cfg image.BuildConfig) string {
+	for _, prog := range cfg.Programs {
+		if abs, err := filepath.Abs(prog); err == nil && abs == p {
+			return fmt.Sprintf("; pack it at another guest path with --add %s:/usr/local/bin/%s", prog, filepath.Base(abs))
+		}
+	}
+	for _, f := range cfg.Files {
+		gp := f.GuestPath
+		if gp == "" {
+			gp, _ = filepath.Abs(f.HostPath)
+		}
+		if p == gp || strings.HasPrefix(p, gp+"/") {
+			return fmt.Sprintf("; give it a GUESTPATH elsewhere, e.g. --add %s:/srv/%s", f.HostPath, filepath.Base(gp))
+		}
+	}
+	return ""
+}
+
+// mountRole says what the micro VM mounts at the mount point m.
+func mountRole(m string) string {
+	switch m {
+	case "/tmp":
+		return "/tmp is the guest's scratch space"
+	case "/work":
+		return "/work is the guest's working directory"
+	case "/input":
+		return "/input holds the run's inputs"
+	case "/output":
+		return "/output collects the run's outputs"
+	case "/dev":
+		return "/dev holds the guest's devices"
+	case "/proc":
+		return "/proc is the guest's synthetic /proc"
+	}
+	return m + " is a mount point"
 }
 
 func newImageLsCmd() *cobra.Command {

@@ -126,6 +126,77 @@ func TestImageErrors(t *testing.T) {
 	}
 }
 
+// TestImageBuildRefusesHiddenPaths: the micro VM mounts /tmp, /work, /input, /output,
+// /dev and /proc over the image, so image build refuses a program or an --add GUESTPATH
+// there, naming the mount and saying how to pack it elsewhere, and writes no image; the
+// --add it suggests works.
+func TestImageBuildRefusesHiddenPaths(t *testing.T) {
+	if _, err := os.Stat("/usr/bin/busybox"); err != nil {
+		t.Skipf("needs /usr/bin/busybox (Debian package busybox-static): %v", err)
+	}
+	tmp, err := os.MkdirTemp("/tmp", "isoctl-hidden-") // under the guest's /tmp whatever $TMPDIR says
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(tmp) })
+	prog := filepath.Join(tmp, "prog")
+	copyFileMode(t, "/usr/bin/busybox", prog, 0o755)
+	out := filepath.Join(t.TempDir(), "x.img")
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"program under /tmp", []string{prog},
+			": program " + prog + ": guest path " + prog + " is hidden by the micro VM's /tmp mount: the guest would not see it " +
+				"(/tmp is the guest's scratch space); pack it at another guest path with --add " + prog + ":/usr/local/bin/prog\n"},
+		{"--add under /tmp by default", []string{"--add", tmp, "/usr/bin/busybox"},
+			": add " + tmp + ": guest path " + tmp + " is hidden by the micro VM's /tmp mount: the guest would not see it " +
+				"(/tmp is the guest's scratch space); give it a GUESTPATH elsewhere, e.g. --add " + tmp + ":/srv/" + filepath.Base(tmp) + "\n"},
+		{"--add at /work", []string{"--add", tmp + ":/work", "/usr/bin/busybox"}, "hidden by the micro VM's /work mount"},
+		{"--add under /output", []string{"--add", prog + ":/output/prog", "/usr/bin/busybox"}, "hidden by the micro VM's /output mount"},
+		{"--add under /input", []string{"--add", prog + ":/input/prog", "/usr/bin/busybox"}, "hidden by the micro VM's /input mount"},
+		{"--add under /dev", []string{"--add", prog + ":/dev/prog", "/usr/bin/busybox"}, "hidden by the micro VM's /dev mount"},
+		{"--add under /proc", []string{"--add", prog + ":/proc/self/prog", "/usr/bin/busybox"}, "hidden by the micro VM's /proc mount"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var stdout, stderr bytes.Buffer
+			code := run(append([]string{"image", "build", "-q", "-o", out}, tt.args...), &stdout, &stderr)
+			if code != 1 || !strings.Contains(stderr.String(), tt.want) {
+				t.Errorf("exit %d, stderr %q; want 1 and %q", code, &stderr, tt.want)
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Error("an image was written")
+			}
+		})
+	}
+	// What the error suggests packs the program where the guest finds it.
+	var stdout, stderr bytes.Buffer
+	if code := run([]string{"image", "build", "-q", "-o", out, "--add", prog + ":/usr/local/bin/prog", "/usr/bin/busybox"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("build with the suggested --add: exit %d: %s", code, &stderr)
+	}
+	im, err := image.Open(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer im.Close()
+	if e, err := im.Lookup("/usr/local/bin/prog"); err != nil || !e.IsRegular() {
+		t.Errorf("/usr/local/bin/prog in the image: %v", err)
+	}
+}
+
+// copyFileMode copies src to dst with mode perm.
+func copyFileMode(t *testing.T, src, dst string, perm os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, perm); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestLsMode(t *testing.T) {
 	for _, tt := range []struct {
 		mode fs.FileMode
