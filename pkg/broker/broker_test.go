@@ -226,6 +226,50 @@ func TestDeliver(t *testing.T) {
 	}
 }
 
+// TestDeliverExisting: with Existing, an empty directory is written into as it is (its
+// mode kept, no tag added); a directory with an entry, a symlink to a directory and a file
+// are refused before anything is written; a missing one is created as without Existing.
+func TestDeliverExisting(t *testing.T) {
+	base := t.TempDir()
+	files := []api.File{{Name: "a.txt", Data: []byte("a")}, {Name: "sub/b.txt", Data: []byte("b")}}
+	empty := filepath.Join(base, "empty")
+	os.Mkdir(empty, 0o750)
+	os.Chmod(empty, 0o750)
+	d, err := Deliver(DeliverConfig{Dir: base, TaskID: "empty", Handler: "h", Existing: true}, files)
+	if err != nil || len(d.Written) != 2 || d.Dir != empty {
+		t.Fatalf("Deliver into an empty directory: %+v, %v", d, err)
+	}
+	if b, err := os.ReadFile(filepath.Join(empty, "sub", "b.txt")); err != nil || string(b) != "b" {
+		t.Errorf("sub/b.txt: %q, %v", b, err)
+	}
+	if fi, _ := os.Stat(empty); fi.Mode().Perm() != 0o750 {
+		t.Errorf("the existing directory's mode became %v", fi.Mode())
+	}
+	if _, err := unix.Getxattr(empty, XattrHandler, make([]byte, 16)); err == nil {
+		t.Error("the existing directory was tagged")
+	}
+
+	full := filepath.Join(base, "full")
+	os.Mkdir(full, 0o755)
+	os.WriteFile(filepath.Join(full, "keep"), []byte("mine"), 0o644)
+	os.Symlink(empty, filepath.Join(base, "link"))
+	os.WriteFile(filepath.Join(base, "file"), nil, 0o644)
+	for id, want := range map[string]string{"full": "not empty", "link": "open task directory", "file": "open task directory"} {
+		if _, err := Deliver(DeliverConfig{Dir: base, TaskID: id, Existing: true}, files); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("Deliver into %s: %v, want an error saying %q", id, err, want)
+		}
+	}
+	if ents, _ := os.ReadDir(full); len(ents) != 1 {
+		t.Errorf("a refused delivery wrote into the directory: %v", ents)
+	}
+	if d, err := Deliver(DeliverConfig{Dir: base, TaskID: "new", Existing: true}, files); err != nil || len(d.Written) != 2 {
+		t.Errorf("Deliver into a new directory with Existing: %+v, %v", d, err)
+	}
+	if fi, err := os.Stat(filepath.Join(base, "new")); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("new task directory: %v, %v; want mode 0700", fi, err)
+	}
+}
+
 func TestWriteAtRefusesSymlinks(t *testing.T) {
 	dir := t.TempDir()
 	outside := t.TempDir()

@@ -36,11 +36,14 @@ var ErrUnsafeName = errors.New("unsafe file name")
 // DeliverConfig says where and how Deliver writes a task's results.
 type DeliverConfig struct {
 	Dir          string // parent of the per-task directory, e.g. ~/Isolated; created 0700 if missing
-	TaskID       string // names the per-task directory Dir/TaskID, which must not exist yet
+	TaskID       string // names the per-task directory Dir/TaskID, which must not exist yet (but see Existing)
 	SourceSHA256 string // hash of the source file, for the xattr
 	Handler      string // handler name, for the xattr
 	MaxFiles     int    // files written at most; 0 selects DefaultMaxFiles
 	MaxBytes     int64  // bytes written at most; 0 selects DefaultMaxBytes
+	// Existing lets Dir/TaskID be an existing empty directory (not a symlink), which is
+	// then used as it is: not tagged, its mode and owner kept.
+	Existing bool
 }
 
 // Written is a result file Deliver wrote.
@@ -123,16 +126,28 @@ func Deliver(cfg DeliverConfig, files []api.File) (*Delivery, error) {
 		return nil, fmt.Errorf("open results directory %s: %w", cfg.Dir, err)
 	}
 	defer unix.Close(parent)
+	created := true
 	if err := unix.Mkdirat(parent, cfg.TaskID, 0o700); err != nil {
-		return nil, fmt.Errorf("create task directory %s: %w", filepath.Join(cfg.Dir, cfg.TaskID), err)
+		if !cfg.Existing || !errors.Is(err, unix.EEXIST) {
+			return nil, fmt.Errorf("create task directory %s: %w", filepath.Join(cfg.Dir, cfg.TaskID), err)
+		}
+		created = false
 	}
 	root, err := unix.Openat(parent, cfg.TaskID, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("open task directory: %w", err)
+		return nil, fmt.Errorf("open task directory %s: %w", filepath.Join(cfg.Dir, cfg.TaskID), err)
 	}
 	defer unix.Close(root)
 
 	d := &Delivery{Dir: filepath.Join(cfg.Dir, cfg.TaskID)}
+	if !created {
+		if empty, err := emptyDir(root); err != nil || !empty {
+			if err == nil {
+				err = errors.New("not empty")
+			}
+			return nil, fmt.Errorf("task directory %s: %w", d.Dir, err)
+		}
+	}
 	tags := [][2]string{{XattrTask, cfg.TaskID}, {XattrSourceSHA256, cfg.SourceSHA256}, {XattrHandler, cfg.Handler}}
 	tag := func(fd int) {
 		for _, t := range tags {
@@ -144,7 +159,9 @@ func Deliver(cfg DeliverConfig, files []api.File) (*Delivery, error) {
 			}
 		}
 	}
-	tag(root)
+	if created {
+		tag(root)
+	}
 
 	var total int64
 	for _, f := range files {
@@ -169,6 +186,17 @@ func Deliver(cfg DeliverConfig, files []api.File) (*Delivery, error) {
 		d.Written = append(d.Written, Written{Name: name, Path: filepath.Join(d.Dir, name), Size: int64(len(f.Data))})
 	}
 	return d, nil
+}
+
+// emptyDir reports whether the open directory dir has no entry but "." and "..".
+func emptyDir(dir int) (bool, error) {
+	buf := make([]byte, 4096)
+	n, err := unix.Getdents(dir, buf)
+	if err != nil {
+		return false, err
+	}
+	_, _, names := unix.ParseDirent(buf[:n], -1, nil)
+	return len(names) == 0, nil
 }
 
 // writeAt creates name (a sanitized relative path) under the directory root, making

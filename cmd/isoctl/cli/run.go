@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -32,22 +33,38 @@ type runOptions struct {
 	env       []string
 }
 
+// Exit codes of isoctl run besides the program's own status.
+const (
+	exitTimeout     = 124 // the wall-clock or CPU limit stopped the program
+	exitOutputsLost = 125 // the program ran, but its outputs could not be written to --output-dir
+)
+
 func newRunCmd() *cobra.Command {
 	o := &runOptions{memory: microvm.DefaultMemory}
 	cmd := &cobra.Command{
-		Use:   "run --image FILE [flags] -- GUESTPATH [ARGS...]",
+		Use:   "run --image FILE [flags] [--] GUESTPATH [ARGS...]",
 		Short: "Run a program in a fresh micro VM (no daemon needed)",
 		Long: `Run runs one Linux program from a guest image in a throwaway micro VM, streaming
 its stdout and stderr. Inputs appear read-only as /input/<basename>; the program starts
 in /work; files it writes under /output are copied into --output-dir after it exits.
-The exit code is the program's (128+N when it was killed by signal N, 124 on timeout).`,
+--output-dir must not exist (it is made, mode 0700) or be an empty directory (used as it
+is); it is checked before the program runs. Everything after GUESTPATH is the program's:
+isoctl parses no flag there, so "--" before GUESTPATH is optional.
+
+Exit status: the program's own; 128+N when it was killed by signal N (139 for a fault
+that Linux would answer with SIGSEGV); 124 when --timeout or the CPU limit stopped it;
+130 or 143 when isoctl got SIGINT or SIGTERM and stopped it; 125 when the program ran
+but its outputs could not be written into --output-dir (isoctl then prints the program's
+status on stderr); 1 when isoctl failed before the program ran.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error { return o.run(cmd, args) },
 	}
 	f := cmd.Flags()
+	// Flags end at GUESTPATH: what follows is the program's command line.
+	f.SetInterspersed(false)
 	f.StringVar(&o.image, "image", "", "guest image file (see isoctl image build)")
 	f.StringArrayVar(&o.inputs, "input", nil, "host file to expose as /input/<basename> (repeatable)")
-	f.StringVar(&o.outputDir, "output-dir", "", "directory to receive the files written under /output")
+	f.StringVar(&o.outputDir, "output-dir", "", "new or empty directory to receive the files written under /output")
 	f.DurationVar(&o.timeout, "timeout", 30*time.Second, "wall-clock limit (0: none)")
 	f.Var(&o.memory, "memory", "guest memory limit, e.g. 256MiB")
 	f.BoolVar(&o.stats, "stats", false, "print the micro VM statistics as JSON on stderr")
@@ -56,7 +73,39 @@ The exit code is the program's (128+N when it was killed by signal N, 124 on tim
 	return cmd
 }
 
+// signalCause is why the run was stopped when isoctl got a signal.
+type signalCause struct{ sig unix.Signal }
+
+func (c *signalCause) Error() string { return "isoctl received " + unix.SignalName(c.sig) }
+
 func (o *runOptions) run(cmd *cobra.Command, args []string) error {
+	// SIGINT and SIGTERM stop the program, and isoctl exits 128+N as if killed by them.
+	ctx, cancel := context.WithCancelCause(cmd.Context())
+	defer cancel(nil)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, unix.SIGINT, unix.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		select {
+		case s := <-sigs:
+			cancel(&signalCause{s.(unix.Signal)})
+		case <-ctx.Done():
+		}
+	}()
+
+	var outDir *outputDir
+	ran := false
+	if o.outputDir != "" {
+		var err error
+		if outDir, err = checkOutputDir(o.outputDir); err != nil {
+			return err
+		}
+		defer func() {
+			if !ran && outDir.created {
+				os.Remove(outDir.path) // made for a program that never ran
+			}
+		}()
+	}
 	// Opening /dev/kvm probes the host with a VM of its own; it overlaps with reading and
 	// checking the image.
 	type opened struct {
@@ -74,7 +123,7 @@ func (o *runOptions) run(cmd *cobra.Command, args []string) error {
 		defer k.sys.Close()
 	}
 	if imErr != nil {
-		return fmt.Errorf("open image: %w", imErr)
+		return imErr // "open image ...: ..." already
 	}
 	defer im.Close()
 	if k.err != nil {
@@ -108,23 +157,27 @@ func (o *runOptions) run(cmd *cobra.Command, args []string) error {
 		seen[name] = true
 		cfg.Inputs = append(cfg.Inputs, microvm.Input{Name: name, HostPath: in})
 	}
-	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, unix.SIGTERM)
-	defer stop()
 	res, err := microvm.Run(ctx, cfg)
 	if err != nil {
 		return err
 	}
+	ran = true
+
 	stderr := cmd.ErrOrStderr()
-	if o.outputDir != "" {
-		d, err := deliverOutputs(o.outputDir, res.Outputs)
+	code, status := exitCode(res, context.Cause(ctx))
+	outputsLost := false
+	if outDir != nil {
+		d, err := outDir.deliver(res.Outputs)
 		if err != nil {
-			return fmt.Errorf("write outputs: %w", err)
-		}
-		for _, w := range d.Written {
-			fmt.Fprintf(stderr, "isoctl: output %s (%d bytes)\n", w.Path, w.Size)
-		}
-		for _, r := range d.Refused {
-			fmt.Fprintf(stderr, "isoctl: output refused: %s: %s\n", r.Name, r.Reason)
+			fmt.Fprintf(stderr, "isoctl: outputs not written to %s: %v\n", o.outputDir, err)
+			outputsLost = true
+		} else {
+			for _, w := range d.Written {
+				fmt.Fprintf(stderr, "isoctl: output %s (%d bytes)\n", w.Path, w.Size)
+			}
+			for _, r := range d.Refused {
+				fmt.Fprintf(stderr, "isoctl: output refused: %s: %s\n", r.Name, r.Reason)
+			}
 		}
 	}
 	for _, r := range res.Rejected {
@@ -137,36 +190,91 @@ func (o *runOptions) run(cmd *cobra.Command, args []string) error {
 	switch {
 	case res.TimedOut:
 		fmt.Fprintf(stderr, "isoctl: %s: micro VM stopped\n", res.Reason)
-		return &ExitError{Code: 124}
 	case res.Killed:
 		fmt.Fprintf(stderr, "isoctl: %s\n", res.Reason)
-		if errors.Is(ctx.Err(), context.Canceled) {
-			return &ExitError{Code: 130}
-		}
 	case res.Signal != 0:
 		fmt.Fprintf(stderr, "isoctl: program killed by %s\n", res.Reason)
 	}
-	if res.ExitCode != 0 {
-		return &ExitError{Code: res.ExitCode}
+	if outputsLost {
+		fmt.Fprintf(stderr, "isoctl: the program %s (exit status %d); exiting with %d because its outputs were lost\n",
+			status, code, exitOutputsLost)
+		return &ExitError{Code: exitOutputsLost}
+	}
+	if code != 0 {
+		return &ExitError{Code: code}
 	}
 	return nil
 }
 
-// deliverOutputs writes the guest's outputs into dir, which must not exist or be empty;
-// nothing is overwritten and no symlink is followed (see broker.Deliver).
-func deliverOutputs(dir string, outs []microvm.Output) (*broker.Delivery, error) {
+// exitCode is isoctl run's exit code for res, and how the program ended in words; cause is
+// the run's context cause.
+func exitCode(res *microvm.Result, cause error) (int, string) {
+	var sc *signalCause
+	switch {
+	case res.TimedOut:
+		return exitTimeout, "was stopped at its time limit"
+	case res.Killed && errors.As(cause, &sc):
+		return 128 + int(sc.sig), "was stopped because " + sc.Error()
+	case res.Signal != 0:
+		return res.ExitCode, "was killed by " + unix.SignalName(unix.Signal(res.Signal))
+	}
+	return res.ExitCode, "exited"
+}
+
+// outputDir is a checked --output-dir.
+type outputDir struct {
+	path    string // absolute, with symlinks resolved when it exists
+	created bool   // isoctl made it
+}
+
+// checkOutputDir checks, before the program runs, that dir can take its outputs: it must
+// not exist, and is then made (parents 0700, as Deliver makes them, and dir 0700), or be
+// an empty directory, which is used as it is.
+func checkOutputDir(dir string) (*outputDir, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("--output-dir %s: %w", dir, err)
 	}
-	if err := unix.Rmdir(abs); err != nil && !errors.Is(err, unix.ENOENT) {
-		return nil, fmt.Errorf("%s must be a new or empty directory: %w", dir, err)
+	fi, err := os.Stat(abs)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		if _, lerr := os.Lstat(abs); lerr == nil {
+			return nil, fmt.Errorf("--output-dir %s is a symlink to nothing", dir)
+		}
+		if err := os.MkdirAll(filepath.Dir(abs), 0o700); err != nil {
+			return nil, fmt.Errorf("--output-dir %s: %w", dir, err)
+		}
+		if err := os.Mkdir(abs, 0o700); err != nil {
+			return nil, fmt.Errorf("--output-dir %s: %w", dir, err)
+		}
+		return &outputDir{path: abs, created: true}, nil
+	case err != nil:
+		return nil, fmt.Errorf("--output-dir %s: %w", dir, err)
+	case !fi.IsDir():
+		return nil, fmt.Errorf("--output-dir %s is not a directory", dir)
 	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return nil, fmt.Errorf("--output-dir %s: %w", dir, err)
+	}
+	ents, err := os.ReadDir(real)
+	if err != nil {
+		return nil, fmt.Errorf("--output-dir %s: %w", dir, err)
+	}
+	if len(ents) > 0 {
+		return nil, fmt.Errorf("--output-dir %s is not empty (it holds %s): isoctl run writes only into a new or an empty directory", dir, ents[0].Name())
+	}
+	return &outputDir{path: real}, nil
+}
+
+// deliver writes the guest's outputs into the directory; nothing is overwritten and no
+// symlink is followed (see broker.Deliver).
+func (d *outputDir) deliver(outs []microvm.Output) (*broker.Delivery, error) {
 	files := make([]api.File, len(outs))
 	for i, o := range outs {
 		files[i] = api.File{Name: o.Name, Mode: o.Mode, Data: o.Data}
 	}
-	return broker.Deliver(broker.DeliverConfig{Dir: filepath.Dir(abs), TaskID: filepath.Base(abs), Handler: "isoctl-run"}, files)
+	return broker.Deliver(broker.DeliverConfig{Dir: filepath.Dir(d.path), TaskID: filepath.Base(d.path), Handler: "isoctl-run", Existing: true}, files)
 }
 
 // sizeFlag is a byte count flag that takes suffixes: 256MiB, 1GiB, 512K, 100M.
