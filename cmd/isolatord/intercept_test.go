@@ -371,6 +371,86 @@ func TestInterception(t *testing.T) {
 		e.checkIsolatedOnce(t, final, "dir:"+e.dl)
 	})
 
+	t.Run("renamed, linked and moved out by the owner", func(t *testing.T) {
+		// The isolated copy.sh of the previous step, and a fresh download in a
+		// subdirectory: what the owner does to them keeps them unreadable on the host.
+		copied := filepath.Join(e.dl, "copied.sh")
+		sub := filepath.Join(e.dl, "sub")
+		elsewhere := filepath.Join(e.root, "elsewhere") // same file system, not watched
+		for _, d := range []string{sub, elsewhere} {
+			if err := os.Mkdir(d, 0o755); err != nil {
+				t.Fatal(err)
+			}
+			os.Chown(d, nobodyUID, nobodyUID)
+		}
+		time.Sleep(100 * time.Millisecond) // the new subdirectory is watched and gated
+		inSub := filepath.Join(sub, "setup.sh")
+		if err := os.WriteFile(inSub, []byte(downloadScript), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		os.Chown(inSub, nobodyUID, nobodyUID)
+		waitUntil(t, 60*time.Second, "the task of "+inSub, func() bool {
+			tasks := e.tasksFor(inSub)
+			return len(tasks) == 1 && tasks[0].State.Final()
+		})
+		asNobody := func(name string, args ...string) (string, int) {
+			cmd := exec.Command(name, args...)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobodyUID, Gid: nobodyUID}}
+			out, err := cmd.CombinedOutput()
+			if ee, ok := err.(*exec.ExitError); ok {
+				return string(out), ee.ExitCode()
+			} else if err != nil {
+				t.Fatal(err)
+			}
+			return string(out), 0
+		}
+		steps := []struct {
+			name string
+			cmd  []string // as nobody, must succeed
+			open string   // then cat as nobody: refused
+		}{
+			{"rename to .part", []string{"mv", copied, copied + ".part"}, copied + ".part"},
+			{"hard link outside", []string{"ln", copied + ".part", filepath.Join(elsewhere, "hl.sh")}, filepath.Join(elsewhere, "hl.sh")},
+			{"move out of the tree", []string{"mv", inSub, elsewhere + "/"}, filepath.Join(elsewhere, "setup.sh")},
+			{"rename to .crdownload outside", []string{"mv", filepath.Join(elsewhere, "setup.sh"), filepath.Join(elsewhere, "setup.sh.crdownload")},
+				filepath.Join(elsewhere, "setup.sh.crdownload")},
+		}
+		for _, st := range steps {
+			if out, code := asNobody(st.cmd[0], st.cmd[1:]...); code != 0 {
+				t.Fatalf("%s: %v as nobody: exit %d %s", st.name, st.cmd, code, out)
+			}
+			if out, code := asNobody("cat", st.open); code == 0 || strings.Contains(out, "micro VM") ||
+				!strings.Contains(out, "Operation not permitted") {
+				t.Errorf("%s: cat %s as its owner: exit %d %q; want EPERM", st.name, st.open, code, out)
+			}
+		}
+		if out, code := asNobody("cp", filepath.Join(elsewhere, "hl.sh"), filepath.Join(elsewhere, "copy.sh")); code == 0 ||
+			!strings.Contains(out, "Operation not permitted") {
+			t.Errorf("cp of an isolated file as its owner: exit %d %q; want EPERM", code, out)
+		}
+		if b, err := os.ReadFile(filepath.Join(elsewhere, "copy.sh")); err == nil && len(b) > 0 {
+			t.Errorf("cp wrote %q", b)
+		}
+		// Each content was decided and isolated once, under its download name.
+		time.Sleep(500 * time.Millisecond)
+		for _, p := range []string{copied, inSub} {
+			if recs := e.auditDecisions(p); len(recs) != 1 {
+				t.Errorf("audit decisions for %s: %v", p, recs)
+			}
+			if tasks := e.tasksFor(p); len(tasks) != 1 {
+				t.Errorf("%d tasks for %s, want 1", len(tasks), p)
+			}
+		}
+		for _, st := range steps {
+			if recs := e.auditDecisions(st.open); len(recs) != 0 {
+				t.Errorf("%s: decided again under its new name: %v", st.name, recs)
+			}
+			if tasks := e.tasksFor(st.open); len(tasks) != 0 {
+				t.Errorf("%s: isolated again under its new name: %+v", st.name, tasks)
+			}
+		}
+	})
+
 	t.Run("trusted file", func(t *testing.T) {
 		p := filepath.Join(e.dl, "notes.txt")
 		if err := os.WriteFile(p, []byte("just notes\n"), 0o644); err != nil {

@@ -41,6 +41,9 @@ type InterceptConfig struct {
 	// Settle is how long a file must stay unwritten before the Watcher decides it. Zero
 	// selects interception.DefaultSettle.
 	Settle time.Duration
+	// MaxFileMarks bounds the untrusted files the Gate follows under any name with a mark
+	// of their own. Zero selects interception.DefaultMaxFileMarks.
+	MaxFileMarks int
 }
 
 // ownerTTL bounds how long a user's passwd and group entries are reused.
@@ -125,7 +128,8 @@ func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
 	if !cfg.NoGate {
 		g, err := interception.NewGate(interception.GateConfig{
 			Dirs: cfg.Dirs, Decider: ic, Sink: ic, Deadline: cfg.GateDeadline,
-			Fallback: cfg.GateFallback, AllowPrograms: cfg.AllowPrograms, Logger: ic.log,
+			Fallback: cfg.GateFallback, AllowPrograms: cfg.AllowPrograms, MaxFileMarks: cfg.MaxFileMarks,
+			Logger: ic.log,
 		})
 		if err != nil {
 			cancel()
@@ -139,7 +143,7 @@ func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
 		}
 	}
 	w, err := interception.NewWatcher(interception.WatcherConfig{
-		Dirs: cfg.Dirs, Decider: ic, Sink: ic, Settle: cfg.Settle, OnDir: onDir, Logger: ic.log,
+		Dirs: cfg.Dirs, Decider: ic, Sink: ic, Settle: cfg.Settle, OnDir: onDir, Gate: ic.gate, Logger: ic.log,
 	})
 	if err != nil {
 		if ic.gate != nil {
@@ -298,7 +302,8 @@ func (ic *Interceptor) Decide(ctx context.Context, f interception.FileInfo) (int
 		ic.log.Info("decision", "uid", p.UID, "path", f.Path, "trigger", f.Trigger,
 			"action", dec.Action, "rule", dec.Rule)
 	}
-	return interception.Verdict{Action: interception.Action(dec.Action), Rule: dec.Rule, Reason: dec.Explanation}, nil
+	return interception.Verdict{Action: interception.Action(dec.Action), Rule: dec.Rule, Reason: dec.Explanation,
+		SHA256: sum}, nil
 }
 
 func orUnknown(s string) string {

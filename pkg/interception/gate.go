@@ -67,6 +67,11 @@ type GateConfig struct {
 	// NoIgnoreMarks disables the kernel-side fast path for trusted files (see ignoreOpens);
 	// every open then reaches the Gate and is answered from its cache.
 	NoIgnoreMarks bool
+	// MaxFileMarks bounds the untrusted files (isolate, deny or ask verdicts) the Gate
+	// gives a mark of their own, which keeps them gated under any name on their file
+	// system. When it is reached the least recently opened one loses its mark and verdict.
+	// Zero selects DefaultMaxFileMarks.
+	MaxFileMarks int
 	// Logger receives diagnostics. Nil discards them.
 	Logger *slog.Logger
 }
@@ -76,8 +81,11 @@ type GateStats struct {
 	Events    uint64 // permission events read
 	Allowed   uint64 // answered FAN_ALLOW
 	Denied    uint64 // answered FAN_DENY
-	CacheHits uint64 // answered from the verdict cache
+	CacheHits uint64 // answered from the verdict cache or an untrusted file's verdict
 	Fallbacks uint64 // answered with Fallback
+
+	FileMarks    uint64 // untrusted files carrying a mark of their own now
+	MarksEvicted uint64 // file marks dropped because MaxFileMarks was reached
 }
 
 // Gate answers fanotify permission events for the files of a set of directories.
@@ -97,12 +105,18 @@ type Gate struct {
 	wg       sync.WaitGroup
 	stopOnce sync.Once
 
-	events, allowed, denied, hits, fallbacks atomic.Uint64
+	events, allowed, denied, hits, fallbacks, marksEvicted atomic.Uint64
+
+	// ino watches the marked untrusted files for IN_DELETE_SELF (nil if inotify failed).
+	ino                   *os.File
+	markWarned, inoWarned atomic.Bool // a failure to mark or watch a file was logged
 
 	mu       sync.Mutex
 	cache    map[cacheKey]cacheEntry // guarded by mu
 	isolated map[cacheKey]time.Time  // guarded by mu; last Isolate/notification per file
 	marked   map[string]bool         // guarded by mu; directories marked
+	files    map[inodeKey]*untrusted // guarded by mu; inodes with a verdict refusing opens
+	wds      map[int]inodeKey        // guarded by mu; inotify watch -> inode in files
 }
 
 type cacheKey struct {
@@ -141,6 +155,9 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 	if cfg.TempPrefixes == nil {
 		cfg.TempPrefixes = DefaultTempPrefixes
 	}
+	if cfg.MaxFileMarks <= 0 {
+		cfg.MaxFileMarks = DefaultMaxFileMarks
+	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -171,6 +188,13 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 		cache:    make(map[cacheKey]cacheEntry),
 		isolated: make(map[cacheKey]time.Time),
 		marked:   make(map[string]bool),
+		files:    make(map[inodeKey]*untrusted),
+		wds:      make(map[int]inodeKey),
+	}
+	if ifd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK); err == nil {
+		g.ino = os.NewFile(uintptr(ifd), "inotify")
+	} else {
+		log.Warn("gate: no inotify instance to notice deleted untrusted files; their entries stay until evicted", "err", err)
 	}
 	g.evict.Store(true)
 	g.noIgnore.Store(cfg.NoIgnoreMarks)
@@ -233,9 +257,11 @@ func (g *Gate) AddDir(dir string) error {
 	return nil
 }
 
-// Invalidate forgets every cached verdict, for example after the policy was reloaded. It
-// flushes the group's inode marks, which drops the ignore marks of trusted files, and marks
-// the directories again; opens in between (microseconds) are not gated.
+// Invalidate forgets every cached verdict, for example after the policy was reloaded or a
+// file released. It flushes the group's inode marks, which drops the ignore marks of
+// trusted files, and marks the directories and the untrusted files again; opens in between
+// (microseconds) are not gated. The untrusted files keep their verdicts until their next
+// open, which is decided again (with the origins first observed).
 func (g *Gate) Invalidate() error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -243,6 +269,7 @@ func (g *Gate) Invalidate() error {
 	if err := unix.FanotifyMark(g.fd, unix.FAN_MARK_FLUSH, 0, unix.AT_FDCWD, ""); err != nil {
 		return fmt.Errorf("invalidate: flush marks: %w", err)
 	}
+	g.remarkLocked()
 	var errs []error
 	for dir := range g.marked {
 		err := unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR|unix.FAN_MARK_DONT_FOLLOW,
@@ -310,12 +337,22 @@ func (g *Gate) ignoreFailed(err error) {
 
 // Stats returns the Gate's counters.
 func (g *Gate) Stats() GateStats {
+	g.mu.Lock()
+	var marks uint64
+	for _, u := range g.files {
+		if u.marked {
+			marks++
+		}
+	}
+	g.mu.Unlock()
 	return GateStats{
-		Events:    g.events.Load(),
-		Allowed:   g.allowed.Load(),
-		Denied:    g.denied.Load(),
-		CacheHits: g.hits.Load(),
-		Fallbacks: g.fallbacks.Load(),
+		Events:       g.events.Load(),
+		Allowed:      g.allowed.Load(),
+		Denied:       g.denied.Load(),
+		CacheHits:    g.hits.Load(),
+		Fallbacks:    g.fallbacks.Load(),
+		FileMarks:    marks,
+		MarksEvicted: g.marksEvicted.Load(),
 	}
 }
 
@@ -326,6 +363,9 @@ func (g *Gate) Close() error {
 	g.stopOnce.Do(func() {
 		err = g.f.Close()
 		g.cancel()
+		if g.ino != nil {
+			g.ino.Close()
+		}
 	})
 	return err
 }
@@ -337,6 +377,13 @@ func (g *Gate) Run(ctx context.Context) error {
 	defer stop()
 	defer g.wg.Wait()
 	defer g.Close()
+	if g.ino != nil {
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.watchDeletes()
+		}()
+	}
 	buf := make([]byte, 64*unix.FAN_EVENT_METADATA_LEN)
 	for {
 		n, err := g.f.Read(buf)
@@ -416,7 +463,7 @@ func (g *Gate) handle(ev permEvent) {
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		g.fallback(fd, "stat", err)
+		g.fallback(fd, "stat", err, true)
 		return
 	}
 	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size == 0 {
@@ -424,17 +471,26 @@ func (g *Gate) handle(ev permEvent) {
 		return
 	}
 	key := cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}
-	v, cached := g.lookup(key, start)
-	if cached && v.Action == ActionTrust {
-		g.hits.Add(1)
-		if ev.mask&unix.FAN_OPEN_PERM != 0 {
-			g.ignoreOpens(fd, key) // the earlier ignore mark was evicted or cleared
+	// An inode with a verdict refusing opens is answered by that verdict, whatever it is
+	// called now and wherever it is (its own mark brings its events here).
+	u, known := g.untrustedOf(key, start)
+	var v Verdict
+	var cached bool
+	if known {
+		v, cached = u.v, u.current(key)
+	} else {
+		v, cached = g.lookup(key, start)
+		if cached && v.Action == ActionTrust {
+			g.hits.Add(1)
+			if ev.mask&unix.FAN_OPEN_PERM != 0 {
+				g.ignoreOpens(fd, key) // the earlier ignore mark was evicted or cleared
+			}
+			g.respond(fd, true)
+			return
 		}
-		g.respond(fd, true)
-		return
 	}
 	var program string
-	if len(g.allow) > 0 || cached {
+	if len(g.allow) > 0 || cached || known {
 		program = exeOf(int(ev.pid))
 		if g.allow[program] {
 			g.respond(fd, true)
@@ -443,7 +499,7 @@ func (g *Gate) handle(ev permEvent) {
 	}
 	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
 	if err != nil {
-		g.fallback(fd, "readlink", err)
+		g.fallback(fd, "readlink", err, !known)
 		return
 	}
 	fi := FileInfo{
@@ -472,49 +528,81 @@ func (g *Gate) handle(ev permEvent) {
 		}()
 		return
 	}
-	if isTempName(path, g.cfg.TempSuffixes, g.cfg.TempPrefixes) {
-		g.respond(fd, true) // an in-progress download, reopened by its browser
+	// In-progress download names are reopened by their browser, and allowed; not so an
+	// inode that was decided untrusted and renamed to such a name, nor (should the Gate
+	// have lost its verdict) one whose record says it was.
+	if !known && isTempName(path, g.cfg.TempSuffixes, g.cfg.TempPrefixes) && !recordRefuses(fd) {
+		g.respond(fd, true)
 		return
 	}
 	select {
 	case g.sem <- struct{}{}:
 	default:
-		g.fallback(fd, "decide", errors.New("too many decisions in flight"))
+		g.fallback(fd, "decide", errors.New("too many decisions in flight"), !known)
 		return
+	}
+	var prev *untrusted
+	if known {
+		prev = &u
 	}
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
-		g.decide(fd, key, fi, start)
+		g.decide(fd, key, fi, start, prev)
 	}()
+}
+
+// recordRefuses reports whether the file open as fd carries an Isolator record whose
+// verdict refuses opens.
+func recordRefuses(fd int) bool {
+	v, _ := fgetxattr(fd, XattrVerdict)
+	a := Action(v)
+	return a.Valid() && a != ActionTrust
 }
 
 // decide asks the Decider for fi and answers fd before the deadline counted from start.
 // The semaphore slot taken by handle is released when the Decider returns.
-func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time) {
+//
+// prev is the state of the inode when it has a verdict refusing opens that does not answer
+// this version by itself: a new version with the content prev was decided on (same size
+// and SHA-256) keeps the verdict without asking the Decider; otherwise the Decider decides,
+// with the origins observed when the inode was first decided. While the content is not
+// known to differ from the untrusted one, a failure or a late answer denies the open
+// whatever Fallback says.
+func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *untrusted) {
 	if fi.Program == "" {
 		fi.Program = exeOf(fi.PID)
 	}
-	var err error
-	if fi.OriginURL, err = fgetxattr(fd, XattrOriginURL); err == nil {
-		fi.ReferrerURL, err = fgetxattr(fd, XattrReferrerURL)
+	if prev != nil {
+		fi.OriginURL, fi.ReferrerURL, fi.ObservedOrigin = prev.origins.url, prev.origins.referrer, prev.origins.observed
+	} else {
+		var err error
+		if fi.OriginURL, err = fgetxattr(fd, XattrOriginURL); err == nil {
+			fi.ReferrerURL, err = fgetxattr(fd, XattrReferrerURL)
+		}
+		if err != nil {
+			g.log.Debug("gate: read origin", "path", fi.Path, "err", err)
+		}
+		if fi.ObservedOrigin, _ = fgetxattr(fd, XattrOrigin); fi.ObservedOrigin == "" {
+			fi.ObservedOrigin = "dir:" + filepath.Dir(fi.Path)
+		}
 	}
-	if err != nil {
-		g.log.Debug("gate: read origin", "path", fi.Path, "err", err)
-	}
-	if fi.ObservedOrigin, _ = fgetxattr(fd, XattrOrigin); fi.ObservedOrigin == "" {
-		fi.ObservedOrigin = "dir:" + filepath.Dir(fi.Path)
-	}
+	o := origins{url: fi.OriginURL, referrer: fi.ReferrerURL, observed: fi.ObservedOrigin}
+	// changed: the content is known not to be the one prev was decided on.
+	var changed atomic.Bool
+	changed.Store(prev != nil && prev.size != key.size)
+	mayTrust := func() bool { return prev == nil || changed.Load() }
 	type result struct {
-		v   Verdict
-		err error
+		v     Verdict
+		err   error
+		known bool // prev's verdict, for the same content
 	}
 	// The Decider reads the file through its own duplicate of the event's descriptor:
 	// fd is answered and closed at the deadline, while a late decision may still read.
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
 		<-g.sem
-		g.fallback(fd, "dup", err)
+		g.fallback(fd, "dup", err, mayTrust())
 		return
 	}
 	dfi := fi
@@ -526,22 +614,45 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time) {
 		defer g.wg.Done()
 		defer func() { <-g.sem }()
 		defer cancel()
-		v, err := g.cfg.Decider.Decide(dctx, dfi)
-		dfi.File.Close()
-		if err == nil {
-			if !v.Action.Valid() {
-				v.Action = ActionDeny
+		defer dfi.File.Close()
+		if prev != nil && !prev.stale && prev.sum != "" && !changed.Load() {
+			// Renamed, linked, moved or chmod-ed: the same bytes keep their verdict. The
+			// hash may outlast the deadline (the open is denied meanwhile); its result
+			// still serves the next open.
+			sum, err := hashFile(g.ctx, dfi.File)
+			if err == nil && sum == prev.sum && sameVersion(dup, key) {
+				g.recognised(key, fi.Path, prev.v)
+				done <- result{v: prev.v, known: true}
+				return
 			}
-			g.store(key, v) // a late verdict still serves the next open
+			if err == nil {
+				changed.Store(true)
+			}
 		}
-		done <- result{v, err}
+		v, err := g.cfg.Decider.Decide(dctx, dfi)
+		if err != nil {
+			done <- result{err: err}
+			return
+		}
+		if !v.Action.Valid() {
+			v.Action = ActionDeny
+		}
+		g.store(key, v) // a late verdict still serves the next open
+		g.remember(dup, key, fi.Path, v, v.SHA256, o)
+		done <- result{v: v}
+		if v.Action != ActionTrust && v.SHA256 == "" {
+			// Keep the hash of the untrusted content, to recognise it under another name.
+			if sum, err := hashFile(g.ctx, dfi.File); err == nil && sameVersion(dup, key) {
+				g.setSum(key, sum)
+			}
+		}
 	}()
 	timer := time.NewTimer(time.Until(start.Add(g.cfg.Deadline)))
 	defer timer.Stop()
 	select {
 	case r := <-done:
 		if r.err != nil {
-			g.fallback(fd, "decide", r.err)
+			g.fallback(fd, "decide", r.err, mayTrust())
 			return
 		}
 		if r.v.Action == ActionTrust {
@@ -549,10 +660,13 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time) {
 			g.respond(fd, true)
 			return
 		}
+		if r.known {
+			g.hits.Add(1)
+		}
 		g.respond(fd, false)
 		g.afterDeny(key, fi, r.v)
 	case <-timer.C:
-		g.fallback(fd, "decide", context.DeadlineExceeded)
+		g.fallback(fd, "decide", context.DeadlineExceeded, mayTrust())
 	}
 }
 
@@ -600,10 +714,13 @@ func (g *Gate) store(key cacheKey, v Verdict) {
 	g.cache[key] = cacheEntry{v: v, expires: time.Now().Add(g.cfg.CacheTTL)}
 }
 
-func (g *Gate) fallback(fd int, what string, err error) {
+// fallback answers fd when no verdict could be had: with Fallback, or with a denial when
+// mayTrust is false (the file is known untrusted and not known to have changed).
+func (g *Gate) fallback(fd int, what string, err error, mayTrust bool) {
 	g.fallbacks.Add(1)
-	g.log.Warn("gate: answering with fallback", "fallback", g.cfg.Fallback, "step", what, "err", err)
-	g.respond(fd, g.cfg.Fallback == ActionTrust)
+	allow := mayTrust && g.cfg.Fallback == ActionTrust
+	g.log.Warn("gate: answering with fallback", "fallback", g.cfg.Fallback, "allow", allow, "step", what, "err", err)
+	g.respond(fd, allow)
 }
 
 // respond answers the permission event of fd and closes fd.

@@ -6,9 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -168,4 +170,50 @@ func putEvent(b []byte, n uint32, vers byte, meta uint16, mask uint64, fd, pid i
 	binary.NativeEndian.PutUint64(b[8:16], mask)
 	binary.NativeEndian.PutUint32(b[16:20], uint32(fd))
 	binary.NativeEndian.PutUint32(b[20:24], uint32(pid))
+}
+
+// nobodyUID is the second user the tests act as: the owner of the files, not the daemon.
+const nobodyUID = 65534
+
+// nobodyDir returns a new directory owned by nobody, reachable through its parents.
+func nobodyDir(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(dir, nobodyUID, nobodyUID); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// writeNobody writes a file owned by nobody.
+func writeNobody(t *testing.T, path, content string, mode os.FileMode) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(path, nobodyUID, nobodyUID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// asNobody runs a program as nobody and returns its combined output and error.
+func asNobody(name string, args ...string) (string, error) {
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: nobodyUID, Gid: nobodyUID}}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// refused reports whether a program's output and error are an EPERM refusal that
+// printed none of content.
+func refused(out string, err error, content string) bool {
+	return err != nil && strings.Contains(out, "Operation not permitted") && !strings.Contains(out, content)
 }

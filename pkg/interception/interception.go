@@ -44,6 +44,10 @@ type Verdict struct {
 	Action Action // what to do
 	Rule   string // name of the policy rule that matched, for the record and explanations
 	Reason string // one human-readable sentence
+	// SHA256 is the hex SHA-256 of the content decided, when the Decider computed it. The
+	// Gate keeps it for verdicts that refuse opens, to recognise the same content under
+	// another name (it hashes the file itself otherwise).
+	SHA256 string
 }
 
 // Trigger says which observation produced a FileInfo.

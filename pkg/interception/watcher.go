@@ -66,6 +66,11 @@ type WatcherConfig struct {
 	// OnDir, if set, is called with every directory the Watcher starts watching, for
 	// example to mark it in a Gate. It runs on the Watcher's event goroutine.
 	OnDir func(dir string)
+	// Gate, if set, is handed every verdict the Watcher records, for the version of the
+	// file it decided: an untrusted file gets its own mark at once (so it stays gated
+	// when it is moved or linked out of the directories before anyone opened it), and the
+	// first open is answered from the verdict instead of asking the Decider again.
+	Gate *Gate
 	// Logger receives diagnostics. Nil discards them.
 	Logger *slog.Logger
 }
@@ -532,6 +537,9 @@ func (w *Watcher) decide(ctx context.Context, p string) error {
 		if first {
 			w.log.Warn("cannot record verdicts as extended attributes", "path", p, "err", err)
 		}
+	}
+	if w.cfg.Gate != nil {
+		w.cfg.Gate.seed(fd, &st, fi, v)
 	}
 	w.remember(id, now)
 	w.log.Info("download decided", "path", p, "action", v.Action, "rule", v.Rule, "origin", fi.Origin())
