@@ -10,7 +10,8 @@ DESTDIR      ?=
 STATICCHECK  := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Debian packages the tests and benchmarks run real programs from.
 # gcc and libc6-dev: the image builder's tests compile small programs with RPATH/RUNPATH.
-APT_PACKAGES := busybox-static poppler-utils coreutils bubblewrap runsc strace attr gcc libc6-dev
+# desktop-file-utils: desktop-file-validate checks the desktop entries in deploy/xdg.
+APT_PACKAGES := busybox-static poppler-utils coreutils bubblewrap runsc strace attr gcc libc6-dev desktop-file-utils
 TEST_TIMEOUT ?= 25m
 
 .DEFAULT_GOAL := help
