@@ -250,11 +250,15 @@ func (vm *VM) terminate(st exitStatus) {
 			r.ExitCode = 128 + int(unix.SIGKILL)
 			r.Signal = int(unix.SIGKILL)
 		}
-		close(vm.done)
+		// Every thread is stopped before done is closed: a thread blocked in a system
+		// call wakes on done (EINTR) and must find itself stopped, not enter the guest
+		// again with the result. startThread checks done under threadMu too, so no thread
+		// slips in between.
 		vm.threadMu.Lock()
 		for _, t := range vm.threads {
 			t.stop()
 		}
+		close(vm.done)
 		vm.threadMu.Unlock()
 		vm.futex.wakeAll()
 		vm.poll.notify()
