@@ -597,6 +597,78 @@ func TestRestartKeepsHistory(t *testing.T) {
 	}
 }
 
+// TestShutdownEndsTasks stops the daemon with SIGTERM while one task runs (a script that
+// never ends) and another waits for the single micro VM slot: the queued one is cancelled
+// and the running one killed when the shutdown deadline passes, both with the reason, in
+// the history, the audit log and the waiting client's report; nothing is left in staging,
+// and the daemon exits by itself, cleanly.
+func TestShutdownEndsTasks(t *testing.T) {
+	e := newEnv(t)
+	e.start("--max-concurrent", "1")
+	running, c := e.spin(t, "untrusted/forever.sh")
+	defer c.Close()
+	queuedOpen := exec.Command(filepath.Join(binDir, "isoctl"), "--socket", e.socket, "open", "--no-launch", "--json",
+		"--results-dir", filepath.Join(e.root, "Isolated"), e.file("untrusted/waits.sh", "echo never\n", 0o644))
+	var out bytes.Buffer
+	queuedOpen.Stdout = &out
+	if err := queuedOpen.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var queued string
+	for deadline := time.Now().Add(30 * time.Second); queued == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		tasks, err := c.Tasks(context.Background(), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tk := range tasks {
+			if tk.ID != running && tk.State == api.StateQueued {
+				queued = tk.ID
+			}
+		}
+	}
+	if queued == "" {
+		t.Fatalf("the second task was never queued\n%s", e.logs())
+	}
+
+	if err := e.stop(syscall.SIGTERM); err != nil {
+		t.Errorf("isolatord exit after SIGTERM: %v\n%s", err, e.logs())
+	}
+	for _, want := range []string{"shutdown deadline reached: killing running tasks", "isolatord stopped"} {
+		if !strings.Contains(e.logs(), want) {
+			t.Errorf("the log lacks %q:\n%s", want, e.logs())
+		}
+	}
+	reasons := map[string]string{running: "daemon shutting down: not finished within 3s", queued: "daemon shutting down"}
+	for id, reason := range reasons {
+		data, err := os.ReadFile(filepath.Join(e.state, "tasks", id, "task.json"))
+		var tk api.Task
+		if err == nil {
+			err = json.Unmarshal(data, &tk)
+		}
+		if err != nil || tk.State != api.StateKilled || tk.Reason != reason || tk.Finished.IsZero() {
+			t.Errorf("history of task %s: %+v, %v; want killed, %q", id, tk, err, reason)
+		}
+	}
+	audit, err := os.ReadFile(filepath.Join(e.state, "audit.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, reason := range reasons {
+		if !strings.Contains(string(audit), `"task":"`+id+`","state":"killed","reason":"`+reason+`"`) {
+			t.Errorf("audit log lacks the end of task %s (%s):\n%s", id, reason, audit)
+		}
+	}
+	if ents, err := os.ReadDir(filepath.Join(e.state, "staging")); err != nil || len(ents) != 0 {
+		t.Errorf("staging after shutdown: %v, %v", ents, err)
+	}
+	err = queuedOpen.Wait()
+	var rep openReport
+	if jerr := json.Unmarshal(out.Bytes(), &rep); jerr != nil || rep.Task == nil || rep.Task.ID != queued ||
+		rep.Task.State != api.StateKilled || rep.Task.Reason != "daemon shutting down" {
+		t.Errorf("the waiting isoctl open: %v, report %s (%v)", err, out.Bytes(), jerr)
+	}
+}
+
 // TestFailClosedStart starts the daemon on a policy that does not load: it denies every
 // file, isoctl status says why, and the rejection is logged once (and once more per
 // SIGHUP), until a valid policy is written.

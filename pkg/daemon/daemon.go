@@ -158,8 +158,8 @@ type Daemon struct {
 
 	runSlots   chan struct{}  // a token per running VM
 	queueSlots chan struct{}  // a token per queued task
-	stopping   chan struct{}  // closed when shutdown starts
-	wg         sync.WaitGroup // task goroutines
+	stopping   chan struct{}  // closed, with mu held, when shutdown starts
+	wg         sync.WaitGroup // task goroutines; Add only with mu held and closed false
 
 	mu          sync.Mutex
 	tasks       map[string]*task         // guarded by mu
@@ -168,7 +168,10 @@ type Daemon struct {
 	running     int                      // guarded by mu
 	queued      int                      // guarded by mu
 	subscribers map[chan api.Event]*Peer // guarded by mu; /v1/events listeners
-	stopOnce    sync.Once
+	// closed is set by shutdown before it cancels the queued tasks and waits for the task
+	// goroutines; enqueue checks it together with wg.Add, so that no task starts after
+	// shutdown has looked.
+	closed bool // guarded by mu
 }
 
 // task is the daemon's record of one task.

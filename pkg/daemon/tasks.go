@@ -281,10 +281,19 @@ func (d *Daemon) enqueue(ctx context.Context, p *Peer, id, real, sum, staged str
 			Handler: h.Name, Image: h.Image, State: api.StateQueued, Created: start},
 	}
 	d.mu.Lock()
+	if d.closed {
+		// Shutdown began while this request waited or was staged: it has already
+		// cancelled the queued tasks and may have stopped waiting for task goroutines.
+		d.mu.Unlock()
+		cancel(nil)
+		<-d.queueSlots
+		return nil, ErrShuttingDown
+	}
 	d.tasks[id] = tk
 	d.queued++
 	d.peakQueued = max(d.peakQueued, d.queued)
 	d.metrics.queued.Set(float64(d.queued))
+	d.wg.Add(1)
 	snap := tk.t
 	d.mu.Unlock()
 	if err := d.store.saveTask(&snap); err != nil {
@@ -294,7 +303,6 @@ func (d *Daemon) enqueue(ctx context.Context, p *Peer, id, real, sum, staged str
 	d.changed(tk)
 	job := &Job{Task: id, Handler: *h, Input: staged, InputName: filepath.Base(staged),
 		Stdout: tk.stream.Writer(api.EventStdout), Stderr: tk.stream.Writer(api.EventStderr)}
-	d.wg.Add(1)
 	go d.run(tctx, tk, job)
 	return tk, nil
 }
@@ -558,8 +566,11 @@ func (d *Daemon) Results(p *Peer, id string) (*api.Results, error) {
 // shutdown cancels queued tasks, lets running ones finish until the deadline, then kills
 // them and waits for them to end.
 func (d *Daemon) shutdown(deadline time.Duration) {
-	d.stopOnce.Do(func() { close(d.stopping) })
 	d.mu.Lock()
+	if !d.closed {
+		d.closed = true
+		close(d.stopping)
+	}
 	for _, tk := range d.tasks {
 		if tk.cancel != nil && tk.t.State == api.StateQueued {
 			tk.cancel(errors.New("daemon shutting down"))
