@@ -17,6 +17,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/isolator-dev/isolator/pkg/api"
 	"github.com/isolator-dev/isolator/pkg/client"
@@ -314,6 +317,71 @@ func TestQueueBound(t *testing.T) {
 	}
 	if st.ActiveVMs != 0 || st.Queued != 0 {
 		t.Errorf("after the load: %d active, %d queued", st.ActiveVMs, st.Queued)
+	}
+}
+
+// TestStagingBoundedByQueue opens 8 files at once on a daemon that runs 1 micro VM and
+// queues 1 task: a file is copied into staging only once its request has a place in the
+// queue, so exactly the 2 admitted files are ever staged (an inotify watch on the staging
+// directory counts every copy made), and the other 6 are refused as busy without a copy.
+func TestStagingBoundedByQueue(t *testing.T) {
+	r := &countRunner{gate: make(chan struct{})}
+	in := start(t, daemon.Config{Runner: r, MaxConcurrent: 1, Queue: 1, QueueWait: 100 * time.Millisecond})
+	ino, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ino)
+	if _, err := unix.InotifyAddWatch(ino, filepath.Join(in.state, "staging"), unix.IN_CREATE); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	const n = 8
+	var wg sync.WaitGroup
+	var done, busy atomic.Int32
+	for i := range n {
+		wg.Go(func() {
+			err := in.c.Open(context.Background(), api.OpenRequest{Path: writeFile(t, dir, fmt.Sprintf("f%d.bin", i), strings.Repeat("x", 1<<16))},
+				func(ev api.Event) error {
+					if ev.Type == api.EventResult && ev.Task.State == api.StateDone {
+						done.Add(1)
+					}
+					return nil
+				})
+			var ae *api.Error
+			switch {
+			case errors.As(err, &ae) && ae.Code == api.CodeBusy:
+				busy.Add(1)
+			case err != nil:
+				t.Errorf("open: %v", err)
+			}
+		})
+	}
+	// The runner holds the first task, so nothing leaves the queue until every request
+	// but the 2 admitted ones has been refused.
+	waitFor(t, func() bool { return busy.Load() == n-2 })
+	close(r.gate)
+	wg.Wait()
+	if done.Load() != 2 || busy.Load() != n-2 {
+		t.Errorf("%d done and %d busy, want 2 and %d", done.Load(), busy.Load(), n-2)
+	}
+	buf := make([]byte, 64<<10)
+	staged := 0
+	for {
+		m, err := unix.Read(ino, buf)
+		if err != nil {
+			break // EAGAIN: every event read
+		}
+		for off := 0; off < m; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			if ev.Mask&unix.IN_CREATE != 0 {
+				staged++
+			}
+			off += unix.SizeofInotifyEvent + int(ev.Len)
+		}
+	}
+	if staged != 2 {
+		t.Errorf("%d inputs staged for %d requests with room for 2", staged, n)
 	}
 }
 

@@ -368,15 +368,23 @@ func (ic *Interceptor) isolate(id string, f interception.FileInfo, dec *Decision
 	if st.Dev != f.Dev || st.Ino != f.Ino || st.Size != f.Size || st.Mtim.Nano() != f.Mtime.UnixNano() {
 		return fmt.Errorf("%s changed after it was decided; it will be decided again", f.Path)
 	}
+	if err := ic.d.checkSize(o.f, o.real); err != nil {
+		return err
+	}
+	if err := ic.d.admit(ic.ctx); err != nil {
+		return err
+	}
 	staged, got, err := ic.d.stage(id, o.f, o.real)
 	if err != nil {
+		ic.d.unadmit()
 		return err
 	}
 	if sum != "" && got != sum {
 		os.RemoveAll(filepath.Dir(staged))
+		ic.d.unadmit()
 		return fmt.Errorf("%s changed while it was staged; it will be decided again", f.Path)
 	}
-	if _, err := ic.d.enqueue(ic.ctx, p, id, o.real, got, staged, dec, start); err != nil {
+	if _, err := ic.d.enqueue(p, id, o.real, got, staged, dec, start); err != nil {
 		os.RemoveAll(filepath.Dir(staged))
 		return err
 	}

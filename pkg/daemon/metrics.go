@@ -45,7 +45,7 @@ func newMetrics() *metrics {
 			Name: "isolator_vms_active", Help: "Micro VMs running now.",
 		}),
 		queued: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "isolator_tasks_queued", Help: "Tasks waiting for a micro VM slot.",
+			Name: "isolator_tasks_queued", Help: "Queue places taken: tasks waiting for a micro VM slot and requests whose input is being staged.",
 		}),
 		deniedSyscalls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "isolator_denied_syscalls_total", Help: "System calls refused to guests, by name.",

@@ -167,7 +167,17 @@ func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit f
 	var sum, staged, reason string
 	id := newTaskID()
 	if dec.Action == api.ActionIsolate {
-		staged, sum, err = d.stage(id, o.f, real)
+		// A place in the queue before the copy: what is staged is bounded by the queue.
+		// A refused isolation's record has the hash only if the policy computed it.
+		sum = dec.SHA256
+		if err = d.checkSize(o.f, real); err == nil {
+			err = d.admit(ctx)
+		}
+		if err == nil {
+			if staged, sum, err = d.stage(id, o.f, real); err != nil {
+				d.unadmit()
+			}
+		}
 	} else if sum = dec.SHA256; sum == "" {
 		h := sha256.New()
 		if _, herr := io.Copy(h, io.NewSectionReader(o.f, 0, d.cfg.MaxInputBytes)); herr == nil {
@@ -179,6 +189,7 @@ func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit f
 			sum, reason = "", "refused: the file changed while it was being decided"
 			if staged != "" {
 				os.RemoveAll(filepath.Dir(staged))
+				d.unadmit()
 			}
 		}
 	}
@@ -189,7 +200,7 @@ func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit f
 	if err != nil || dec.Action != api.ActionIsolate {
 		return err
 	}
-	tk, err := d.enqueue(ctx, p, id, real, sum, staged, dec, start)
+	tk, err := d.enqueue(p, id, real, sum, staged, dec, start)
 	if err != nil {
 		os.RemoveAll(filepath.Dir(staged))
 		return err
@@ -207,8 +218,8 @@ func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit f
 // past the limit while being copied).
 func (d *Daemon) stage(id string, f *os.File, real string) (string, string, error) {
 	limit := d.cfg.MaxInputBytes
-	if fi, err := f.Stat(); err == nil && fi.Size() > limit {
-		return "", "", tooLarge(real, fi.Size(), limit)
+	if err := d.checkSize(f, real); err != nil {
+		return "", "", err
 	}
 	dir := filepath.Join(d.cfg.StateDir, "staging", id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
@@ -236,6 +247,14 @@ func (d *Daemon) stage(id string, f *os.File, real string) (string, string, erro
 	return path, hex.EncodeToString(h.Sum(nil)), nil
 }
 
+// checkSize refuses a file over MaxInputBytes with ErrTooLarge.
+func (d *Daemon) checkSize(f *os.File, real string) error {
+	if fi, err := f.Stat(); err == nil && fi.Size() > d.cfg.MaxInputBytes {
+		return tooLarge(real, fi.Size(), d.cfg.MaxInputBytes)
+	}
+	return nil
+}
+
 // tooLarge is the error for a file over the isolation limit; n < 0 means the file grew
 // past the limit while it was copied.
 func tooLarge(path string, n, limit int64) error {
@@ -247,9 +266,10 @@ func tooLarge(path string, n, limit int64) error {
 		ErrTooLarge, path, n, limit)
 }
 
-// enqueue admits a task to the bounded queue, waiting up to QueueWait for room, and
-// starts its goroutine.
-func (d *Daemon) enqueue(ctx context.Context, p *Peer, id, real, sum, staged string, dec *Decision, start time.Time) (*task, error) {
+// admit takes a place in the queue for a task about to be staged, waiting up to QueueWait
+// for one when the queue is full (ErrBusy then). The place is given back by unadmit when no
+// task is queued after all, or by the task when it gets a micro VM slot.
+func (d *Daemon) admit(ctx context.Context) error {
 	select {
 	case d.queueSlots <- struct{}{}:
 	default:
@@ -262,14 +282,38 @@ func (d *Daemon) enqueue(ctx context.Context, p *Peer, id, real, sum, staged str
 			d.mu.Lock()
 			running, queued := d.running, d.queued
 			d.mu.Unlock()
-			return nil, fmt.Errorf("%w: %d micro VMs running and %d tasks queued (limits %d and %d) for %v; try again later",
+			return fmt.Errorf("%w: %d micro VMs running and %d tasks queued (limits %d and %d) for %v; try again later",
 				ErrBusy, running, queued, d.cfg.MaxConcurrent, d.cfg.Queue, d.cfg.QueueWait)
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		case <-d.stopping:
-			return nil, ErrShuttingDown
+			return ErrShuttingDown
 		}
 	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		<-d.queueSlots
+		return ErrShuttingDown
+	}
+	d.queued++
+	d.peakQueued = max(d.peakQueued, d.queued)
+	d.metrics.queued.Set(float64(d.queued))
+	return nil
+}
+
+// unadmit gives back a place taken by admit for a task that was not queued.
+func (d *Daemon) unadmit() {
+	d.mu.Lock()
+	d.queued--
+	d.metrics.queued.Set(float64(d.queued))
+	d.mu.Unlock()
+	<-d.queueSlots
+}
+
+// enqueue queues task id in the place admit took for it and starts its goroutine. It fails
+// only when shutdown has begun since, and then gives the place back.
+func (d *Daemon) enqueue(p *Peer, id, real, sum, staged string, dec *Decision, start time.Time) (*task, error) {
 	h := dec.Handler
 	tctx, cancel := context.WithCancelCause(context.Background())
 	tk := &task{
@@ -282,17 +326,14 @@ func (d *Daemon) enqueue(ctx context.Context, p *Peer, id, real, sum, staged str
 	}
 	d.mu.Lock()
 	if d.closed {
-		// Shutdown began while this request waited or was staged: it has already
-		// cancelled the queued tasks and may have stopped waiting for task goroutines.
+		// Shutdown began while this request was staged: it has already cancelled the
+		// queued tasks and may have stopped waiting for task goroutines.
 		d.mu.Unlock()
 		cancel(nil)
-		<-d.queueSlots
+		d.unadmit()
 		return nil, ErrShuttingDown
 	}
 	d.tasks[id] = tk
-	d.queued++
-	d.peakQueued = max(d.peakQueued, d.queued)
-	d.metrics.queued.Set(float64(d.queued))
 	d.wg.Add(1)
 	snap := tk.t
 	d.mu.Unlock()
