@@ -231,6 +231,66 @@ func TestLoad(t *testing.T) {
 	}
 }
 
+// TestMemoryBounded runs guests that try to make the daemon hold much more than their
+// output: two at once that write 40000 bytes one write(2) at a time. Each guest's output
+// reaches its client whole (or cut, with the limit's notice), its logs file stays small and
+// the daemon's resident memory grows by a few MiB, not by a record per write. Run with -v to
+// see the figures.
+func TestMemoryBounded(t *testing.T) {
+	if testing.Short() {
+		t.Skip("memory test skipped in -short mode")
+	}
+	e := newEnv(t)
+	e.start("--log-level", "warn")
+	results := filepath.Join(e.root, "Isolated")
+	pid := e.d.Process.Pid
+	if rep, stderr, code := e.openJSON(-1, "--results-dir", results, e.file("untrusted/warm.sh", script, 0o644)); code != 0 || rep.Task == nil {
+		t.Fatalf("warm-up open: exit %d %+v\n%s", code, rep, stderr)
+	}
+	rssBase := rssKiB(t, pid)
+
+	const writes = 40000
+	chatty := e.file("untrusted/chatty.sh", fmt.Sprintf("i=0\nwhile [ $i -lt %d ]; do echo -n x; i=$((i+1)); done\n", writes), 0o644)
+	var wg sync.WaitGroup
+	reps := make([]openReport, 2)
+	for i := range reps {
+		wg.Go(func() {
+			out, stderr, code, err := e.runIsoctl(-1, "open", "--no-launch", "--json", "--results-dir", results, chatty)
+			if err == nil {
+				err = json.Unmarshal([]byte(out), &reps[i])
+			}
+			if err != nil || code != 0 || reps[i].Task == nil || reps[i].Task.State != api.StateDone {
+				t.Errorf("chatty open %d: exit %d, %v, %s\n%s", i, code, err, out, stderr)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	rssChatty := rssKiB(t, pid)
+	for _, rep := range reps {
+		if strings.Trim(rep.Stdout, "x") != "" || len(rep.Stdout) > writes {
+			t.Errorf("task %s: stdout is not %d x's or fewer: %.40q...", rep.Task.ID, writes, rep.Stdout)
+		}
+		if len(rep.Stdout) < writes {
+			logs, _, _ := e.isoctl(-1, "logs", rep.Task.ID)
+			if !strings.Contains(logs, "output limit reached") {
+				t.Errorf("task %s: %d of %d bytes of output and no notice", rep.Task.ID, len(rep.Stdout), writes)
+			}
+		}
+		fi, err := os.Stat(filepath.Join(e.state, "tasks", rep.Task.ID, "logs.jsonl"))
+		if err != nil || fi.Size() > 6<<20 {
+			t.Errorf("task %s: logs.jsonl: %v, %d bytes", rep.Task.ID, err, fi.Size())
+		}
+	}
+	t.Logf("daemon RSS: %d KiB after a warm-up, %d KiB after 2 guests wrote %d bytes one at a time", rssBase, rssChatty, writes)
+	// A record kept per write cost about 1 KiB of RSS each: 80 MiB here.
+	if rssChatty > rssBase+24<<10 {
+		t.Errorf("daemon RSS grew from %d KiB to %d KiB for 2 chatty guests", rssBase, rssChatty)
+	}
+}
+
 // BenchmarkOpen measures, with one client and with 20 concurrent clients on a daemon
 // running 4 micro VMs at once, the latency from an open request to the policy decision
 // and to the task's result (an archive unpacked in a micro VM), and reports the median

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -70,17 +71,16 @@ func TestStreamFollowCancel(t *testing.T) {
 	}
 }
 
+// TestStreamLimit: every event counts EventOverhead against the limit besides its data, so
+// a program that prints one byte at a time cannot make the stream keep more than the limit;
+// what is kept is the beginning of the output, then one notice.
 func TestStreamLimit(t *testing.T) {
-	s := NewStream(10)
-	w := s.Writer(api.EventStderr)
-	w.Write([]byte("12345"))
-	w.Write([]byte("123456")) // over the limit: dropped, noticed
-	w.Write([]byte("12345"))  // fits exactly
-	w.Write([]byte("x"))
-	s.Close()
-	if got := s.Dropped(); got != 7 {
-		t.Errorf("Dropped = %d, want 7", got)
+	s := NewStream(10 * EventOverhead)
+	for range 20 {
+		s.Append(api.Event{Type: api.EventStdout, Data: []byte("x")})
 	}
+	s.Append(api.Event{Type: api.EventStderr, Data: []byte("y")}) // after a drop: dropped too
+	s.Close()
 	var notices int
 	var data []byte
 	for _, ev := range s.Events() {
@@ -89,13 +89,67 @@ func TestStreamLimit(t *testing.T) {
 		}
 		data = append(data, ev.Data...)
 	}
-	if notices != 1 || string(data) != "1234512345" {
-		t.Errorf("notices=%d data=%q", notices, data)
+	// 9 events of 1+EventOverhead bytes fit in 10*EventOverhead; the 10th does not.
+	if notices != 1 || string(data) != "xxxxxxxxx" || s.Dropped() != 12 {
+		t.Errorf("notices=%d data=%q dropped=%d, want 1, 9 bytes, 12", notices, data, s.Dropped())
 	}
 	s.Append(api.Event{Type: api.EventStdout, Data: []byte("after close")})
-	if n := len(s.Events()); n != 3 {
+	if n := len(s.Events()); n != 10 {
 		t.Errorf("append after close changed the stream: %d events", n)
 	}
+
+	// An event larger than the room left is cut to it.
+	s = NewStream(EventOverhead + 10)
+	s.Append(api.Event{Type: api.EventStdout, Data: []byte("0123456789abcdef")})
+	s.Close()
+	if evs := s.Events(); len(evs) != 2 || string(evs[0].Data) != "0123456789" || evs[1].Type != api.EventNotice || s.Dropped() != 6 {
+		t.Errorf("events %+v, dropped %d", evs, s.Dropped())
+	}
+}
+
+// TestStreamMerges: adjacent writes to a Writer become events of up to MaxChunk bytes; a
+// write to the other Writer, or an event, ends the merged one, keeping the order.
+func TestStreamMerges(t *testing.T) {
+	s := NewStream(0)
+	s.interval = time.Hour // only size, other output, Events and Close append pending output
+	out, errw := s.Writer(api.EventStdout), s.Writer(api.EventStderr)
+	const n = MaxChunk + 100
+	for range n {
+		out.Write([]byte("x"))
+	}
+	errw.Write([]byte("e1"))
+	errw.Write([]byte("e2"))
+	s.Append(api.Event{Type: api.EventNotice, Message: "between"})
+	out.Write([]byte("tail"))
+	s.Close()
+	var got []string
+	for _, ev := range s.Events() {
+		switch ev.Type {
+		case api.EventNotice:
+			got = append(got, "notice:"+ev.Message)
+		default:
+			got = append(got, fmt.Sprintf("%s:%d", ev.Type, len(ev.Data)))
+		}
+	}
+	want := fmt.Sprintf("[stdout:%d stdout:100 stderr:4 notice:between stdout:4]", MaxChunk)
+	if fmt.Sprint(got) != want {
+		t.Errorf("events %v, want %s", got, want)
+	}
+}
+
+// TestStreamFlushesPending: output that nothing follows reaches a follower by itself.
+func TestStreamFlushesPending(t *testing.T) {
+	s := NewStream(0)
+	fmt.Fprint(s.Writer(api.EventStdout), "alone")
+	got := make(chan string)
+	go s.Follow(context.Background(), func(ev api.Event) error {
+		got <- string(ev.Data)
+		return nil
+	})
+	if g := <-got; g != "alone" {
+		t.Errorf("follower got %q", g)
+	}
+	s.Close()
 }
 
 func TestSanitizeName(t *testing.T) {
