@@ -4,8 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,22 +22,35 @@ import (
 )
 
 // rssKiB returns the resident set size of pid.
-func rssKiB(t testing.TB, pid int) int {
+func rssKiB(t testing.TB, pid int) int { return procStatusKiB(t, pid, "VmRSS") }
+
+// peakKiB returns the peak resident set size of pid since it started or resetPeak.
+func peakKiB(t testing.TB, pid int) int { return procStatusKiB(t, pid, "VmHWM") }
+
+// resetPeak makes the peak resident set size of pid its current one (proc(5), clear_refs).
+func resetPeak(t testing.TB, pid int) {
+	t.Helper()
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func procStatusKiB(t testing.TB, pid int, field string) int {
 	t.Helper()
 	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		t.Fatal(err)
 	}
 	for line := range strings.SplitSeq(string(data), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
 			n, err := strconv.Atoi(strings.TrimSuffix(strings.TrimSpace(rest), " kB"))
 			if err != nil {
-				t.Fatalf("VmRSS: %v", err)
+				t.Fatalf("%s: %v", field, err)
 			}
 			return n
 		}
 	}
-	t.Fatal("no VmRSS in /proc/pid/status")
+	t.Fatalf("no %s in /proc/pid/status", field)
 	return 0
 }
 
@@ -232,10 +247,12 @@ func TestLoad(t *testing.T) {
 }
 
 // TestMemoryBounded runs guests that try to make the daemon hold much more than their
-// output: two at once that write 40000 bytes one write(2) at a time. Each guest's output
-// reaches its client whole (or cut, with the limit's notice), its logs file stays small and
-// the daemon's resident memory grows by a few MiB, not by a record per write. Run with -v to
-// see the figures.
+// output: two at once that write 40000 bytes one write(2) at a time, and one that returns a
+// 64 MiB file. Each chatty guest's output reaches its client whole (or cut, with the limit's
+// notice), its logs file stays small and the daemon's resident memory grows by a few MiB,
+// not by a record per write. The large file reaches isoctl open and isoctl results whole,
+// while the daemon holds it at most once (besides the micro VM's own memory) and sends it
+// from disk in chunks. Run with -v to see the figures.
 func TestMemoryBounded(t *testing.T) {
 	if testing.Short() {
 		t.Skip("memory test skipped in -short mode")
@@ -288,6 +305,55 @@ func TestMemoryBounded(t *testing.T) {
 	// A record kept per write cost about 1 KiB of RSS each: 80 MiB here.
 	if rssChatty > rssBase+24<<10 {
 		t.Errorf("daemon RSS grew from %d KiB to %d KiB for 2 chatty guests", rssBase, rssChatty)
+	}
+
+	// 64 MiB in one result file: a 16 MiB string made in the guest, written 4 times.
+	const part = "0123456789abcdef"
+	wantSum := sha256.New()
+	for range 4 {
+		wantSum.Write([]byte(strings.Repeat(part, 1<<20)))
+	}
+	big := e.file("untrusted/big.sh", "s="+part+"\ni=0\nwhile [ $i -lt 20 ]; do s=$s$s; i=$((i+1)); done\n"+
+		"for n in 1 2 3 4; do echo -n \"$s\" >> /output/big.bin; done\n", 0o644)
+	resetPeak(t, pid)
+	rssBefore := rssKiB(t, pid)
+	rep, stderr, code := e.openJSON(-1, "--results-dir", results, big)
+	peakOpen := peakKiB(t, pid)
+	if code != 0 || rep.Task == nil || !slices.Equal(rep.Written, []string{"big.bin"}) {
+		t.Fatalf("open of a guest returning 64 MiB: exit %d, %+v\n%s", code, rep, stderr)
+	}
+	checkFile := func(path string) {
+		t.Helper()
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		h := sha256.New()
+		if n, err := io.Copy(h, f); err != nil || n != 64<<20 || !bytes.Equal(h.Sum(nil), wantSum.Sum(nil)) {
+			t.Errorf("%s: %d bytes, %v, or not the guest's content", path, n, err)
+		}
+	}
+	checkFile(filepath.Join(results, rep.Task.ID, "big.bin"))
+	again := filepath.Join(e.root, "again")
+	resetPeak(t, pid)
+	rssIdle := rssKiB(t, pid)
+	if out, stderr, code := e.isoctl(-1, "results", "--dir", again, rep.Task.ID); code != 0 {
+		t.Fatalf("isoctl results: exit %d\n%s%s", code, out, stderr)
+	}
+	peakFetch := peakKiB(t, pid)
+	checkFile(filepath.Join(again, rep.Task.ID, "big.bin"))
+	t.Logf("daemon peak RSS: %d KiB over %d KiB for an open returning 64 MiB (with the micro VM's memory), %d KiB over %d KiB to send it again",
+		peakOpen, rssBefore, peakFetch, rssIdle)
+	// The guest's own memory and file system and the one copy of the output the daemon
+	// gets from the VM take about 270 MiB; holding the file whole several times, and in
+	// base64, as one line, took 550 MiB.
+	if peakOpen > rssBefore+384<<10 {
+		t.Errorf("daemon peak RSS %d KiB over %d KiB for an open returning 64 MiB", peakOpen, rssBefore)
+	}
+	// Sending it from disk needs a chunk or two; the whole file in base64 took 250 MiB.
+	if peakFetch > rssIdle+32<<10 {
+		t.Errorf("daemon peak RSS %d KiB over %d KiB to send a 64 MiB result", peakFetch, rssIdle)
 	}
 }
 

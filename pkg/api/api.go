@@ -16,7 +16,7 @@ const (
 	PathTasks   = "/v1/tasks"              // GET ?all=1 -> []Task
 	PathTask    = "/v1/tasks/{id}"         // GET -> Task
 	PathLogs    = "/v1/tasks/{id}/logs"    // GET ?follow=1 -> NDJSON stream of Event (stdout/stderr/end)
-	PathResults = "/v1/tasks/{id}/results" // GET -> Results
+	PathResults = "/v1/tasks/{id}/results" // GET -> NDJSON stream of Event (result, file..., end)
 	PathKill    = "/v1/tasks/{id}/kill"    // POST -> Task
 	PathStatus  = "/v1/status"             // GET -> Status
 	PathRelease = "/v1/release"            // POST ReleaseRequest -> ReleaseResponse
@@ -26,6 +26,19 @@ const (
 
 // ContentTypeNDJSON is the media type of event streams.
 const ContentTypeNDJSON = "application/x-ndjson"
+
+// FileChunk is the most file data one EventFile carries.
+const FileChunk = 1 << 20
+
+// MaxEventSize bounds one line of an event stream, as clients read it. File contents come
+// in chunks of FileChunk bytes (base64 in JSON), output in events of 64 KiB; the longest
+// lines are result events, which name every returned file (at most the handler's
+// max_output_files) and at most MaxRejected outputs that were not returned.
+const MaxEventSize = 64 << 20
+
+// MaxRejected bounds the outputs listed as not returned in a Task and in Results; beyond
+// it, one more entry says how many others there were.
+const MaxRejected = 1000
 
 // Action is what the policy decided for a file.
 type Action string
@@ -111,11 +124,15 @@ type Task struct {
 	Stats    *VMStats   `json:"stats,omitempty"`
 }
 
-// File is an output file of a task, returned to its owner.
+// File is an output file of a task, returned to its owner. In Results it describes the
+// file; its contents follow in EventFile events, each a File with a chunk of at most
+// FileChunk bytes at Offset, in order (one chunk with no Data for an empty file).
 type File struct {
-	Name string `json:"name"` // sanitized relative name
-	Mode uint32 `json:"mode"`
-	Data []byte `json:"data"`
+	Name   string `json:"name"` // sanitized relative name
+	Mode   uint32 `json:"mode"`
+	Size   int64  `json:"size"`             // of the whole file
+	Offset int64  `json:"offset,omitempty"` // of Data in the file
+	Data   []byte `json:"data,omitempty"`
 }
 
 // Rejected is an output that was not returned, and why.
@@ -124,7 +141,8 @@ type Rejected struct {
 	Reason string `json:"reason"`
 }
 
-// Results are the output files of a finished task.
+// Results describe the output files of a finished task. Over the API their contents follow
+// the result event that carries them, as EventFile events.
 type Results struct {
 	Task     string     `json:"task"`
 	SHA256   string     `json:"sha256"` // of the source file
@@ -143,7 +161,8 @@ const (
 	EventStdout   EventType = "stdout"   // Data from the guest's stdout
 	EventStderr   EventType = "stderr"   // Data from the guest's stderr
 	EventNotice   EventType = "notice"   // Message from the daemon (e.g. output truncated)
-	EventResult   EventType = "result"   // Task finished; Results holds its files
+	EventResult   EventType = "result"   // Task finished; Results describes its files, whose EventFiles follow
+	EventFile     EventType = "file"     // File: a chunk of a result file
 	EventError    EventType = "error"    // Error ends the stream
 	EventEnd      EventType = "end"      // end of a log stream
 
@@ -161,6 +180,7 @@ type Event struct {
 	Data     []byte    `json:"data,omitempty"`
 	Message  string    `json:"message,omitempty"`
 	Results  *Results  `json:"results,omitempty"`
+	File     *File     `json:"file,omitempty"`
 	Error    *Error    `json:"error,omitempty"`
 }
 

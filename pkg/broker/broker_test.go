@@ -324,7 +324,7 @@ func TestDeliverExisting(t *testing.T) {
 	}
 }
 
-func TestWriteAtRefusesSymlinks(t *testing.T) {
+func TestCreateAtRefusesSymlinks(t *testing.T) {
 	dir := t.TempDir()
 	outside := t.TempDir()
 	if err := os.Symlink(outside, filepath.Join(dir, "link")); err != nil {
@@ -339,12 +339,73 @@ func TestWriteAtRefusesSymlinks(t *testing.T) {
 	}
 	defer unix.Close(root)
 	for _, name := range []string{"link/x", "file"} {
-		if err := writeAt(root, name, []byte("x"), func(int) {}); err == nil {
-			t.Errorf("writeAt(%q) through a symlink succeeded", name)
+		if dir, _, f, err := createAt(root, name); err == nil {
+			f.Close()
+			closeIfNot(dir, root)
+			t.Errorf("createAt(%q) through a symlink succeeded", name)
 		}
 	}
 	ents, _ := os.ReadDir(outside)
 	if len(ents) != 0 {
 		t.Errorf("something was written outside: %v", ents)
+	}
+}
+
+// TestDeliverer writes files that arrive in chunks, as they come after a result event: a
+// file in several chunks is written whole; one that stops short, whose chunks come out of
+// order or run past its announced size is removed and refused; an announced file that never
+// comes and a chunk of a file nobody announced are refused.
+func TestDeliverer(t *testing.T) {
+	base := t.TempDir()
+	announced := []api.File{
+		{Name: "whole.txt", Size: 10}, {Name: "dir/short.txt", Size: 10}, {Name: "gap.txt", Size: 4},
+		{Name: "long.txt", Size: 2}, {Name: "empty", Size: 0}, {Name: "never.txt", Size: 1},
+	}
+	dl, err := NewDeliverer(DeliverConfig{Dir: base, TaskID: "t"}, announced)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []api.File{
+		{Name: "whole.txt", Offset: 0, Data: []byte("01234")},
+		{Name: "whole.txt", Offset: 5, Data: []byte("56789")},
+		{Name: "dir/short.txt", Offset: 0, Data: []byte("0123")},
+		{Name: "gap.txt", Offset: 0, Data: []byte("ab")},
+		{Name: "gap.txt", Offset: 3, Data: []byte("d")},
+		{Name: "long.txt", Offset: 0, Data: []byte("abc")},
+		{Name: "empty", Offset: 0},
+		{Name: "stray.txt", Offset: 0, Data: []byte("x")},
+	} {
+		dl.Write(c)
+	}
+	d := dl.Close()
+	var written []string
+	for _, w := range d.Written {
+		written = append(written, fmt.Sprintf("%s:%d", w.Name, w.Size))
+	}
+	if got := strings.Join(written, ","); got != "whole.txt:10,empty:0" {
+		t.Errorf("written %s", got)
+	}
+	if b, err := os.ReadFile(filepath.Join(base, "t", "whole.txt")); err != nil || string(b) != "0123456789" {
+		t.Errorf("whole.txt = %q, %v", b, err)
+	}
+	refused := map[string]string{}
+	for _, r := range d.Refused {
+		refused[r.Name] = r.Reason
+	}
+	for name, want := range map[string]string{
+		"dir/short.txt": "incomplete: 4 of 10 bytes received",
+		"gap.txt":       "chunk at offset 3, expected 2",
+		"long.txt":      "more than the 2 bytes announced",
+		"never.txt":     "not received",
+		"stray.txt":     "not announced",
+	} {
+		if !strings.Contains(refused[name], want) {
+			t.Errorf("refused[%q] = %q, want %q", name, refused[name], want)
+		}
+	}
+	for _, name := range []string{"dir/short.txt", "gap.txt", "long.txt", "never.txt"} {
+		if _, err := os.Lstat(filepath.Join(base, "t", name)); !os.IsNotExist(err) {
+			t.Errorf("refused %s left on disk: %v", name, err)
+		}
 	}
 }

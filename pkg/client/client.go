@@ -127,7 +127,7 @@ func (c *Client) getJSON(ctx context.Context, method, path string, q url.Values,
 func stream(resp *http.Response, fn func(api.Event) error) error {
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 512<<20)
+	sc.Buffer(make([]byte, 64<<10), api.MaxEventSize)
 	for sc.Scan() {
 		var ev api.Event
 		if err := json.Unmarshal(sc.Bytes(), &ev); err != nil {
@@ -188,10 +188,20 @@ func (c *Client) Logs(ctx context.Context, id string, follow bool, fn func(api.E
 	})
 }
 
-// Results returns the output files of a finished task.
-func (c *Client) Results(ctx context.Context, id string) (*api.Results, error) {
-	var r api.Results
-	return &r, c.getJSON(ctx, http.MethodGet, taskPath(api.PathResults, id), nil, nil, &r)
+// Results calls fn with the results of a finished task: a result event that describes its
+// files (and the task), then an EventFile for every chunk of their contents, in order, and
+// notices. Save them with a broker.Deliverer.
+func (c *Client) Results(ctx context.Context, id string, fn func(api.Event) error) error {
+	resp, err := c.do(ctx, http.MethodGet, taskPath(api.PathResults, id), nil, nil)
+	if err != nil {
+		return err
+	}
+	return stream(resp, func(ev api.Event) error {
+		if ev.Type == api.EventEnd {
+			return nil
+		}
+		return fn(ev)
+	})
 }
 
 // Kill stops a task and returns it in its final state.

@@ -157,6 +157,47 @@ func openAll(c *client.Client, path string) ([]api.Event, error) {
 	return evs, err
 }
 
+// assemble puts together the result files carried by the file events in evs, which must
+// come after the result event and in order.
+func assemble(evs []api.Event) (map[string]string, error) {
+	files := map[string]string{}
+	result := false
+	for _, ev := range evs {
+		switch ev.Type {
+		case api.EventResult:
+			result = true
+		case api.EventFile:
+			f := ev.File
+			switch {
+			case !result:
+				return files, fmt.Errorf("a chunk of %s before the result event", f.Name)
+			case f.Offset != int64(len(files[f.Name])):
+				return files, fmt.Errorf("a chunk of %s at %d after %d bytes", f.Name, f.Offset, len(files[f.Name]))
+			}
+			files[f.Name] += string(f.Data)
+		}
+	}
+	return files, nil
+}
+
+// resultFiles fetches the results of task id and puts their files together.
+func resultFiles(c *client.Client, id string) (*api.Results, map[string]string, error) {
+	var evs []api.Event
+	var res *api.Results
+	err := c.Results(context.Background(), id, func(ev api.Event) error {
+		if ev.Type == api.EventResult {
+			res = ev.Results
+		}
+		evs = append(evs, ev)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	files, err := assemble(evs)
+	return res, files, err
+}
+
 func TestOpenDecisions(t *testing.T) {
 	in := start(t, daemon.Config{})
 	dir := t.TempDir()
@@ -200,8 +241,12 @@ func TestOpenDecisions(t *testing.T) {
 				t.Errorf("stdout %q stderr %q", stdout, stderr)
 			}
 			if result == nil || result.Task.State != api.StateDone || len(result.Results.Files) != 1 ||
-				string(result.Results.Files[0].Data) != "10\n" || result.Results.SHA256 == "" {
+				result.Results.Files[0].Size != 3 || result.Results.SHA256 == "" {
 				t.Fatalf("bad result event %+v", result)
+			}
+			// The file's contents follow the result event.
+			if files, err := assemble(evs); err != nil || files["count.txt"] != "10\n" {
+				t.Errorf("result files after the result event: %q, %v", files, err)
 			}
 			id := result.Task.ID
 			// History: the task, its logs and results are there after the fact.
@@ -218,9 +263,9 @@ func TestOpenDecisions(t *testing.T) {
 			}); err != nil || logged != tt.wantOut {
 				t.Errorf("Logs = %q, %v", logged, err)
 			}
-			res, err := in.c.Results(context.Background(), id)
-			if err != nil || len(res.Files) != 1 || res.Files[0].Name != "count.txt" {
-				t.Errorf("Results = %+v, %v", res, err)
+			res, files, err := resultFiles(in.c, id)
+			if err != nil || len(res.Files) != 1 || res.Files[0].Name != "count.txt" || files["count.txt"] != "10\n" {
+				t.Errorf("Results = %+v, %q, %v", res, files, err)
 			}
 		})
 	}
@@ -615,7 +660,7 @@ func TestMaxInputBytes(t *testing.T) {
 	in := start(t, daemon.Config{MaxInputBytes: 8})
 	dir := t.TempDir()
 	evs, err := openAll(in.c, writeFile(t, dir, "small.bin", "12345678"))
-	if err != nil || evs[len(evs)-1].Type != api.EventResult || evs[len(evs)-1].Task.State != api.StateDone {
+	if last := evs[len(evs)-2]; err != nil || last.Type != api.EventResult || last.Task.State != api.StateDone { // then the file
 		t.Fatalf("a file at the limit: %v, %+v", err, evs)
 	}
 	big := writeFile(t, dir, "big.bin", "123456789")
@@ -650,7 +695,7 @@ func TestResultsOfUnfinishedTask(t *testing.T) {
 		t.Fatalf("Tasks = %+v, %v", tasks, err)
 	}
 	id := tasks[0].ID
-	_, err = in.c.Results(context.Background(), id)
+	_, _, err = resultFiles(in.c, id)
 	var ae *api.Error
 	if !errors.As(err, &ae) || ae.Code != api.CodeConflict || ae.Message != "task "+id+" is still running" {
 		t.Errorf("results of a running task: %v, want %s %q", err, api.CodeConflict, "task "+id+" is still running")
@@ -669,7 +714,7 @@ func TestResultsOfUnfinishedTask(t *testing.T) {
 	}
 	close(r.gate)
 	<-done
-	if res, err := in.c.Results(context.Background(), id); err != nil || len(res.Files) != 1 {
-		t.Errorf("results after the task finished: %+v, %v", res, err)
+	if res, files, err := resultFiles(in.c, id); err != nil || len(res.Files) != 1 || files["count.txt"] != "1\n" {
+		t.Errorf("results after the task finished: %+v, %q, %v", res, files, err)
 	}
 }

@@ -102,16 +102,18 @@ rules:
 		if dec["rule"] != "scripts" || dec["action"] != "isolate" {
 			t.Fatalf("decided %v; want the opened file's rule scripts, not the secret's", dec)
 		}
-		last := evs[len(evs)-1]
-		task, _ := last["task"].(map[string]any)
-		res, _ := last["results"].(map[string]any)
+		// The result event, then the one chunk of the one result file.
+		result, chunk := evs[len(evs)-2], evs[len(evs)-1]
+		task, _ := result["task"].(map[string]any)
+		res, _ := result["results"].(map[string]any)
 		files, _ := res["files"].([]any)
-		if last["type"] != "result" || task["state"] != "done" || task["sha256"] != sum(mineText) || len(files) != 1 {
-			t.Fatalf("result %v", last)
+		if result["type"] != "result" || task["state"] != "done" || task["sha256"] != sum(mineText) || len(files) != 1 {
+			t.Fatalf("result %v", result)
 		}
 		// countRunner returns the size of the staged input: the opened file's bytes.
-		if data := files[0].(map[string]any)["data"]; data != "MTAK" { // base64 of "10\n"
-			t.Errorf("the guest saw a %v-byte input (base64 of its size), want the 10 bytes of %s", data, mine)
+		file, _ := chunk["file"].(map[string]any)
+		if chunk["type"] != "file" || file["data"] != "MTAK" { // base64 of "10\n"
+			t.Errorf("the guest saw a %v-byte input (base64 of its size), want the 10 bytes of %s", file["data"], mine)
 		}
 		for _, rec := range auditRecords(t, in.state) {
 			if rec.Event == "decision" && rec.Path == mine && (rec.SHA256 != sum(mineText) || rec.Rule != "scripts") {

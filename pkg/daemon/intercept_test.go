@@ -169,8 +169,11 @@ func TestInterceptor(t *testing.T) {
 			t.Errorf("%d audited decisions, want 1", n)
 		}
 		res, err := in.d.Results(&daemon.Peer{UID: 65534}, tasks[0].ID)
-		if err != nil || len(res.Files) != 1 || string(res.Files[0].Data) != "15\n" {
+		if err != nil || len(res.Files) != 1 || res.Files[0].Name != "count.txt" || res.Files[0].Size != 3 {
 			t.Errorf("owner's results: %+v, %v", res, err)
+		}
+		if _, files, err := resultFiles(in.c, tasks[0].ID); err != nil || files["count.txt"] != "15\n" {
+			t.Errorf("results as root: %q, %v", files, err)
 		}
 		if _, err := in.d.Results(&daemon.Peer{UID: 1000}, tasks[0].ID); err == nil {
 			t.Error("another user fetched the results")

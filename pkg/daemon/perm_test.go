@@ -152,7 +152,7 @@ func TestPermissions(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		id := evs[len(evs)-1].Task.ID
+		id := evs[1].Task.ID // the decision, then the task's state
 		p, a := <-plain, <-adm
 		if p.status != 200 || strings.Contains(p.body, id) {
 			t.Errorf("nobody's events: %d, include root's task %s: %s", p.status, id, p.body)

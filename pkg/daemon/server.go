@@ -257,12 +257,22 @@ func (d *Daemon) handleLogs(w http.ResponseWriter, r *http.Request, p *Peer) {
 }
 
 func (d *Daemon) handleResults(w http.ResponseWriter, r *http.Request, p *Peer) {
-	res, err := d.Results(p, r.PathValue("id"))
-	if err != nil {
-		fail(w, err)
-		return
+	id := r.PathValue("id")
+	out := newNDJSON(w)
+	res, err := d.Results(p, id)
+	if err == nil {
+		var t api.Task
+		if t, err = d.Task(p, id); err == nil {
+			err = out.emit(api.Event{Type: api.EventResult, Task: &t, Results: res})
+		}
 	}
-	writeJSON(w, http.StatusOK, res)
+	if err == nil {
+		err = d.sendFiles(res, out.emit)
+	}
+	if err == nil {
+		err = out.emit(api.Event{Type: api.EventEnd})
+	}
+	out.finish(err)
 }
 
 func (d *Daemon) handleKill(w http.ResponseWriter, r *http.Request, p *Peer) {

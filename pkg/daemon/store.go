@@ -8,14 +8,15 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 
 	"github.com/isolator-dev/isolator/pkg/api"
 )
 
 // store keeps task history under <state-dir>/tasks/<id>/: task.json (the task, rewritten
-// atomically on every change), results.json (output files, 0600) and logs.jsonl (what the
-// guest printed). The directory is 0700 and owned by the daemon: results reach users only
-// through the API.
+// atomically on every change), results.json (what the output files are), files/<n> (the
+// contents of the n-th of them, 0600) and logs.jsonl (what the guest printed). The
+// directory is 0700 and owned by the daemon: results reach users only through the API.
 type store struct {
 	dir string
 }
@@ -67,13 +68,51 @@ func (s *store) saveTask(t *api.Task) error {
 	return nil
 }
 
+// saveResults writes the contents of r's files to files/<n>, dropping them from r (they
+// are then read back with openResult), and r to results.json. A file whose contents could
+// not be written keeps them in r.
 func (s *store) saveResults(r *api.Results) error {
+	dir := filepath.Join(s.taskDir(r.Task), "files")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("save results of %s: %w", r.Task, err)
+	}
+	var errs []error
+	for i := range r.Files {
+		f := &r.Files[i]
+		f.Size = int64(len(f.Data))
+		if err := writeSynced(filepath.Join(dir, strconv.Itoa(i)), f.Data); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		f.Data = nil
+	}
 	if err := s.writeJSON(r.Task, "results.json", r); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("save results of %s: %w", r.Task, err)
 	}
 	return nil
 }
 
+// writeSynced creates path, mode 0600, with data.
+func writeSynced(path string, data []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if serr := f.Sync(); err == nil {
+		err = serr
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// loadResults reads results.json. The results of daemons before files/ held their files'
+// contents in it; those are returned with Data.
 func (s *store) loadResults(id string) (*api.Results, error) {
 	data, err := os.ReadFile(filepath.Join(s.taskDir(id), "results.json"))
 	if err != nil {
@@ -83,7 +122,17 @@ func (s *store) loadResults(id string) (*api.Results, error) {
 	if err := json.Unmarshal(data, &r); err != nil {
 		return nil, fmt.Errorf("results of %s: %w", id, err)
 	}
+	for i := range r.Files {
+		if f := &r.Files[i]; f.Data != nil {
+			f.Size = int64(len(f.Data))
+		}
+	}
 	return &r, nil
+}
+
+// openResult opens the contents of the n-th result file of task id.
+func (s *store) openResult(id string, n int) (*os.File, error) {
+	return os.Open(filepath.Join(s.taskDir(id), "files", strconv.Itoa(n)))
 }
 
 func (s *store) saveLogs(id string, events []api.Event) error {

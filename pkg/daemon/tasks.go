@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -208,8 +209,57 @@ func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit f
 	d.mu.Lock()
 	stream := tk.stream
 	d.mu.Unlock()
-	// The stream starts with the task's queued state.
-	return stream.Follow(ctx, emit)
+	// The stream starts with the task's queued state and ends with its result, which the
+	// contents of the result files follow.
+	return stream.Follow(ctx, func(ev api.Event) error {
+		if err := emit(ev); err != nil {
+			return err
+		}
+		if ev.Type == api.EventResult && ev.Results != nil {
+			return d.sendFiles(ev.Results, emit)
+		}
+		return nil
+	})
+}
+
+// sendFiles emits the contents of the files of r as EventFile events, in chunks of at most
+// api.FileChunk bytes: only one chunk is in memory at a time, whatever the files' sizes.
+func (d *Daemon) sendFiles(r *api.Results, emit func(api.Event) error) error {
+	for i, f := range r.Files {
+		if err := d.sendFile(r.Task, i, f, emit); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) sendFile(task string, i int, f api.File, emit func(api.Event) error) error {
+	var src io.Reader = bytes.NewReader(f.Data)
+	if f.Data == nil {
+		file, err := d.store.openResult(task, i)
+		if err != nil {
+			return emit(api.Event{Type: api.EventNotice, Message: fmt.Sprintf("result file %s is not available: %v", f.Name, err)})
+		}
+		defer file.Close()
+		src = file
+	}
+	for off := int64(0); ; {
+		data := make([]byte, min(max(f.Size-off, 0), api.FileChunk))
+		n, err := io.ReadFull(src, data)
+		if n > 0 || off == 0 {
+			chunk := &api.File{Name: f.Name, Mode: f.Mode, Size: f.Size, Offset: off, Data: data[:n]}
+			if err := emit(api.Event{Type: api.EventFile, File: chunk}); err != nil {
+				return err
+			}
+			off += int64(n)
+		}
+		switch {
+		case off >= f.Size || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+			return nil
+		case err != nil:
+			return fmt.Errorf("result file %s: %w", f.Name, err)
+		}
+	}
 }
 
 // stage copies the file into a private staging directory, so the guest sees exactly the
@@ -431,6 +481,10 @@ func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
 		}
 		stats := res.Stats
 		t.Stats = &stats
+		if n := len(res.Rejected); n > api.MaxRejected {
+			res.Rejected = append(res.Rejected[:api.MaxRejected:api.MaxRejected],
+				api.Rejected{Name: "...", Reason: fmt.Sprintf("%d more outputs were not returned", n-api.MaxRejected)})
+		}
 		t.Rejected = res.Rejected
 		for _, o := range res.Outputs {
 			t.Outputs = append(t.Outputs, o.Name)
@@ -444,9 +498,11 @@ func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
 	d.mu.Unlock()
 
 	if results != nil {
+		// From here the files' contents are on disk only, read back in chunks.
 		if err := d.store.saveResults(results); err != nil {
 			d.log.Error("results not saved", "task", snap.ID, "err", err)
 		}
+		res.Outputs = nil
 	}
 	if err := d.store.saveTask(&snap); err != nil {
 		d.log.Error("task history", "err", err)

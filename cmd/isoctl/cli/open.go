@@ -176,6 +176,7 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 	}
 	var out, errOut strings.Builder
 	var results *api.Results
+	recv := &resultReceiver{dir: o.resultsDir}
 	err = c.Open(ctx, api.OpenRequest{Path: abs, Opener: o.opener}, func(ev api.Event) error {
 		switch ev.Type {
 		case api.EventDecision:
@@ -211,10 +212,15 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 			progress("  isolatord: %s\n", ev.Message)
 		case api.EventResult:
 			rep.Task, results = ev.Task, ev.Results
+			recv.event(ev)
+		case api.EventFile:
+			recv.event(ev)
 		}
 		return nil
 	})
 	rep.Stdout, rep.Stderr = out.String(), errOut.String()
+	// Also when the stream broke off: a file that did not arrive whole is removed.
+	delivery, derr := recv.finish()
 	if err != nil {
 		rep.Error = err.Error()
 		return rep
@@ -248,16 +254,16 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 	default:
 		say("  task %s: %s: %s\n", t.ID, t.State, t.Reason)
 	}
-	if results != nil && (len(results.Files) > 0 || len(results.Rejected) > 0) {
-		d, err := broker.Deliver(broker.DeliverConfig{
-			Dir: o.resultsDir, TaskID: t.ID, SourceSHA256: results.SHA256, Handler: results.Handler,
-		}, results.Files)
-		if err != nil {
-			rep.Error = fmt.Sprintf("results not saved: %v", err)
-			return rep
-		}
+	if derr != nil {
+		rep.Error = fmt.Sprintf("results not saved: %v", derr)
+		return rep
+	}
+	if results != nil {
+		rep.Refused = append(rep.Refused, results.Rejected...)
+	}
+	if d := delivery; d != nil {
 		rep.ResultsDir, rep.XattrWarning = d.Dir, d.XattrWarning
-		rep.Refused = append(append(rep.Refused, results.Rejected...), d.Refused...)
+		rep.Refused = append(rep.Refused, d.Refused...)
 		for _, w := range d.Written {
 			rep.Written = append(rep.Written, w.Name)
 		}
@@ -273,6 +279,37 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 		say("  not returned: %s: %s\n", r.Name, r.Reason)
 	}
 	return rep
+}
+
+// resultReceiver saves the result files of a task as their contents arrive, in the file
+// events that follow the result event that describes them.
+type resultReceiver struct {
+	dir string // parent of the per-task directory
+	dl  *broker.Deliverer
+	err error // the delivery could not start
+}
+
+func (r *resultReceiver) event(ev api.Event) {
+	switch {
+	case ev.Type == api.EventResult && ev.Results != nil && len(ev.Results.Files) > 0 && r.dl == nil && r.err == nil:
+		res := ev.Results
+		r.dl, r.err = broker.NewDeliverer(broker.DeliverConfig{
+			Dir: r.dir, TaskID: res.Task, SourceSHA256: res.SHA256, Handler: res.Handler,
+		}, res.Files)
+	case ev.Type == api.EventFile && ev.File != nil && r.dl != nil:
+		r.dl.Write(*ev.File)
+	}
+}
+
+// finish ends the delivery and says what was written; it is nil, with no error, when the
+// task returned no files.
+func (r *resultReceiver) finish() (*broker.Delivery, error) {
+	if r.err != nil || r.dl == nil {
+		return nil, r.err
+	}
+	d := r.dl.Close()
+	r.dl = nil
+	return d, nil
 }
 
 // launchTrusted opens the trusted file abs on the host with the application the desktop

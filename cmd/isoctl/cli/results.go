@@ -11,7 +11,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/isolator-dev/isolator/pkg/api"
-	"github.com/isolator-dev/isolator/pkg/broker"
 	"github.com/isolator-dev/isolator/pkg/client"
 )
 
@@ -22,6 +21,7 @@ type resultsReport struct {
 	Written      []string `json:"written"`
 	Refused      []string `json:"refused,omitempty"`
 	XattrWarning string   `json:"xattr_warning,omitempty"`
+	Notices      []string `json:"notices,omitempty"` // from isolatord, e.g. a file it no longer has
 }
 
 func newResultsCmd(g *globalOptions) *cobra.Command {
@@ -65,6 +65,9 @@ itself.`,
 			for _, r := range rep.Refused {
 				fmt.Fprintf(out, "  not returned: %s\n", r)
 			}
+			for _, n := range rep.Notices {
+				fmt.Fprintf(cmd.ErrOrStderr(), "isolatord: %s\n", n)
+			}
 			if rep.XattrWarning != "" {
 				fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s\n", rep.XattrWarning)
 			}
@@ -90,7 +93,20 @@ func resultsDir(dir string) (string, error) {
 
 // saveResults fetches the results of task id and writes its files into dir/id.
 func saveResults(ctx context.Context, c *client.Client, dir, id string) (*resultsReport, error) {
-	res, err := c.Results(ctx, id)
+	recv := &resultReceiver{dir: dir}
+	var res *api.Results
+	var notices []string
+	err := c.Results(ctx, id, func(ev api.Event) error {
+		switch ev.Type {
+		case api.EventResult:
+			res = ev.Results
+		case api.EventNotice:
+			notices = append(notices, ev.Message)
+		}
+		recv.event(ev)
+		return nil
+	})
+	d, derr := recv.finish()
 	var ae *api.Error
 	if errors.As(err, &ae) && ae.Code == api.CodeConflict {
 		// "task ID is still running": say what to do about it, without the error code.
@@ -100,18 +116,18 @@ func saveResults(ctx context.Context, c *client.Client, dir, id string) (*result
 	if err != nil {
 		return nil, err
 	}
-	rep := &resultsReport{Task: res.Task, Written: []string{}}
+	if res == nil {
+		return nil, fmt.Errorf("isolatord sent no results for task %s", id)
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("results of task %s not saved: %w", id, derr)
+	}
+	rep := &resultsReport{Task: res.Task, Written: []string{}, Notices: notices}
 	for _, r := range res.Rejected {
 		rep.Refused = append(rep.Refused, r.Name+": "+r.Reason)
 	}
-	if len(res.Files) == 0 {
+	if d == nil {
 		return rep, nil
-	}
-	d, err := broker.Deliver(broker.DeliverConfig{
-		Dir: dir, TaskID: res.Task, SourceSHA256: res.SHA256, Handler: res.Handler,
-	}, res.Files)
-	if err != nil {
-		return nil, fmt.Errorf("results of task %s not saved: %w", id, err)
 	}
 	rep.ResultsDir, rep.XattrWarning = d.Dir, d.XattrWarning
 	for _, w := range d.Written {

@@ -29,7 +29,7 @@ func serveResults(t *testing.T, res *api.Results) string {
 			json.NewEncoder(w).Encode(&api.Error{Code: api.CodeNotFound, Message: "no such task: " + r.PathValue("id")})
 			return
 		}
-		json.NewEncoder(w).Encode(res)
+		writeResults(w, res)
 	})
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(l)
@@ -37,10 +37,30 @@ func serveResults(t *testing.T, res *api.Results) string {
 	return sock
 }
 
+// writeResults answers a results request as isolatord does: the result event describing the
+// files of res, each file's contents in chunks of at most 4 bytes, then the end.
+func writeResults(w http.ResponseWriter, res *api.Results) {
+	w.Header().Set("Content-Type", api.ContentTypeNDJSON)
+	enc := json.NewEncoder(w)
+	meta := *res
+	meta.Files = nil
+	for _, f := range res.Files {
+		meta.Files = append(meta.Files, api.File{Name: f.Name, Mode: f.Mode, Size: int64(len(f.Data))})
+	}
+	enc.Encode(api.Event{Type: api.EventResult, Results: &meta})
+	for _, f := range res.Files {
+		for off := 0; off == 0 || off < len(f.Data); off += 4 {
+			chunk := f.Data[off:min(off+4, len(f.Data))]
+			enc.Encode(api.Event{Type: api.EventFile, File: &api.File{Name: f.Name, Mode: f.Mode, Size: int64(len(f.Data)), Offset: int64(off), Data: chunk}})
+		}
+	}
+	enc.Encode(api.Event{Type: api.EventEnd})
+}
+
 func TestResults(t *testing.T) {
 	res := &api.Results{Task: "abc123", SHA256: strings.Repeat("0", 64), Handler: "script",
 		Files: []api.File{
-			{Name: "report.txt", Mode: 0o644, Data: []byte("result\n")},
+			{Name: "report.txt", Mode: 0o644, Data: []byte("a result of more than one chunk\n")},
 			{Name: "sub/more.txt", Mode: 0o644, Data: []byte("more\n")},
 			{Name: "../escape", Mode: 0o644, Data: []byte("no")},
 		},
@@ -51,7 +71,7 @@ func TestResults(t *testing.T) {
 	if code := run([]string{"--socket", sock, "results", "--dir", dir, "abc123"}, &out, &errb); code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
-	for name, want := range map[string]string{"report.txt": "result\n", "sub/more.txt": "more\n"} {
+	for name, want := range map[string]string{"report.txt": "a result of more than one chunk\n", "sub/more.txt": "more\n"} {
 		got, err := os.ReadFile(filepath.Join(dir, "abc123", name))
 		if err != nil || string(got) != want {
 			t.Errorf("%s = %q, %v", name, got, err)

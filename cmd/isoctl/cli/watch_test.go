@@ -129,7 +129,7 @@ func TestWatchSave(t *testing.T) {
 		mu.Lock()
 		fetched[id]++
 		mu.Unlock()
-		json.NewEncoder(w).Encode(&api.Results{Task: id, Handler: "script",
+		writeResults(w, &api.Results{Task: id, Handler: "script",
 			Files: []api.File{{Name: "out.txt", Mode: 0o644, Data: []byte("from " + id)}}})
 	})
 	srv := &http.Server{Handler: mux}
