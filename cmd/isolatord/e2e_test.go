@@ -376,6 +376,21 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 
+	t.Run("archive of more files than the broker's defaults", func(t *testing.T) {
+		// The archive handler may return 4096 files; isoctl saves as many as it may.
+		files := map[string]string{}
+		for i := range 300 {
+			files[fmt.Sprintf("f%03d.txt", i)] = fmt.Sprintf("file %d\n", i)
+		}
+		rep, stderr, code := e.openJSON(-1, "--results-dir", results, e.makeTar("untrusted/many.tar", files))
+		if code != 0 || rep.Task == nil || len(rep.Written) != 300 || len(rep.Refused) != 0 {
+			t.Fatalf("exit %d, %d written, refused %v\n%s", code, len(rep.Written), rep.Refused, stderr)
+		}
+		if got, err := os.ReadFile(filepath.Join(results, rep.Task.ID, "f299.txt")); err != nil || string(got) != "file 299\n" {
+			t.Errorf("f299.txt = %q, %v", got, err)
+		}
+	})
+
 	t.Run("untrusted script", func(t *testing.T) {
 		p := e.file("untrusted/run-me.sh", script, 0o644)
 		rep, stderr, code := e.openJSON(-1, "--results-dir", results, p)

@@ -149,6 +149,11 @@ type Results struct {
 	Handler  string     `json:"handler"`
 	Files    []File     `json:"files"`
 	Rejected []Rejected `json:"rejected,omitempty"`
+	// MaxFiles and MaxBytes are the handler's bounds on what it returns (max_output_files
+	// and max_output_bytes, or the micro VM's defaults); a client saving the files applies
+	// the same. 0: not known (results of older daemons).
+	MaxFiles int   `json:"max_files,omitempty"`
+	MaxBytes int64 `json:"max_bytes,omitempty"`
 }
 
 // EventType says what an Event carries.

@@ -116,6 +116,10 @@ type RunResult struct {
 	Outputs  []api.File
 	Rejected []api.Rejected
 	Stats    api.VMStats
+	// MaxOutputFiles and MaxOutputBytes are the bounds the VM applied to Outputs: the
+	// handler's, or the VM's defaults where the handler sets none. 0: the handler's.
+	MaxOutputFiles int
+	MaxOutputBytes int64
 }
 
 // Runner runs jobs in micro VMs. Run returns when the guest ended or ctx was cancelled

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -489,7 +490,8 @@ func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
 		for _, o := range res.Outputs {
 			t.Outputs = append(t.Outputs, o.Name)
 		}
-		results = &api.Results{Task: t.ID, SHA256: t.SHA256, Handler: t.Handler, Files: res.Outputs, Rejected: res.Rejected}
+		results = &api.Results{Task: t.ID, SHA256: t.SHA256, Handler: t.Handler, Files: res.Outputs, Rejected: res.Rejected,
+			MaxFiles: cmp.Or(res.MaxOutputFiles, job.Handler.MaxOutputFiles), MaxBytes: cmp.Or(res.MaxOutputBytes, job.Handler.MaxOutputBytes)}
 		for name, n := range res.Stats.Denied {
 			d.metrics.deniedSyscalls.WithLabelValues(name).Add(float64(n))
 		}

@@ -4,6 +4,7 @@
 package vmrunner
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -108,7 +109,9 @@ func (r *Runner) Run(ctx context.Context, job *daemon.Job) (*daemon.RunResult, e
 	}
 	out := &daemon.RunResult{
 		ExitCode: res.ExitCode, Signal: res.Signal, TimedOut: res.TimedOut, Killed: res.Killed, Reason: res.Reason,
-		Stats: stats(res.Stats),
+		Stats:          stats(res.Stats),
+		MaxOutputFiles: cmp.Or(h.MaxOutputFiles, microvm.DefaultMaxOutputFiles),
+		MaxOutputBytes: cmp.Or(h.MaxOutputBytes, microvm.DefaultMaxOutputBytes),
 	}
 	if len(h.Returns) == 0 || slices.Contains(h.Returns, "files") {
 		for _, o := range res.Outputs {

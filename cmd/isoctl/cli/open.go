@@ -295,6 +295,7 @@ func (r *resultReceiver) event(ev api.Event) {
 		res := ev.Results
 		r.dl, r.err = broker.NewDeliverer(broker.DeliverConfig{
 			Dir: r.dir, TaskID: res.Task, SourceSHA256: res.SHA256, Handler: res.Handler,
+			MaxFiles: res.MaxFiles, MaxBytes: res.MaxBytes, // the handler's bounds
 		}, res.Files)
 	case ev.Type == api.EventFile && ev.File != nil && r.dl != nil:
 		r.dl.Write(*ev.File)

@@ -107,3 +107,22 @@ func TestResults(t *testing.T) {
 		t.Errorf("unknown task: exit %d %q", code, errb.String())
 	}
 }
+
+// TestResultsBounds: isoctl applies the bounds of the task's handler that the results carry,
+// not the broker's defaults.
+func TestResultsBounds(t *testing.T) {
+	res := &api.Results{Task: "bounded", Handler: "h", MaxFiles: 2, MaxBytes: 6,
+		Files: []api.File{{Name: "a", Data: []byte("aa")}, {Name: "b", Data: []byte("bbbbb")}, {Name: "c", Data: []byte("c")}, {Name: "d", Data: []byte("d")}}}
+	sock := serveResults(t, res)
+	var out, errb bytes.Buffer
+	if code := run([]string{"--socket", sock, "results", "--json", "--dir", t.TempDir(), "bounded"}, &out, &errb); code != 0 {
+		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+	var rep resultsReport
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(rep.Written, ",") != "a,c" || strings.Join(rep.Refused, ";") != "b: over the 6-byte bound;d: more than 2 files" {
+		t.Errorf("written %v, refused %v", rep.Written, rep.Refused)
+	}
+}
