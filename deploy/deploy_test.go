@@ -315,6 +315,7 @@ func TestExampleConfig(t *testing.T) {
 	str("log_level", fc.LogLevel, "log-level")
 	num("max_concurrent", fc.MaxConcurrent, "max-concurrent")
 	num("queue", fc.Queue, "queue")
+	num("pool_size", fc.PoolSize, "pool-size")
 	dur("queue_wait", fc.QueueWait, "queue-wait")
 	dur("shutdown_timeout", fc.ShutdownTimeout, "shutdown-timeout")
 	if want, err := strconv.ParseInt(def["max-input-bytes"], 10, 64); err != nil || fc.MaxInputBytes != want ||

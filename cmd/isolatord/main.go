@@ -11,7 +11,7 @@ import (
 )
 
 func main() {
-	os.Exit(daemon.Main(os.Args[1:], os.Stderr, func(images *daemon.Images) (daemon.Runner, error) {
-		return vmrunner.New(vmrunner.Config{Image: images.Get})
+	os.Exit(daemon.Main(os.Args[1:], os.Stderr, func(cfg daemon.RunnerConfig) (daemon.Runner, error) {
+		return vmrunner.New(vmrunner.Config{Image: cfg.Images.Get, PoolSize: cfg.PoolSize})
 	}))
 }

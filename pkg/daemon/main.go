@@ -19,6 +19,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/isolator-dev/isolator/pkg/interception"
+	"github.com/isolator-dev/isolator/pkg/microvm"
 	"github.com/isolator-dev/isolator/pkg/policy"
 	"github.com/isolator-dev/isolator/policies"
 )
@@ -46,6 +47,7 @@ type FileConfig struct {
 	QueueWait       time.Duration `yaml:"queue_wait"`
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	MaxInputBytes   int64         `yaml:"max_input_bytes"`
+	PoolSize        int           `yaml:"pool_size"`    // micro VMs made ahead of need
 	AdminGroup      string        `yaml:"admin_group"`  // members are administrators like root; default none
 	BuildImages     *bool         `yaml:"build_images"` // build missing default images at start; default true
 
@@ -81,9 +83,15 @@ func LoadFileConfig(path string) (*FileConfig, error) {
 	return &fc, nil
 }
 
-// RunnerFactory makes the micro VM runner from the daemon's images. A runner that is also
-// an io.Closer is closed at shutdown, after the last task.
-type RunnerFactory func(images *Images) (Runner, error)
+// RunnerConfig is what the daemon hands its RunnerFactory.
+type RunnerConfig struct {
+	Images   *Images // the guest images
+	PoolSize int     // micro VMs to keep made ahead of need (pool_size, --pool-size)
+}
+
+// RunnerFactory makes the micro VM runner. A runner that is also an io.Closer is closed at
+// shutdown, after the last task.
+type RunnerFactory func(cfg RunnerConfig) (Runner, error)
 
 // Main is isolatord: it parses args, loads the configuration, and runs the daemon until
 // SIGINT or SIGTERM; SIGHUP reloads the policy and reopens the audit log. It returns the
@@ -118,6 +126,7 @@ type options struct {
 	queueWait       time.Duration
 	shutdownTimeout time.Duration
 	maxInputBytes   int64
+	poolSize        int
 	adminGroup      string
 	noBuildImages   bool
 
@@ -181,6 +190,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.DurationVar(&o.queueWait, "queue-wait", 10*time.Second, "how long a request waits for queue space before it is refused")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", 10*time.Second, "how long running tasks may finish at shutdown")
 	fs.Int64Var(&o.maxInputBytes, "max-input-bytes", DefaultMaxInputBytes, "largest file, in bytes, accepted for isolation")
+	fs.IntVar(&o.poolSize, "pool-size", microvm.DefaultPoolSize, "micro VMs kept made ahead of need, so that a task does not wait for its VM to be created")
 	fs.StringVar(&o.adminGroup, "admin-group", "", "`GROUP` (name or gid) whose members are administrators like root: every user's tasks, the global status, /metrics")
 	fs.BoolVar(&o.noBuildImages, "no-build-images", false, "do not build missing default guest images at start")
 	fs.BoolVar(&o.intercept, "intercept", false, "intercept downloads and opens in every regular user's XDG download directory")
@@ -237,6 +247,9 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	}
 	if fc.MaxInputBytes > 0 && !set["max-input-bytes"] {
 		o.maxInputBytes = fc.MaxInputBytes
+	}
+	if fc.PoolSize > 0 && !set["pool-size"] {
+		o.poolSize = fc.PoolSize
 	}
 	if fc.BuildImages != nil && !*fc.BuildImages && !set["no-build-images"] {
 		o.noBuildImages = true
@@ -320,7 +333,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 			log.Error("building default guest images", "err", err)
 		}
 	}
-	runner, err := newRunner(images)
+	if o.poolSize <= 0 {
+		o.poolSize = microvm.DefaultPoolSize
+	}
+	runner, err := newRunner(RunnerConfig{Images: images, PoolSize: o.poolSize})
 	if err != nil {
 		return fmt.Errorf("micro VM runner: %w", err)
 	}
@@ -396,7 +412,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 		}()
 	}
 	log.Info("isolatord ready", "socket", o.socket, "state_dir", o.stateDir, "policy_dir", o.policyDir,
-		"image_dir", o.imageDir, "policy", store.Current().Version(), "max_concurrent", o.maxConcurrent, "queue", o.queue,
+		"image_dir", o.imageDir, "policy", store.Current().Version(), "max_concurrent", o.maxConcurrent, "queue", o.queue, "pool_size", o.poolSize,
 		"max_input_bytes", d.cfg.MaxInputBytes, "admins", d.admins())
 	if err := Notify("READY=1\nSTATUS=serving on " + o.socket); err != nil {
 		log.Warn("sd_notify", "err", err)

@@ -54,7 +54,8 @@ func TestOptions(t *testing.T) {
 		}
 		return p
 	}
-	good := write("good.yaml", "socket: /tmp/x.sock\nstate_dir: /tmp/state\nmax_concurrent: 7\nqueue_wait: 3s\nlog_level: debug\nbuild_images: false\nmax_input_bytes: 4096\nadmin_group: adm\n")
+	good := write("good.yaml", "socket: /tmp/x.sock\nstate_dir: /tmp/state\npolicy_dir: /tmp/policies\nmax_concurrent: 7\nqueue_wait: 3s\nlog_level: debug\n"+
+		"build_images: false\nmax_input_bytes: 4096\nadmin_group: adm\npool_size: 5\n")
 	tests := []struct {
 		name    string
 		args    []string
@@ -62,14 +63,17 @@ func TestOptions(t *testing.T) {
 		wantErr string
 	}{
 		{"defaults", []string{"--config", write("empty.yaml", "")}, func(o *options) bool {
-			return o.socket == DefaultSocket && o.maxConcurrent == 4 && o.queue == 32 && o.maxInputBytes == DefaultMaxInputBytes
+			return o.socket == DefaultSocket && o.maxConcurrent == 4 && o.queue == 32 && o.maxInputBytes == DefaultMaxInputBytes && o.poolSize == 2
 		}, ""},
 		{"file", []string{"--config", good}, func(o *options) bool {
-			return o.socket == "/tmp/x.sock" && o.stateDir == "/tmp/state" && o.maxConcurrent == 7 &&
-				o.queueWait == 3*time.Second && o.logLevel == "debug" && o.noBuildImages && o.maxInputBytes == 4096 && o.adminGroup == "adm"
+			return o.socket == "/tmp/x.sock" && o.stateDir == "/tmp/state" && o.policyDir == "/tmp/policies" && o.maxConcurrent == 7 &&
+				o.queueWait == 3*time.Second && o.logLevel == "debug" && o.noBuildImages && o.maxInputBytes == 4096 && o.adminGroup == "adm" &&
+				o.poolSize == 5
 		}, ""},
-		{"flags override file", []string{"--config", good, "--socket", "/s", "--max-concurrent", "2", "--max-input-bytes", "100", "--admin-group", "wheel"}, func(o *options) bool {
-			return o.socket == "/s" && o.maxConcurrent == 2 && o.stateDir == "/tmp/state" && o.maxInputBytes == 100 && o.adminGroup == "wheel"
+		{"flags override file", []string{"--config", good, "--socket", "/s", "--max-concurrent", "2", "--max-input-bytes", "100", "--admin-group", "wheel",
+			"--pool-size", "1"}, func(o *options) bool {
+			return o.socket == "/s" && o.maxConcurrent == 2 && o.stateDir == "/tmp/state" && o.maxInputBytes == 100 && o.adminGroup == "wheel" &&
+				o.poolSize == 1
 		}, ""},
 		{"typo", []string{"--config", write("typo.yaml", "sockett: /x\n")}, nil, "field sockett not found"},
 		{"wrong type", []string{"--config", write("type.yaml", "queue: many\n")}, nil, "cannot unmarshal"},
