@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -75,6 +76,7 @@ type env struct {
 	images string
 	d      *exec.Cmd
 	wrap   []string // command that execs isolatord (setpriv ...), if any
+	env    []string // added to isolatord's environment
 	log    *bytes.Buffer
 	logMu  *sync.Mutex
 	waited chan error
@@ -147,6 +149,9 @@ func (e *env) start(extra ...string) {
 	e.d = exec.Command(filepath.Join(binDir, "isolatord"), args...)
 	if len(e.wrap) > 0 {
 		e.d = exec.Command(e.wrap[0], append(append(e.wrap[1:], filepath.Join(binDir, "isolatord")), args...)...)
+	}
+	if len(e.env) > 0 {
+		e.d.Env = append(os.Environ(), e.env...)
 	}
 	e.log, e.logMu = &bytes.Buffer{}, &sync.Mutex{}
 	e.d.Stderr = &lockedWriter{mu: e.logMu, w: e.log}
@@ -609,6 +614,65 @@ func TestRestartKeepsHistory(t *testing.T) {
 		!strings.Contains(restarts[1], `"tasks":["`+spin+`"]`) ||
 		!strings.Contains(restarts[1], "1 task(s) of the previous run interrupted") {
 		t.Errorf("restart records:\n%s", strings.Join(restarts, "\n"))
+	}
+}
+
+// TestSystemdNotify runs the daemon as systemd's Type=notify does, with $NOTIFY_SOCKET
+// naming a datagram socket the test listens on: it says READY=1 (with its STATUS) once it
+// serves, RELOADING=1 with the monotonic time and READY=1 again around a SIGHUP reload, and
+// STOPPING=1 when SIGTERM stops it.
+func TestSystemdNotify(t *testing.T) {
+	e := newEnv(t)
+	sock := filepath.Join(e.root, "run", "notify")
+	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: sock, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	e.env = []string{"NOTIFY_SOCKET=" + sock}
+	next := func() string {
+		t.Helper()
+		buf := make([]byte, 4096)
+		ln.SetReadDeadline(time.Now().Add(30 * time.Second)) // only so that a missing message fails the test
+		n, err := ln.Read(buf)
+		if err != nil {
+			t.Fatalf("no notification: %v\n%s", err, e.logs())
+		}
+		return string(buf[:n])
+	}
+	monotonic := func() int64 {
+		var ts unix.Timespec
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+			t.Fatal(err)
+		}
+		return ts.Nano() / 1000
+	}
+
+	e.start()
+	if got, want := next(), "READY=1\nSTATUS=serving on "+e.socket; got != want {
+		t.Errorf("after start: %q, want %q", got, want)
+	}
+	before := monotonic()
+	e.d.Process.Signal(syscall.SIGHUP)
+	reloading := next()
+	after := monotonic()
+	usec, ok := strings.CutPrefix(reloading, "RELOADING=1\nMONOTONIC_USEC=")
+	if n, err := strconv.ParseInt(usec, 10, 64); !ok || err != nil || n < before || n > after {
+		t.Errorf("on SIGHUP: %q, want RELOADING=1 and MONOTONIC_USEC between %d and %d", reloading, before, after)
+	}
+	if got := next(); got != "READY=1" {
+		t.Errorf("after the reload: %q, want READY=1", got)
+	}
+	// The reload was done when READY=1 came: the daemon answers.
+	if _, _, code := e.isoctl(-1, "status"); code != 0 {
+		t.Errorf("isoctl status after the reload: exit %d", code)
+	}
+	e.d.Process.Signal(syscall.SIGTERM)
+	if got := next(); got != "STOPPING=1" {
+		t.Errorf("on SIGTERM: %q, want STOPPING=1", got)
+	}
+	if err := e.stop(syscall.SIGTERM); err != nil {
+		t.Errorf("isolatord exit: %v\n%s", err, e.logs())
 	}
 }
 

@@ -63,17 +63,18 @@ func TestOptions(t *testing.T) {
 		wantErr string
 	}{
 		{"defaults", []string{"--config", write("empty.yaml", "")}, func(o *options) bool {
-			return o.socket == DefaultSocket && o.maxConcurrent == 4 && o.queue == 32 && o.maxInputBytes == DefaultMaxInputBytes && o.poolSize == 2
+			return o.socket == DefaultSocket && o.stateDir == DefaultStateDir && o.policyDir == DefaultPolicyDir && o.logLevel == "info" &&
+				o.maxConcurrent == 4 && o.queue == 32 && o.maxInputBytes == DefaultMaxInputBytes && o.poolSize == 2
 		}, ""},
 		{"file", []string{"--config", good}, func(o *options) bool {
 			return o.socket == "/tmp/x.sock" && o.stateDir == "/tmp/state" && o.policyDir == "/tmp/policies" && o.maxConcurrent == 7 &&
 				o.queueWait == 3*time.Second && o.logLevel == "debug" && o.noBuildImages && o.maxInputBytes == 4096 && o.adminGroup == "adm" &&
 				o.poolSize == 5
 		}, ""},
-		{"flags override file", []string{"--config", good, "--socket", "/s", "--max-concurrent", "2", "--max-input-bytes", "100", "--admin-group", "wheel",
-			"--pool-size", "1"}, func(o *options) bool {
-			return o.socket == "/s" && o.maxConcurrent == 2 && o.stateDir == "/tmp/state" && o.maxInputBytes == 100 && o.adminGroup == "wheel" &&
-				o.poolSize == 1
+		{"flags override file", []string{"--config", good, "--socket", "/s", "--state-dir", "/st", "--policy-dir", "/pol", "--log-level", "warn",
+			"--max-concurrent", "2", "--max-input-bytes", "100", "--admin-group", "wheel", "--pool-size", "1"}, func(o *options) bool {
+			return o.socket == "/s" && o.stateDir == "/st" && o.policyDir == "/pol" && o.logLevel == "warn" && o.maxConcurrent == 2 &&
+				o.queueWait == 3*time.Second && o.maxInputBytes == 100 && o.adminGroup == "wheel" && o.poolSize == 1
 		}, ""},
 		{"typo", []string{"--config", write("typo.yaml", "sockett: /x\n")}, nil, "field sockett not found"},
 		{"wrong type", []string{"--config", write("type.yaml", "queue: many\n")}, nil, "cannot unmarshal"},
