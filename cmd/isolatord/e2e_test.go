@@ -566,6 +566,14 @@ func TestEndToEnd(t *testing.T) {
 	if code != 1 || !strings.Contains(errOut, "isolatord is not running (no socket at") {
 		t.Errorf("isoctl without daemon: exit %d %q", code, errOut)
 	}
+	// Scripts that asked for JSON get it, with the error, for every file.
+	p := e.file("trusted/while-down.txt", "x", 0o644)
+	out, errOut, code := e.isoctl(-1, "open", "--json", p)
+	var rep openReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 1 || rep.Path != p ||
+		!strings.HasPrefix(rep.Error, "isolatord is not running (no socket at") || errOut != "" {
+		t.Errorf("isoctl open --json without daemon: exit %d, stdout %q (%v), stderr %q", code, out, err, errOut)
+	}
 }
 
 func TestRestartKeepsHistory(t *testing.T) {
@@ -576,9 +584,38 @@ func TestRestartKeepsHistory(t *testing.T) {
 		t.Fatalf("first open: exit %d", code)
 	}
 	spin, c := e.spin(t, "untrusted/spin.sh")
-	// The daemon dies hard in the middle of the task.
+	// isoctl open waits for a task of its own, which runs too.
+	waiting := exec.Command(filepath.Join(binDir, "isoctl"), "--socket", e.socket, "open", "--no-launch",
+		e.file("untrusted/spin2.sh", "while true; do :; done\n", 0o644))
+	var waitOut bytes.Buffer
+	waiting.Stderr = &waitOut
+	if err := waiting.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var spin2 string
+	for deadline := time.Now().Add(30 * time.Second); spin2 == "" && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		tasks, err := c.Tasks(context.Background(), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tk := range tasks {
+			if tk.ID != spin && tk.ID != done.Task.ID && tk.State == api.StateRunning {
+				spin2 = tk.ID
+			}
+		}
+	}
+	if spin2 == "" {
+		t.Fatal("isoctl open's task did not start")
+	}
+	// The daemon dies hard in the middle of the tasks.
 	e.stop(syscall.SIGKILL)
 	c.Close()
+	err := waiting.Wait()
+	want := "the connection to isolatord was lost while task " + spin2 + " was running; isolatord may have stopped or restarted: " +
+		"see isoctl ps and isoctl logs " + spin2 + "\n"
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 1 || !strings.HasSuffix(waitOut.String(), want) {
+		t.Errorf("isoctl open when the daemon died: %v, stderr %q, want it to end with %q", err, waitOut.String(), want)
+	}
 	e.start()
 	out, _, code := e.isoctl(-1, "ps", "--json")
 	var tasks []api.Task
@@ -611,8 +648,8 @@ func TestRestartKeepsHistory(t *testing.T) {
 		}
 	}
 	if len(restarts) != 2 || strings.Contains(restarts[0], `"tasks"`) ||
-		!strings.Contains(restarts[1], `"tasks":["`+spin+`"]`) ||
-		!strings.Contains(restarts[1], "1 task(s) of the previous run interrupted") {
+		(!strings.Contains(restarts[1], `"tasks":["`+spin+`","`+spin2+`"]`) && !strings.Contains(restarts[1], `"tasks":["`+spin2+`","`+spin+`"]`)) ||
+		!strings.Contains(restarts[1], "2 task(s) of the previous run interrupted") {
 		t.Errorf("restart records:\n%s", strings.Join(restarts, "\n"))
 	}
 }

@@ -25,6 +25,10 @@ import (
 // ErrNotRunning reports that no daemon answers on the socket.
 var ErrNotRunning = errors.New("isolatord is not running")
 
+// ErrConnectionLost reports that a stream from the daemon broke off: the daemon stopped,
+// crashed or was restarted while it was answering.
+var ErrConnectionLost = errors.New("the connection to isolatord was lost")
+
 // Client talks to one isolatord. It is safe for concurrent use.
 type Client struct {
 	socket string
@@ -140,7 +144,16 @@ func stream(resp *http.Response, fn func(api.Event) error) error {
 			return err
 		}
 	}
-	return sc.Err()
+	if err := sc.Err(); err != nil {
+		if ctxErr := resp.Request.Context().Err(); ctxErr != nil {
+			return ctxErr
+		}
+		if errors.Is(err, bufio.ErrTooLong) {
+			return fmt.Errorf("event over %d bytes: %w", api.MaxEventSize, err)
+		}
+		return fmt.Errorf("%w (%v)", ErrConnectionLost, err)
+	}
+	return nil
 }
 
 // Open asks the daemon to open path (made absolute by the caller) and calls fn for every

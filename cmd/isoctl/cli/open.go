@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -115,7 +116,18 @@ func runOpen(ctx context.Context, g *globalOptions, o *openOptions, files []stri
 	}
 	c, err := g.dial()
 	if err != nil {
-		return err
+		if !o.json {
+			return err
+		}
+		// Scripts get a JSON object for every file, also when isolatord is not running.
+		enc := json.NewEncoder(stdout)
+		for _, f := range files {
+			if abs, aerr := filepath.Abs(f); aerr == nil {
+				f = abs
+			}
+			enc.Encode(&openReport{Path: f, Error: err.Error()})
+		}
+		return &ExitError{Code: 1}
 	}
 	defer c.Close()
 	code := 0
@@ -221,6 +233,20 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 	rep.Stdout, rep.Stderr = out.String(), errOut.String()
 	// Also when the stream broke off: a file that did not arrive whole is removed.
 	delivery, derr := recv.finish()
+	if errors.Is(err, client.ErrConnectionLost) {
+		// The daemon died or was restarted: say what became of the request and where to look.
+		switch t := rep.Task; {
+		case t == nil:
+			rep.Error = "the connection to isolatord was lost before it answered; it may have stopped: see isoctl status"
+		case t.State.Final():
+			rep.Error = fmt.Sprintf("the connection to isolatord was lost while the results of task %s came; "+
+				"fetch them again with isoctl results --dir DIR %s", t.ID, t.ID)
+		default:
+			rep.Error = fmt.Sprintf("the connection to isolatord was lost while task %s was %s; "+
+				"isolatord may have stopped or restarted: see isoctl ps and isoctl logs %s", t.ID, t.State, t.ID)
+		}
+		return rep
+	}
 	if err != nil {
 		rep.Error = err.Error()
 		return rep
