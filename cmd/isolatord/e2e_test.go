@@ -414,6 +414,29 @@ func TestEndToEnd(t *testing.T) {
 		if code != 0 || !strings.Contains(logs, "hello from the guest") {
 			t.Errorf("isoctl logs: exit %d %q", code, logs)
 		}
+		logs, _, code = e.isoctl(-1, "logs", "--json", rep.Task.ID)
+		var gotOut, gotErr string
+		for line := range strings.Lines(logs) {
+			var ev api.Event
+			if err := json.Unmarshal([]byte(line), &ev); err != nil {
+				t.Fatalf("isoctl logs --json: line %q: %v", line, err)
+			}
+			switch ev.Type {
+			case api.EventStdout:
+				gotOut += string(ev.Data)
+			case api.EventStderr:
+				gotErr += string(ev.Data)
+			}
+		}
+		if code != 0 || gotOut != rep.Stdout || gotErr != rep.Stderr {
+			t.Errorf("isoctl logs --json: exit %d, stdout %q, stderr %q; want %q and %q", code, gotOut, gotErr, rep.Stdout, rep.Stderr)
+		}
+		logs, _, code = e.isoctl(-1, "logs", "--json", "0123456789abcdef")
+		var ev api.Event
+		if err := json.Unmarshal([]byte(logs), &ev); err != nil || code != 1 || ev.Type != api.EventError || ev.Error == nil ||
+			ev.Error.Code != api.CodeNotFound {
+			t.Errorf("isoctl logs --json of a missing task: exit %d, %q, %v", code, logs, err)
+		}
 	})
 
 	t.Run("trusted", func(t *testing.T) {
@@ -525,8 +548,26 @@ func TestEndToEnd(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(e.root, "early")); !os.IsNotExist(err) {
 			t.Errorf("results directory created for a running task: %v", err)
 		}
-		if _, _, code := e.isoctl(-1, "kill", id); code != 0 {
-			t.Errorf("kill: exit %d", code)
+		out, _, code = e.isoctl(-1, "kill", "--json", id)
+		var rep struct {
+			ID    string    `json:"id"`
+			Task  *api.Task `json:"task"`
+			Error string    `json:"error"`
+		}
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 0 || rep.ID != id || rep.Task == nil ||
+			rep.Task.State != api.StateKilled || rep.Task.Reason != "killed by uid 0" {
+			t.Errorf("kill --json: exit %d, %q, %v", code, out, err)
+		}
+		// Again: it has ended, nothing is killed, and isoctl says so.
+		out, errOut, code = e.isoctl(-1, "kill", id)
+		if want := "isoctl: " + id + ": task " + id + " already finished (killed); nothing was killed (conflict)\n"; code != 1 || out != "" || errOut != want {
+			t.Errorf("kill of a finished task: exit %d, stdout %q, stderr %q, want %q", code, out, errOut, want)
+		}
+		out, _, code = e.isoctl(-1, "kill", "--json", id)
+		rep.Task, rep.Error = nil, ""
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || code != 1 || rep.Task != nil ||
+			rep.Error != "task "+id+" already finished (killed); nothing was killed (conflict)" {
+			t.Errorf("kill --json of a finished task: exit %d, %q, %v", code, out, err)
 		}
 	})
 

@@ -204,6 +204,9 @@ var (
 	// ErrNotFinished is wrapped by the error for the results of a task that is queued or
 	// running (409 Conflict over the API).
 	ErrNotFinished = errors.New("task has not finished")
+	// ErrFinished is wrapped by the error for a kill of a task that has already ended
+	// (409 Conflict over the API).
+	ErrFinished = errors.New("task already finished")
 )
 
 // notFinishedError says that task id, in state, has no results yet.
@@ -215,6 +218,18 @@ type notFinishedError struct {
 func (e *notFinishedError) Error() string { return fmt.Sprintf("task %s is still %s", e.id, e.state) }
 
 func (e *notFinishedError) Unwrap() error { return ErrNotFinished }
+
+// finishedError says that task id, to be killed, had already ended in state.
+type finishedError struct {
+	id    string
+	state api.State
+}
+
+func (e *finishedError) Error() string {
+	return fmt.Sprintf("task %s already finished (%s); nothing was killed", e.id, e.state)
+}
+
+func (e *finishedError) Unwrap() error { return ErrFinished }
 
 // New prepares a daemon: the state directory, the audit log and the task history. Tasks
 // that were queued or running when a previous daemon died are marked killed.

@@ -484,6 +484,22 @@ func TestKillAndEvents(t *testing.T) {
 	if _, err := in.c.Kill(context.Background(), "0000000000000000"); err == nil {
 		t.Error("killing a missing task succeeded")
 	}
+	// A task that has ended is not killed again, and the caller is told.
+	_, err = in.c.Kill(context.Background(), tasks[0].ID)
+	var ae *api.Error
+	if want := "task " + tasks[0].ID + " already finished (killed); nothing was killed"; !errors.As(err, &ae) ||
+		ae.Code != api.CodeConflict || ae.Message != want {
+		t.Errorf("killing a finished task: %v, want %s %q", err, api.CodeConflict, want)
+	}
+	kills := 0
+	for _, rec := range auditRecords(t, in.state) {
+		if rec.Event == "kill" {
+			kills++
+		}
+	}
+	if kills != 1 {
+		t.Errorf("%d kill records, want 1", kills)
+	}
 }
 
 func waitFor(t *testing.T, cond func() bool) {

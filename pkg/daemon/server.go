@@ -131,7 +131,7 @@ func errorStatus(err error) (int, string) {
 		return http.StatusNotFound, api.CodeNotFound
 	case errors.Is(err, ErrNotPermitted), errors.Is(err, fs.ErrPermission):
 		return http.StatusForbidden, api.CodeForbidden
-	case errors.Is(err, ErrNotFinished), errors.Is(err, ErrChanged):
+	case errors.Is(err, ErrNotFinished), errors.Is(err, ErrFinished), errors.Is(err, ErrChanged):
 		return http.StatusConflict, api.CodeConflict
 	case errors.Is(err, ErrTooLarge):
 		return http.StatusRequestEntityTooLarge, api.CodeTooLarge

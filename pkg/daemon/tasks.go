@@ -577,7 +577,7 @@ func (d *Daemon) Tasks(p *Peer, all bool) []api.Task {
 }
 
 // Kill stops task id on behalf of p (its owner or an administrator) and waits until it has
-// ended.
+// ended. A task that had already ended is an error wrapping ErrFinished.
 func (d *Daemon) Kill(ctx context.Context, p *Peer, id string) (api.Task, error) {
 	if err := p.mayWrite(); err != nil {
 		return api.Task{}, err
@@ -587,12 +587,13 @@ func (d *Daemon) Kill(ctx context.Context, p *Peer, id string) (api.Task, error)
 		return api.Task{}, err
 	}
 	d.mu.Lock()
-	cancel, done := tk.cancel, tk.done
+	cancel, done, state := tk.cancel, tk.done, tk.t.State
 	d.mu.Unlock()
-	if cancel != nil {
-		cancel(fmt.Errorf("killed by uid %d", p.UID))
-		d.writeAudit(&AuditRecord{Event: "kill", UID: p.UID, User: p.User, Task: id})
+	if cancel == nil || state.Final() {
+		return api.Task{}, &finishedError{id: id, state: state}
 	}
+	cancel(fmt.Errorf("killed by uid %d", p.UID))
+	d.writeAudit(&AuditRecord{Event: "kill", UID: p.UID, User: p.User, Task: id})
 	if done != nil {
 		select {
 		case <-done:
