@@ -615,6 +615,46 @@ func TestRefusesBrowsers(t *testing.T) {
 	}
 }
 
+// TestUnknownRoutes: what no route serves is answered in JSON like every other error: 404
+// for a path the API does not have, 405 with Allow for a method a path does not take.
+func TestUnknownRoutes(t *testing.T) {
+	in := start(t, daemon.Config{})
+	hc := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		return net.Dial("unix", in.socket)
+	}}}
+	for _, tt := range []struct {
+		method, path string
+		status       int
+		code, msg    string
+		allow        string
+	}{
+		{"GET", "/v1/nothing", 404, api.CodeNotFound, "GET /v1/nothing: no such API route", ""},
+		{"GET", "/", 404, api.CodeNotFound, "GET /: no such API route", ""},
+		{"POST", "/v2/open", 404, api.CodeNotFound, "POST /v2/open: no such API route", ""},
+		{"GET", "/v1/tasks/0123456789abcdef/nothing", 404, api.CodeNotFound, "GET /v1/tasks/0123456789abcdef/nothing: no such API route", ""},
+		{"DELETE", "/v1/status", 405, api.CodeBadRequest, "DELETE /v1/status: method not allowed (allowed: GET)", "GET"},
+		{"GET", "/v1/open", 405, api.CodeBadRequest, "GET /v1/open: method not allowed (allowed: POST)", "POST"},
+	} {
+		req, _ := http.NewRequest(tt.method, "http://isolatord"+tt.path, nil)
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var e api.Error
+		err = json.NewDecoder(resp.Body).Decode(&e)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != tt.status || resp.Header.Get("Content-Type") != "application/json" ||
+			e.Code != tt.code || e.Message != tt.msg || resp.Header.Get("Allow") != tt.allow {
+			t.Errorf("%s %s: %d %s %+v (%v), Allow %q; want %d %s %q", tt.method, tt.path, resp.StatusCode,
+				resp.Header.Get("Content-Type"), e, err, resp.Header.Get("Allow"), tt.status, tt.code, tt.msg)
+		}
+	}
+	// The routes themselves still answer.
+	if _, err := in.c.Status(context.Background()); err != nil {
+		t.Errorf("status: %v", err)
+	}
+}
+
 func TestListenStaleAndLive(t *testing.T) {
 	dir := t.TempDir()
 	sock := filepath.Join(dir, "s.sock")

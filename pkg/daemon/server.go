@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -103,6 +104,28 @@ func (d *Daemon) Handler() http.Handler {
 			rt.handler(w, r, &p)
 		})
 	}
+	// What no route serves is answered in JSON like everything else: a known path with
+	// another method 405, any other path 404.
+	allowed := map[string][]string{}
+	var paths []string
+	for _, rt := range d.routes() {
+		method, path, _ := strings.Cut(rt.pattern, " ")
+		if allowed[path] == nil {
+			paths = append(paths, path)
+		}
+		allowed[path] = append(allowed[path], method)
+	}
+	for _, path := range paths {
+		allow := strings.Join(allowed[path], ", ")
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", allow)
+			writeError(w, http.StatusMethodNotAllowed, api.CodeBadRequest,
+				fmt.Sprintf("%s %s: method not allowed (allowed: %s)", r.Method, r.URL.Path, allow))
+		})
+	}
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, api.CodeNotFound, fmt.Sprintf("%s %s: no such API route", r.Method, r.URL.Path))
+	})
 	return mux
 }
 
