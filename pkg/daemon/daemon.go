@@ -172,6 +172,8 @@ type Daemon struct {
 	running     int                      // guarded by mu
 	queued      int                      // guarded by mu
 	subscribers map[chan api.Event]*Peer // guarded by mu; /v1/events listeners
+	busyLogged  time.Time                // guarded by mu; when a busy refusal was last logged
+	busyQuiet   int                      // guarded by mu; busy refusals not logged since
 	// closed is set by shutdown before it cancels the queued tasks and waits for the task
 	// goroutines; enqueue checks it together with wg.Add, so that no task starts after
 	// shutdown has looked.

@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/json"
@@ -106,7 +107,9 @@ func start(t *testing.T, cfg daemon.Config) *instance {
 	if cfg.Runner == nil {
 		cfg.Runner = &countRunner{}
 	}
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	d, err := daemon.New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -309,9 +312,29 @@ func TestOpenErrors(t *testing.T) {
 	}
 }
 
+// syncBuffer is a bytes.Buffer for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 func TestQueueBound(t *testing.T) {
 	r := &countRunner{gate: make(chan struct{})}
-	in := start(t, daemon.Config{Runner: r, MaxConcurrent: 2, Queue: 3, QueueWait: 200 * time.Millisecond})
+	var log syncBuffer
+	in := start(t, daemon.Config{Runner: r, MaxConcurrent: 2, Queue: 3, QueueWait: 200 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(&log, nil))})
 	dir := t.TempDir()
 	const n = 8
 	var wg sync.WaitGroup
@@ -362,6 +385,10 @@ func TestQueueBound(t *testing.T) {
 	}
 	if st.ActiveVMs != 0 || st.Queued != 0 {
 		t.Errorf("after the load: %d active, %d queued", st.ActiveVMs, st.Queued)
+	}
+	// The refusals are logged, a burst of them once.
+	if lines := strings.Count(log.String(), `msg="request refused: isolatord is busy" running=2 queued=3 max_concurrent=2 queue=3 queue_wait=200ms refused_unlogged=0`); lines != 1 {
+		t.Errorf("%d log lines for a burst of 3 busy refusals, want 1:\n%s", lines, log.String())
 	}
 }
 

@@ -317,6 +317,10 @@ func tooLarge(path string, n, limit int64) error {
 		ErrTooLarge, path, n, limit)
 }
 
+// busyLogInterval is how often, at most, a busy refusal is logged; refused_unlogged in the
+// next line counts those in between (isolator_open_refused_total counts them all).
+const busyLogInterval = 10 * time.Second
+
 // admit takes a place in the queue for a task about to be staged, waiting up to QueueWait
 // for one when the queue is full (ErrBusy then). The place is given back by unadmit when no
 // task is queued after all, or by the task when it gets a micro VM slot.
@@ -332,7 +336,18 @@ func (d *Daemon) admit(ctx context.Context) error {
 			d.metrics.refused.Inc()
 			d.mu.Lock()
 			running, queued := d.running, d.queued
+			logIt, quiet := d.busyLogged.IsZero() || time.Since(d.busyLogged) >= busyLogInterval, d.busyQuiet
+			if logIt {
+				d.busyLogged, d.busyQuiet = time.Now(), 0
+			} else {
+				d.busyQuiet++
+			}
 			d.mu.Unlock()
+			if logIt {
+				d.log.Warn("request refused: isolatord is busy", "running", running, "queued", queued,
+					"max_concurrent", d.cfg.MaxConcurrent, "queue", d.cfg.Queue, "queue_wait", d.cfg.QueueWait,
+					"refused_unlogged", quiet)
+			}
 			return fmt.Errorf("%w: %d micro VMs running and %d tasks queued (limits %d and %d) for %v; try again later",
 				ErrBusy, running, queued, d.cfg.MaxConcurrent, d.cfg.Queue, d.cfg.QueueWait)
 		case <-ctx.Done():
