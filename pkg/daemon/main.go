@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -340,13 +341,16 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 	if err != nil {
 		return fmt.Errorf("micro VM runner: %w", err)
 	}
+	// The runner goes last: after the tasks, at the end or on a failed start.
+	closeRunner := func() {}
 	if c, ok := runner.(io.Closer); ok {
-		defer func() {
+		closeRunner = sync.OnceFunc(func() {
 			if err := c.Close(); err != nil {
 				log.Error("closing the micro VM runner", "err", err)
 			}
-		}()
+		})
 	}
+	defer closeRunner()
 	d, err := New(Config{
 		Socket: o.socket, StateDir: o.stateDir, MaxConcurrent: o.maxConcurrent, Queue: o.queue,
 		QueueWait: o.queueWait, ShutdownTimeout: o.shutdownTimeout, MaxInputBytes: o.maxInputBytes,
@@ -439,6 +443,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 	<-icDone
 	stopWatch()
 	<-watchDone
+	closeRunner()
 	log.Info("isolatord stopped")
 	return serveErr
 }

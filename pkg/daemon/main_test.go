@@ -1,11 +1,15 @@
 package daemon
 
 import (
+	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -98,5 +102,66 @@ func TestOptions(t *testing.T) {
 				t.Errorf("options %+v", o)
 			}
 		})
+	}
+}
+
+// closeRecorder is a Runner that writes "runner closed" to w when it is closed.
+type closeRecorder struct {
+	runsRunner
+	w io.Writer
+}
+
+func (c *closeRecorder) Close() error {
+	fmt.Fprintln(c.w, "runner closed")
+	return nil
+}
+
+// lockedBuffer is a bytes.Buffer for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// TestMainStops runs isolatord's Main in this process and stops it with SIGTERM: it exits 0,
+// and "isolatord stopped" is the last thing it logs, after the micro VM runner was closed.
+func TestMainStops(t *testing.T) {
+	dir := t.TempDir()
+	socket := filepath.Join(dir, "isolator.sock")
+	var stderr lockedBuffer
+	code := make(chan int, 1)
+	go func() {
+		code <- Main([]string{"--config", "/dev/null", "--socket", socket, "--state-dir", filepath.Join(dir, "state"),
+			"--policy-dir", filepath.Join(dir, "policies"), "--image-dir", filepath.Join(dir, "images"), "--no-build-images"},
+			&stderr, func(RunnerConfig) (Runner, error) { return &closeRecorder{w: &stderr}, nil })
+	}()
+	for !strings.Contains(stderr.String(), "isolatord ready") {
+		select {
+		case c := <-code:
+			t.Fatalf("Main returned %d before it was ready:\n%s", c, stderr.String())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if c := <-code; c != 0 {
+		t.Errorf("Main returned %d after SIGTERM:\n%s", c, stderr.String())
+	}
+	log := stderr.String()
+	closed, stopped := strings.Index(log, "runner closed\n"), strings.Index(log, `msg="isolatord stopped"`)
+	if closed < 0 || stopped < closed || !strings.HasSuffix(strings.TrimSpace(log), `msg="isolatord stopped"`) {
+		t.Errorf("\"isolatord stopped\" is not logged last, after the runner was closed:\n%s", log)
 	}
 }
