@@ -649,6 +649,7 @@ func TestRestartKeepsHistory(t *testing.T) {
 		t.Fatal("isoctl open's task did not start")
 	}
 	// The daemon dies hard in the middle of the tasks.
+	killedAt := time.Now()
 	e.stop(syscall.SIGKILL)
 	c.Close()
 	err := waiting.Wait()
@@ -672,6 +673,10 @@ func TestRestartKeepsHistory(t *testing.T) {
 	}
 	if tk := states[spin]; tk.State != api.StateKilled || tk.Reason != "daemon restarted" {
 		t.Errorf("running task after restart: %+v", tk)
+	}
+	// Its time ends when the dead daemon was last alive, not at the restart.
+	if tk := states[spin]; tk.Finished.Before(tk.Started) || tk.Finished.After(killedAt) {
+		t.Errorf("task killed by the restart: started %v, finished %v, the daemon was killed at %v", tk.Started, tk.Finished, killedAt)
 	}
 	logs, _, _ := e.isoctl(-1, "logs", done.Task.ID)
 	if !strings.Contains(logs, "hello from the guest") {

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/user"
@@ -321,18 +322,49 @@ func lookupGroup(name string) (*user.Group, error) {
 	return g, nil
 }
 
+// heartbeatInterval is how often a serving daemon touches <state_dir>/heartbeat, whose
+// modification time then says, at the next start, when the previous daemon was last alive.
+const heartbeatInterval = 5 * time.Second
+
+// heartbeat sets the modification time of <state_dir>/heartbeat to now.
+func (d *Daemon) heartbeat() {
+	path := filepath.Join(d.cfg.StateDir, "heartbeat")
+	now := time.Now()
+	err := os.Chtimes(path, now, now)
+	if errors.Is(err, fs.ErrNotExist) {
+		err = os.WriteFile(path, nil, 0o600)
+	}
+	if err != nil {
+		d.log.Warn("heartbeat not recorded", "err", err)
+	}
+}
+
 func (d *Daemon) loadHistory() {
 	tasks, errs := d.store.loadAll()
 	for _, err := range errs {
 		d.log.Warn("skipping unreadable task history", "err", err)
 	}
+	// Tasks the previous daemon left unfinished ended, at the latest, when it was last seen
+	// alive: their time does not include the downtime.
+	now := time.Now()
+	lastAlive := now
+	if fi, err := os.Stat(filepath.Join(d.cfg.StateDir, "heartbeat")); err == nil && fi.ModTime().Before(now) {
+		lastAlive = fi.ModTime()
+	}
+	d.heartbeat()
 	var killed []*api.Task
 	for _, t := range tasks {
 		if !t.State.Final() {
 			t.State = api.StateKilled
 			t.Reason = "daemon restarted"
 			if t.Finished.IsZero() {
-				t.Finished = time.Now()
+				t.Finished = lastAlive
+				if t.Finished.Before(t.Started) {
+					t.Finished = t.Started
+				}
+				if t.Finished.Before(t.Created) {
+					t.Finished = t.Created
+				}
 			}
 			killed = append(killed, t)
 			if err := d.store.saveTask(t); err != nil {

@@ -546,6 +546,7 @@ func TestRestartMarksUnfinishedKilled(t *testing.T) {
 	go openAll(in.c, writeFile(t, t.TempDir(), "a.sh", "x"))
 	waitFor(t, func() bool { return r.running.Load() == 1 })
 	// A second daemon on the same state dir sees what a restart after a crash sees.
+	crashed := time.Now()
 	d2, err := daemon.New(daemon.Config{StateDir: in.state, Decider: extDecider{}, Runner: &countRunner{},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
@@ -553,7 +554,12 @@ func TestRestartMarksUnfinishedKilled(t *testing.T) {
 	}
 	tasks := d2.Tasks(&daemon.Peer{UID: os.Getuid()}, true)
 	if len(tasks) != 1 || tasks[0].State != api.StateKilled || tasks[0].Reason != "daemon restarted" {
-		t.Errorf("after restart: %+v", tasks)
+		t.Fatalf("after restart: %+v", tasks)
+	}
+	// It ended when the first daemon was last seen alive, at the latest: the time between
+	// the crash and the restart is not the task's.
+	if tk := tasks[0]; tk.Finished.Before(tk.Started) || tk.Finished.After(crashed) {
+		t.Errorf("task killed by the restart: started %v, finished %v; want it finished by %v", tk.Started, tk.Finished, crashed)
 	}
 	close(r.gate)
 	// Each start is audited, the second with the task the first left unfinished.

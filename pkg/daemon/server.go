@@ -405,6 +405,21 @@ func (d *Daemon) Serve(ctx context.Context, l net.Listener) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(l) }()
+	// Until the last task has ended: a daemon that dies in the shutdown leaves the time.
+	beatCtx, stopBeat := context.WithCancel(context.Background())
+	defer stopBeat()
+	go func() {
+		tick := time.NewTicker(heartbeatInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-beatCtx.Done():
+				return
+			case <-tick.C:
+				d.heartbeat()
+			}
+		}
+	}()
 	var serveErr error
 	select {
 	case <-ctx.Done():
