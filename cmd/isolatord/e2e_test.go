@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -697,6 +698,80 @@ func TestRestartKeepsHistory(t *testing.T) {
 		(!strings.Contains(restarts[1], `"tasks":["`+spin+`","`+spin2+`"]`) && !strings.Contains(restarts[1], `"tasks":["`+spin2+`","`+spin+`"]`)) ||
 		!strings.Contains(restarts[1], "2 task(s) of the previous run interrupted") {
 		t.Errorf("restart records:\n%s", strings.Join(restarts, "\n"))
+	}
+}
+
+// TestCompressedArchives opens downloaded compressed tar archives under the shipped
+// policy: busybox tar cannot unpack them in a micro VM (it starts its decompressor as a
+// second process), so the shipped rules send them to gunzip, bunzip2 or unxz, whose output,
+// the archive, is the task's; isoctl open does not print it, being binary, and says how to
+// save it; saved and opened in turn, the archive is unpacked by the archive handler.
+func TestCompressedArchives(t *testing.T) {
+	e := newEnv(t)
+	e.start()
+	results := filepath.Join(e.root, "Isolated")
+	download := func(path string, data []byte) string {
+		t.Helper()
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Setxattr(path, "user.xdg.origin.url", []byte("https://downloads.example.org/"+filepath.Base(path)), 0); err != nil {
+			t.Skipf("no user xattrs here: %v", err)
+		}
+		return path
+	}
+	os.Mkdir(filepath.Join(e.root, "web"), 0o755)
+	tarPath := e.makeTar("web/photos.tar", map[string]string{"a.txt": "alpha\n", "dir/b.txt": "bravo\n"})
+	tarData, err := os.ReadFile(tarPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct{ compressor, ext, rule, handler string }{
+		{"gzip", "gz", "internet-gzip", "gunzip"},
+		{"bzip2", "bz2", "internet-bzip2", "bunzip2"},
+		{"xz", "xz", "internet-xz", "unxz"},
+	} {
+		t.Run(tt.ext, func(t *testing.T) {
+			if _, err := exec.LookPath(tt.compressor); err != nil {
+				t.Skipf("needs %s to make the archive", tt.compressor)
+			}
+			cmd := exec.Command(tt.compressor, "-c", tarPath)
+			compressed, err := cmd.Output()
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := download(filepath.Join(e.root, "web", "photos.tar."+tt.ext), compressed)
+			rep, stderr, code := e.openJSON(-1, "--results-dir", results, p)
+			if code != 0 || rep.Decision == nil || rep.Decision.Rule != tt.rule || rep.Decision.Handler != tt.handler ||
+				rep.Task == nil || rep.Task.State != api.StateDone || rep.Task.ExitCode != 0 {
+				t.Fatalf("exit %d, %+v\n%s", code, rep, stderr)
+			}
+			// The decompressed archive is the task's output, whole.
+			logs, _, code := e.isoctl(-1, "logs", rep.Task.ID)
+			if code != 0 || logs != string(tarData) {
+				t.Fatalf("isoctl logs: exit %d, %d bytes, want the %d bytes of the tar", code, len(logs), len(tarData))
+			}
+			// isoctl open does not print it, and says how to save it.
+			out, _, code := e.isoctl(-1, "open", "--no-launch", "--results-dir", results, p)
+			if code != 0 || strings.ContainsRune(out, 0) ||
+				!regexp.MustCompile(`binary output \(`+strconv.Itoa(len(tarData))+` bytes\) not shown: isoctl logs [0-9a-f]{16} > FILE saves it`).MatchString(out) {
+				t.Errorf("isoctl open: exit %d\n%q", code, out)
+			}
+			// Saved (a download too), it is a tar archive the archive handler unpacks.
+			saved := download(filepath.Join(e.root, "web", tt.ext, "photos.tar"), []byte(logs))
+			rep, stderr, code = e.openJSON(-1, "--results-dir", results, saved)
+			if code != 0 || rep.Decision == nil || rep.Decision.Handler != "archive" || len(rep.Written) != 2 {
+				t.Fatalf("the saved archive: exit %d, %+v\n%s", code, rep, stderr)
+			}
+			for name, want := range map[string]string{"a.txt": "alpha\n", "dir/b.txt": "bravo\n"} {
+				if got, err := os.ReadFile(filepath.Join(results, rep.Task.ID, name)); err != nil || string(got) != want {
+					t.Errorf("%s = %q, %v", name, got, err)
+				}
+			}
+		})
 	}
 }
 

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -187,6 +188,7 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 		}
 	}
 	var out, errOut strings.Builder
+	var binary bool // stdout was found to be binary, and is no longer shown
 	var results *api.Results
 	recv := &resultReceiver{dir: o.resultsDir}
 	err = c.Open(ctx, api.OpenRequest{Path: abs, Opener: o.opener}, func(ev api.Event) error {
@@ -212,7 +214,10 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 			}
 		case api.EventStdout:
 			out.Write(ev.Data)
-			if !o.json {
+			// Binary output (a decompressed archive) is not written to a terminal; a NUL
+			// byte, which text does not have, tells it.
+			binary = binary || bytes.IndexByte(ev.Data, 0) >= 0
+			if !o.json && !binary {
 				stdout.Write(ev.Data)
 			}
 		case api.EventStderr:
@@ -279,6 +284,9 @@ func openOne(ctx context.Context, c *client.Client, o *openOptions, file string,
 		say("  task %s: done, exit status %d, %v in the micro VM\n", t.ID, t.ExitCode, dur)
 	default:
 		say("  task %s: %s: %s\n", t.ID, t.State, t.Reason)
+	}
+	if binary {
+		say("  binary output (%d bytes) not shown: isoctl logs %s > FILE saves it\n", out.Len(), t.ID)
 	}
 	if derr != nil {
 		rep.Error = fmt.Sprintf("results not saved: %v", derr)
