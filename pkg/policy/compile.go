@@ -429,12 +429,15 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 				c.errAt(f, s.line, s.col, "%s.name: %q is a base name pattern and cannot contain /; use path", what, s.s)
 				continue
 			}
-			if _, err := path.Match(s.s, ""); err != nil {
-				c.errAt(f, s.line, s.col, "%s.name: bad pattern %q: %v", what, s.s, err)
+			alts, err := expandPattern(s.s)
+			if err != nil {
+				c.errAt(f, s.line, s.col, "%s.name: %v", what, err)
 				continue
 			}
-			k.keys = append(k.keys, s.s)
-			k.descs = append(k.descs, "name "+strconv.Quote(s.s))
+			for _, a := range alts {
+				k.keys = append(k.keys, a)
+				k.descs = append(k.descs, "name "+strconv.Quote(s.s))
+			}
 		}
 		add(k)
 	}
@@ -442,8 +445,12 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 		k := &cond{kind: kindExtension, set: map[string]int{}}
 		for _, s := range rc.extension {
 			x := strings.ToLower(strings.TrimPrefix(s.s, "."))
-			if x == "" || strings.ContainsAny(x, "/*?[") || strings.HasSuffix(x, ".") {
-				c.errAt(f, s.line, s.col, "%s.extension: %q is not an extension such as pdf or tar.gz", what, s.s)
+			if x == "" || strings.ContainsAny(x, "/*?[]{},\\") || strings.HasSuffix(x, ".") {
+				hint := ""
+				if strings.ContainsAny(x, "*?[]{},") {
+					hint = " (extensions are plain names, not patterns: list alternatives, as in [exe, msi])"
+				}
+				c.errAt(f, s.line, s.col, "%s.extension: %q is not an extension such as pdf or tar.gz%s", what, s.s, hint)
 				continue
 			}
 			k.set[x] = len(k.descs)
@@ -457,7 +464,8 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 		for _, s := range rc.contentType {
 			t := baseType(s.s)
 			major, minor, okT := strings.Cut(t, "/")
-			if !okT || major == "" || minor == "" || major == "*" || strings.Contains(minor, "/") || (strings.Contains(minor, "*") && minor != "*") {
+			if !okT || major == "" || minor == "" || major == "*" || strings.Contains(minor, "/") || (strings.Contains(minor, "*") && minor != "*") ||
+				strings.ContainsAny(t, "{},?[]") {
 				c.errAt(f, s.line, s.col, "%s.content_type: %q is not a MIME type such as application/pdf or text/*", what, s.s)
 				continue
 			}
@@ -569,13 +577,25 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 		if len(o.raw.host) > 0 {
 			k := &cond{kind: kindHost, referrer: o.referrer}
 			for _, s := range o.raw.host {
-				h := strings.ToLower(strings.TrimSuffix(s.s, "."))
-				if _, err := path.Match(h, ""); err != nil || h == "" || strings.ContainsAny(h, "/:@ ") {
+				h := strings.ToLower(s.s)
+				alts, err := expandPattern(h)
+				if err != nil {
+					c.errAt(f, s.line, s.col, "%s.host: %v", w, err)
+					continue
+				}
+				bad := strings.ContainsAny(h, "/:@ ")
+				for i, a := range alts {
+					alts[i] = strings.TrimSuffix(a, ".")
+					bad = bad || alts[i] == ""
+				}
+				if bad {
 					c.errAt(f, s.line, s.col, "%s.host: bad host pattern %q", w, s.s)
 					continue
 				}
-				k.keys = append(k.keys, h)
-				k.descs = append(k.descs, o.name+" host "+strconv.Quote(h))
+				for _, a := range alts {
+					k.keys = append(k.keys, a)
+					k.descs = append(k.descs, o.name+" host "+strconv.Quote(strings.TrimSuffix(h, ".")))
+				}
 			}
 			add(k)
 		}
@@ -616,6 +636,24 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 	return out
 }
 
+// expandPattern expands the {a,b} alternatives of a pattern matched with path.Match (a
+// name or host glob) and checks that every alternative is a valid, non-empty pattern.
+func expandPattern(p string) ([]string, error) {
+	alts, err := expandBraces(p, 0)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range alts {
+		if a == "" {
+			return nil, fmt.Errorf("pattern %q has an empty alternative", p)
+		}
+		if _, err := path.Match(a, ""); err != nil {
+			return nil, fmt.Errorf("bad pattern %q: %w", p, err)
+		}
+	}
+	return alts, nil
+}
+
 func condCost(k condKind) int {
 	switch k {
 	case kindPathRegex, kindURLRegex:
@@ -641,7 +679,7 @@ func isDigits(s string) bool {
 
 func normalizeDomain(s string) (string, error) {
 	d := strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(s, "*."), "."))
-	if d == "" || strings.ContainsAny(d, "/:@ *?[]") || strings.HasPrefix(d, ".") || strings.Contains(d, "..") {
+	if d == "" || strings.ContainsAny(d, "/:@ *?[]{},\\") || strings.HasPrefix(d, ".") || strings.Contains(d, "..") {
 		return "", fmt.Errorf("bad domain %q (want a name such as example.com, which also covers its subdomains)", s)
 	}
 	return d, nil
