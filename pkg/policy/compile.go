@@ -66,10 +66,11 @@ func (d *defaultAction) explain(rule string) {
 }
 
 type compiler struct {
-	issues   []Issue
-	errs     int // errors added by errAt, reported or not (past maxIssues)
-	files    []*policyFile
-	listData [][]byte
+	issues    []Issue
+	errs      int // errors added by errAt, reported or not (past maxIssues)
+	files     []*policyFile
+	listData  [][]byte
+	listFiles []sourceFile // every list file named, read or not
 
 	handlers    map[string]*Handler
 	handlerPos  map[string]sval
@@ -355,7 +356,9 @@ func (c *compiler) list(rf *rawFile, pf *policyFile, rl *rawList) {
 			c.errAt(f, lf.line, lf.col, "list %q: file %q must be a relative path inside the policy directory", rl.name.s, lf.s)
 			continue
 		}
-		data, err := readLimited(pf.src.FS, path.Join(pf.src.Dir, lf.s), MaxListFileSize)
+		name := path.Join(pf.src.Dir, lf.s)
+		c.listFiles = append(c.listFiles, sourceFile{src: pf.srcIdx, name: name})
+		data, err := readLimited(pf.src.FS, name, MaxListFileSize)
 		if err != nil {
 			c.errAt(f, lf.line, lf.col, "list %q: %v", rl.name.s, err)
 			continue

@@ -49,19 +49,33 @@ func LoadSources(srcs ...Source) (*Policy, error) {
 
 // policyFile is one file selected for loading.
 type policyFile struct {
-	src  Source
-	base string
-	name string // display name
-	data []byte
+	src    Source
+	srcIdx int // index of src in LoadConfig.Sources
+	base   string
+	name   string // display name
+	data   []byte
+}
+
+// sourceFile names a file of one of LoadConfig.Sources.
+type sourceFile struct {
+	src  int    // index into LoadConfig.Sources
+	name string // path in the source's FS
 }
 
 // LoadWith loads a policy as configured. On failure the error is a *ValidationErrors
 // listing every error and warning, each at file:line:col.
 func LoadWith(cfg LoadConfig) (*Policy, error) {
+	p, _, err := load(cfg)
+	return p, err
+}
+
+// load is LoadWith; it also returns the SHA-256 list files the policy names, whether they
+// could be read or not, so that a Store can watch them.
+func load(cfg LoadConfig) (*Policy, []sourceFile, error) {
 	var issues []Issue
 	byBase := map[string]*policyFile{}
 	var failed []*policyFile // files that could not be read, for the order of the issues
-	for _, src := range cfg.Sources {
+	for srcIdx, src := range cfg.Sources {
 		if src.Dir == "" {
 			src.Dir = "."
 		}
@@ -102,7 +116,7 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 				bad(fileProblem(src.FS, p, ent, err))
 				continue
 			}
-			byBase[base] = &policyFile{src: src, base: base, name: name, data: data}
+			byBase[base] = &policyFile{src: src, srcIdx: srcIdx, base: base, name: name, data: data}
 		}
 	}
 	files := make([]*policyFile, 0, len(byBase))
@@ -160,7 +174,7 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 		}
 	}
 	if len(errs) > 0 {
-		return nil, &ValidationErrors{Issues: append(errs, warns...)}
+		return nil, c.listFiles, &ValidationErrors{Issues: append(errs, warns...)}
 	}
 	p.version = hex.EncodeToString(h.Sum(nil))[:16]
 	p.warnings = warns
@@ -168,7 +182,7 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 	if p.cache == nil {
 		p.cache = NewFactCache(0)
 	}
-	return p, nil
+	return p, c.listFiles, nil
 }
 
 // sortIssues sorts issues by file, in the order of the files' base names, then position.

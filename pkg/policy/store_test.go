@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -325,4 +326,87 @@ func TestStoreReportsRejectionOnce(t *testing.T) {
 	if r := h.store.Reload(); r.Err == nil || h.count() != 2 {
 		t.Errorf("an explicit reload: %v, %d reports, want 2", r.Err, h.count())
 	}
+}
+
+// waitSHA256 waits until a file with content sum is decided by want.
+func (h *storeHarness) waitSHA256(step, sum, want string) {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d, err := h.store.Current().Decide(&Request{Path: "/nowhere/x", Size: 1, SHA256: sum, ContentType: "text/plain"})
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if d.Rule == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%s: content %.8s… is decided by %q, want %q; last reload %+v", step, sum, d.Rule, want, h.store.Last())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// listPolicy is a policy denying the digests of the list files named.
+func listPolicy(files ...string) string {
+	return "default: {action: ask, untrusted_action: deny}\nlists:\n  l: {files: [" + strings.Join(files, ", ") + "]}\n" +
+		"rules:\n  - {name: listed, action: deny, match: {sha256_list: [l]}}\n"
+}
+
+// TestStoreListFiles: edits to SHA-256 list files are picked up wherever the files are:
+// in a subdirectory of the policy directory, behind a symlink, in a directory created
+// after the policy named it, or named only by a later version of the policy.
+func TestStoreListFiles(t *testing.T) {
+	sum := func(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
+	a, b, c, d := sum("a"), sum("b"), sum("c"), sum("d")
+	root := t.TempDir()
+	dir := filepath.Join(root, "policies.d")
+	other := filepath.Join(root, "elsewhere")
+	writeFiles(t, dir, map[string]string{
+		"50-site.yaml":     listPolicy("feeds/vendor.txt", "linked.sha256"),
+		"feeds/vendor.txt": "# nothing yet\n",
+	})
+	writeFiles(t, other, map[string]string{"v1.sha256": "# nothing yet\n", "v2.sha256": b + "  b\n"})
+	if err := os.Symlink(filepath.Join(other, "v1.sha256"), filepath.Join(dir, "linked.sha256")); err != nil {
+		t.Fatal(err)
+	}
+	h := newStoreHarness(t, StoreConfig{Dir: dir})
+	h.waitSHA256("initial", a, RuleDefault)
+
+	writeFiles(t, dir, map[string]string{"feeds/vendor.txt": a + "  a\n"})
+	h.waitSHA256("list file in a subdirectory edited in place", a, "listed")
+
+	tmp := filepath.Join(dir, "feeds", ".vendor.txt.new")
+	if err := os.WriteFile(tmp, []byte("# emptied\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "feeds", "vendor.txt")); err != nil {
+		t.Fatal(err)
+	}
+	h.waitSHA256("list file in a subdirectory renamed over", a, RuleDefault)
+
+	writeFiles(t, other, map[string]string{"v1.sha256": c + "  c\n"})
+	h.waitSHA256("target of a symlinked list file edited", c, "listed")
+
+	link := filepath.Join(dir, "linked.sha256")
+	if err := os.Symlink(filepath.Join(other, "v2.sha256"), link+".new"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(link+".new", link); err != nil {
+		t.Fatal(err)
+	}
+	h.waitSHA256("symlinked list file swapped", b, "listed")
+	h.waitSHA256("symlinked list file swapped (old target)", c, RuleDefault)
+
+	// The policy names a list in directories that do not exist yet: it does not load, the
+	// last good policy stays, and creating the file makes it load.
+	n := h.count()
+	writeFiles(t, dir, map[string]string{"50-site.yaml": listPolicy("later/deeper/new.txt")})
+	h.waitError("list file missing", n)
+	h.waitSHA256("list file missing: last good policy", b, "listed")
+	writeFiles(t, dir, map[string]string{"later/deeper/new.txt": d + "  d\n"})
+	h.waitSHA256("missing list file created", d, "listed")
+	writeFiles(t, dir, map[string]string{"later/deeper/new.txt": a + "  a\n"})
+	h.waitSHA256("list file named by the new policy edited", a, "listed")
+	h.waitSHA256("list file named by the new policy edited (old digest)", d, RuleDefault)
 }
