@@ -312,7 +312,9 @@ func TestStoreReportsRejectionOnce(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{"50-bad.yaml": "rules:\n  - {name: x, acton: trust}\n"})
 	h := newStoreHarness(t, StoreConfig{Dir: dir})
-	first := h.store.Last().Time
+	h.mu.Lock()
+	first := h.results[0].Time // NewStore's attempt; Watch's may have come already
+	h.mu.Unlock()
 	deadline := time.Now().Add(10 * time.Second)
 	for h.store.Last().Time.Equal(first) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond) // until Watch has made its check
