@@ -183,10 +183,11 @@ func (s *Store) watchedLists() []string {
 // Watch reloads the policy whenever the directory changes, until ctx is done; then it
 // returns nil. It notices files written in place, editors that write a new file and rename
 // it over the old one (vim, sed -i), a symlink swapped to point at a new directory
-// (configuration management), the directory being created, removed or replaced, edits
-// to the targets of symlinked policy files, and edits to the SHA-256 list files the last
-// load named (in subdirectories, or symlinks, too). Changes are picked up DefaultDebounce
-// after the last event. Watch returns an error only if it cannot watch at all.
+// (configuration management), the directory being created (also with its parents),
+// removed or replaced, edits to the targets of symlinked policy files, and edits to the
+// SHA-256 list files the last load named (in subdirectories, or symlinks, too). Changes
+// are picked up DefaultDebounce after the last event. Watch returns an error only if it
+// cannot watch at all.
 func (s *Store) Watch(ctx context.Context) error {
 	if s.cfg.Dir == "" {
 		<-ctx.Done()
@@ -197,18 +198,19 @@ func (s *Store) Watch(ctx context.Context) error {
 		return fmt.Errorf("policy: watching %s: %w", s.cfg.Dir, err)
 	}
 	defer w.Close()
-	dir := filepath.Clean(s.cfg.Dir)
-	parent := filepath.Dir(dir)
-	if err := w.Add(parent); err != nil {
-		return fmt.Errorf("policy: watching %s: %w", parent, err)
+	dir, err := filepath.Abs(s.cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("policy: watching %s: %w", s.cfg.Dir, err)
 	}
-	watched := map[string]bool{parent: true}
+	watched := map[string]bool{}
 	var want watchSet
 	// resync watches what the policy now depends on, and reports whether it added a
-	// directory: a change there may have come before the watch.
+	// directory: a change there may have come before the watch. The directory's parent is
+	// watched for the directory being created, removed or swapped; when the parent does
+	// not exist either, its nearest existing ancestor is, for the next directory down.
 	resync := func() (added bool) {
 		want = watchDirs(dir, s.watchedLists())
-		want.add(parent, filepath.Base(dir))
+		want.add(filepath.Dir(dir), filepath.Base(dir))
 		for d := range watched {
 			if _, ok := want[d]; !ok {
 				_ = w.Remove(d) // may already be gone with the directory
@@ -244,6 +246,12 @@ func (s *Store) Watch(ctx context.Context) error {
 		case ev, ok := <-w.Events:
 			if !ok {
 				return nil
+			}
+			if watched[ev.Name] && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+				// A watched directory is gone from its path: watch the path afresh
+				// when it is there again.
+				_ = w.Remove(ev.Name)
+				delete(watched, ev.Name)
 			}
 			if want.matters(ev.Name) {
 				schedule(false)
@@ -304,6 +312,9 @@ func (ws watchSet) add(dir, name string) {
 // on the way to its target. Each directory is also watched by its resolved path, the
 // name under which events may come when it is reached through a symlink.
 func (ws watchSet) file(p string) {
+	if abs, err := filepath.Abs(p); err == nil {
+		p = abs
+	}
 	for range 40 { // as the kernel's limit on symlinks followed
 		d, base := filepath.Dir(p), filepath.Base(p)
 		ws.add(d, base)

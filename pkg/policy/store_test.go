@@ -239,6 +239,44 @@ func TestStoreFailClosed(t *testing.T) {
 	h.waitRule("directory created", "marker-trust")
 }
 
+// TestStoreMissingParent: the policy directory and its parent do not exist when the store
+// starts; creating them brings the policy in force, and so does creating them again after
+// they were removed.
+func TestStoreMissingParent(t *testing.T) {
+	root := t.TempDir()
+	top := filepath.Join(root, "etc", "isolator")
+	dir := filepath.Join(top, "policies.d")
+	h := newStoreHarness(t, StoreConfig{Dir: dir})
+	if got := h.decideMarker(); got != RuleFailClosed {
+		t.Fatalf("no policy: decided by %q", got)
+	}
+	writeFiles(t, dir, map[string]string{"50-site.yaml": policyText(ActionTrust)})
+	h.waitRule("directory and parents created", "marker-trust")
+
+	n := h.count()
+	if err := os.RemoveAll(filepath.Join(root, "etc")); err != nil {
+		t.Fatal(err)
+	}
+	if r := h.waitError("directory and parents removed", n); !errors.Is(r.Err, ErrNoPolicy) {
+		t.Fatalf("after removing the directory: %v, want ErrNoPolicy", r.Err)
+	}
+	if got := h.decideMarker(); got != "marker-trust" {
+		t.Fatalf("the last good policy must stay; decided by %q", got)
+	}
+	writeFiles(t, dir, map[string]string{"50-site.yaml": policyText(ActionDeny)})
+	h.waitRule("directory and parents created again", "marker-deny")
+
+	// Removed and created again at once, within one debounce: the new directory is
+	// watched, so an edit in it is noticed.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, dir, map[string]string{"50-site.yaml": policyText(ActionAsk)})
+	h.waitRule("directory replaced", "marker-ask")
+	writeFiles(t, dir, map[string]string{"50-site.yaml": policyText(ActionTrust)})
+	h.waitRule("edit in the replaced directory", "marker-trust")
+}
+
 // TestStoreDefaults layers the admin directory over the shipped defaults.
 func TestStoreDefaults(t *testing.T) {
 	dir := t.TempDir()
