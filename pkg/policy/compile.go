@@ -426,7 +426,7 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 	add(c.pathCond(f, kindPath, rc.path, what+".path"))
 	add(c.regexCond(f, kindPathRegex, rc.pathRegex, "path", false))
 	if len(rc.name) > 0 {
-		k := &cond{kind: kindName}
+		k := &cond{kind: kindName, set: map[string]int{}}
 		for _, s := range rc.name {
 			if strings.Contains(s.s, "/") {
 				c.errAt(f, s.line, s.col, "%s.name: %q is a base name pattern and cannot contain /; use path", what, s.s)
@@ -438,6 +438,7 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 				continue
 			}
 			for _, a := range alts {
+				k.set[a] = len(k.descs)
 				k.keys = append(k.keys, a)
 				k.descs = append(k.descs, "name "+strconv.Quote(s.s))
 			}
@@ -578,7 +579,7 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 		}
 		add(c.regexCond(f, kindURLRegex, o.raw.urlRegex, o.name+" url", o.referrer))
 		if len(o.raw.host) > 0 {
-			k := &cond{kind: kindHost, referrer: o.referrer}
+			k := &cond{kind: kindHost, referrer: o.referrer, set: map[string]int{}}
 			for _, s := range o.raw.host {
 				h := strings.ToLower(s.s)
 				alts, err := expandPattern(h)
@@ -596,6 +597,7 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 					continue
 				}
 				for _, a := range alts {
+					k.set[a] = len(k.descs)
 					k.keys = append(k.keys, a)
 					k.descs = append(k.descs, o.name+" host "+strconv.Quote(strings.TrimSuffix(h, ".")))
 				}
@@ -603,13 +605,14 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 			add(k)
 		}
 		if len(o.raw.domain) > 0 {
-			k := &cond{kind: kindDomain, referrer: o.referrer}
+			k := &cond{kind: kindDomain, referrer: o.referrer, set: map[string]int{}}
 			for _, s := range o.raw.domain {
 				d, err := normalizeDomain(s.s)
 				if err != nil {
 					c.errAt(f, s.line, s.col, "%s.domain: %v", w, err)
 					continue
 				}
+				k.set[d] = len(k.descs)
 				k.keys = append(k.keys, d)
 				k.descs = append(k.descs, o.name+" domain "+strconv.Quote(d))
 			}
@@ -734,9 +737,16 @@ func (c *compiler) regexCond(f string, kind condKind, vals []sval, what string, 
 	return k
 }
 
+// shadowingBudget bounds the work of the shadowed-rule analysis, in keys and pattern
+// segments compared. The analysis compares rules pairwise, so a large policy whose rules
+// share many alternatives could otherwise keep a reload (and the Store's lock) busy for
+// minutes; past the budget the rest of the analysis is skipped, with a warning.
+const shadowingBudget = 20_000_000
+
 // shadowing warns about rules that can never match because an earlier rule without an
 // unless block matches everything they match.
 func (c *compiler) shadowing(all []*rule) {
+	budget := shadowingBudget
 	// A rule with errors matches less or more than was written (a condition that did not
 	// compile is missing): any warning about it, or because of it, would be invented.
 	rules := make([]*rule, 0, len(all))
@@ -779,7 +789,15 @@ func (c *compiler) shadowing(all []*rule) {
 					continue pairs
 				}
 			}
-			if !condsCover(a.match, b.match) {
+			budget-- // the pair itself
+			covered := condsCover(a.match, b.match, &budget)
+			if budget < 0 {
+				c.warnAt(b.file, b.line, b.col, "the shadowed-rule analysis stopped here, at rule %q, after %d comparisons: "+
+					"the policy is too large to compare every pair of rules, so this rule and the later ones were not checked for being shadowed",
+					b.name, shadowingBudget)
+				return
+			}
+			if !covered {
 				continue
 			}
 			what := "matches everything it matches"
@@ -793,7 +811,7 @@ func (c *compiler) shadowing(all []*rule) {
 }
 
 // bloomKinds are the kinds whose covering is plain key set inclusion.
-var bloomKinds = [...]condKind{kindExtension, kindSHA256, kindUser, kindGroup, kindContentType, kindName}
+var bloomKinds = [...]condKind{kindExtension, kindSHA256, kindUser, kindGroup, kindContentType, kindName, kindHost}
 
 // strhash is FNV-1a.
 func strhash(s string) uint64 {
@@ -819,12 +837,13 @@ func kindBit(c *cond) uint64 {
 	return 1 << b
 }
 
-// condsCover reports whether every request satisfying all of bs satisfies all of as.
-func condsCover(as, bs []*cond) bool {
+// condsCover reports whether every request satisfying all of bs satisfies all of as,
+// spending budget as cond.covers does.
+func condsCover(as, bs []*cond, budget *int) bool {
 	for _, a := range as {
 		ok := false
 		for _, b := range bs {
-			if a.covers(b) {
+			if a.covers(b, budget) {
 				ok = true
 				break
 			}

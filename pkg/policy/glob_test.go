@@ -230,3 +230,46 @@ func TestBracePatternErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestGlobCovers checks the shadowing analysis's glob comparison on pairs of patterns, and
+// that its cheap pre-check never rejects a pair the full comparison accepts.
+func TestGlobCovers(t *testing.T) {
+	patterns := []string{
+		"/**", "/srv/**", "/srv/x", "/srv/x/**", "/srv/*/in/**", "/srv/a/in/x", "/srv/a/in/**",
+		"/srv/*.txt", "/srv/a.txt", "/srv/[ab].txt", "/srv/**/x", "/srv/x/y/z", "/usr/bin/*sum",
+		"/usr/bin/sha256sum", "~/**", "~/Downloads/**", "~/Downloads/a.pdf", "~/Downloads/*.pdf", "~",
+	}
+	covers := map[[2]string]bool{ // c covers a
+		{"/**", "/srv/x"}: true, {"/srv/**", "/srv/x/y/z"}: true, {"/srv/x/**", "/srv/x"}: true,
+		{"/srv/*/in/**", "/srv/a/in/x"}: true, {"/srv/*.txt", "/srv/a.txt"}: true,
+		{"/usr/bin/*sum", "/usr/bin/sha256sum"}: true, {"~/**", "~/Downloads/a.pdf"}: true,
+		{"~/Downloads/**", "~/Downloads/*.pdf"}: true, {"~/**", "~"}: true,
+	}
+	compile := func(p string) *glob {
+		gs, err := compileGlobs(p)
+		if err != nil || len(gs) != 1 {
+			t.Fatalf("compileGlobs(%q) = %v, %v", p, gs, err)
+		}
+		return gs[0]
+	}
+	for _, cp := range patterns {
+		for _, ap := range patterns {
+			c, a := compile(cp), compile(ap)
+			got := globCovers(c, a)
+			if want := covers[[2]string{cp, ap}]; want && !got {
+				t.Errorf("%q does not cover %q", cp, ap)
+			}
+			if cp == ap && !got {
+				t.Errorf("%q does not cover itself", cp)
+			}
+			if !mayCover(c, a) && got {
+				t.Errorf("mayCover(%q, %q) is false, but it covers it", cp, ap)
+			}
+		}
+	}
+	for _, pair := range [][2]string{{"/srv/x", "/srv/**"}, {"/srv/a.txt", "/srv/*.txt"}, {"~/**", "/home/**"}, {"/srv/x/**", "/srv/xy"}, {"/srv/*/in/**", "/srv/**/in/x"}} {
+		if globCovers(compile(pair[0]), compile(pair[1])) {
+			t.Errorf("%q covers %q", pair[0], pair[1])
+		}
+	}
+}

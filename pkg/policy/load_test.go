@@ -516,3 +516,55 @@ func TestNormalizedEmptyList(t *testing.T) {
 		t.Fatalf("normalized policy does not load: %v\n%s", err, out)
 	}
 }
+
+// largeOverlappingPolicy is a legal policy of n rules whose every pair shares 100
+// extensions: the shadowed-rule analysis would compare about 50·n² keys. Its first two
+// rules are a shadowed pair the analysis finds before it gives up.
+func largeOverlappingPolicy(n int) string {
+	exts := make([]string, 100)
+	for i := range exts {
+		exts[i] = fmt.Sprintf("e%d", i)
+	}
+	common := strings.Join(exts, ", ")
+	var b strings.Builder
+	b.WriteString("default: {action: ask, untrusted_action: deny}\nrules:\n")
+	b.WriteString("  - {name: broad, action: deny, match: {extension: [zz]}}\n")
+	b.WriteString("  - {name: narrow, action: deny, match: {extension: [zz], path: [\"/srv/**\"]}}\n")
+	for i := range n {
+		fmt.Fprintf(&b, "  - {name: r%d, action: deny, match: {extension: [%s, x%d]}}\n", i, common, i)
+	}
+	return b.String()
+}
+
+// TestShadowingBudget: on a large policy the shadowed-rule analysis stops after its
+// budget of comparisons, with one warning saying where, instead of keeping the loader
+// busy for minutes; what it found before stopping is still reported.
+func TestShadowingBudget(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"50-large.yaml": largeOverlappingPolicy(1500)})
+	if fi, err := os.Stat(filepath.Join(dir, "50-large.yaml")); err != nil || fi.Size() > MaxFileSize {
+		t.Fatalf("generated policy: %v, %d bytes (limit %d)", err, fi.Size(), MaxFileSize)
+	}
+	p, err := loadDir(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stopped, shadowed []Issue
+	for _, w := range p.Warnings() {
+		switch {
+		case strings.Contains(w.Msg, "shadowed-rule analysis stopped"):
+			stopped = append(stopped, w)
+		case strings.Contains(w.Msg, "can never match"):
+			shadowed = append(shadowed, w)
+		}
+	}
+	if len(stopped) != 1 || !strings.Contains(stopped[0].Msg, "were not checked") || stopped[0].Line < 5 {
+		t.Errorf("want one warning that the analysis stopped, at a rule after the first ones; got %v", stopped)
+	}
+	if len(shadowed) != 1 || !strings.Contains(shadowed[0].Msg, `rule "narrow" can never match: rule "broad"`) {
+		t.Errorf("want the shadowed rule found before the analysis stopped; got %v", shadowed)
+	}
+	if p.NumRules() != 1502 {
+		t.Errorf("%d rules, want 1502", p.NumRules())
+	}
+}
