@@ -5,9 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -69,7 +69,7 @@ type Store struct {
 	last      ReloadResult // guarded by mu
 	listFiles []string     // guarded by mu: host paths of the list files the last load named
 
-	listsChanged chan struct{} // tells Watch that listFiles changed
+	loaded chan struct{} // tells Watch that a load attempt was made
 }
 
 // NewStore returns a Store holding the policy loaded from cfg. A policy that fails to load
@@ -85,7 +85,7 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 	if cfg.Cache == nil {
 		cfg.Cache = NewFactCache(0)
 	}
-	s := &Store{cfg: cfg, listsChanged: make(chan struct{}, 1)}
+	s := &Store{cfg: cfg, loaded: make(chan struct{}, 1)}
 	s.cur.Store(FailClosed("no policy loaded yet"))
 	s.Reload()
 	return s, nil
@@ -136,18 +136,15 @@ func (s *Store) reload(quiet bool) ReloadResult {
 	srcs, dirIdx := s.sources()
 	p, lists, err := load(LoadConfig{Sources: srcs, Cache: s.cfg.Cache})
 	r.Duration = time.Since(start)
-	var listFiles []string
+	s.listFiles = s.listFiles[:0:0]
 	for _, l := range lists {
 		if l.src == dirIdx {
-			listFiles = append(listFiles, filepath.Join(s.cfg.Dir, filepath.FromSlash(l.name)))
+			s.listFiles = append(s.listFiles, filepath.Join(s.cfg.Dir, filepath.FromSlash(l.name)))
 		}
 	}
-	if !slices.Equal(listFiles, s.listFiles) {
-		s.listFiles = listFiles
-		select {
-		case s.listsChanged <- struct{}{}:
-		default: // Watch has not yet seen the previous change; it reads the latest
-		}
+	select {
+	case s.loaded <- struct{}{}:
+	default: // Watch has not yet seen the previous attempt; it looks at the latest
 	}
 	if err != nil {
 		r.Err = err
@@ -204,13 +201,16 @@ func (s *Store) Watch(ctx context.Context) error {
 	}
 	watched := map[string]bool{}
 	var want watchSet
-	// resync watches what the policy now depends on, and reports whether it added a
-	// directory: a change there may have come before the watch. The directory's parent is
-	// watched for the directory being created, removed or swapped; when the parent does
-	// not exist either, its nearest existing ancestor is, for the next directory down.
-	resync := func() (added bool) {
+	// resync watches what the policy now depends on, and reports whether that changed:
+	// then an event about a change made since the last load may have been missed (no
+	// watch yet, or ignored as not mattering). The directory's parent is watched for the
+	// directory being created, removed or swapped; when the parent does not exist either,
+	// its nearest existing ancestor is, for the next directory down.
+	resync := func() (changed bool) {
+		prev := want
 		want = watchDirs(dir, s.watchedLists())
 		want.add(filepath.Dir(dir), filepath.Base(dir))
+		changed = !maps.EqualFunc(prev, want, maps.Equal)
 		for d := range watched {
 			if _, ok := want[d]; !ok {
 				_ = w.Remove(d) // may already be gone with the directory
@@ -219,10 +219,10 @@ func (s *Store) Watch(ctx context.Context) error {
 		}
 		for d := range want {
 			if !watched[d] && w.Add(d) == nil {
-				watched[d], added = true, true
+				watched[d], changed = true, true
 			}
 		}
-		return added
+		return changed
 	}
 	resync()
 	// A change may have happened between the load in NewStore and the first watch.
@@ -230,7 +230,7 @@ func (s *Store) Watch(ctx context.Context) error {
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	// A reload scheduled only because a directory came to be watched is quiet (see
+	// A reload scheduled only because what is watched changed is quiet (see
 	// StoreConfig.OnReload): it finds nothing new unless a change came before the watch.
 	pending, quiet := false, false
 	schedule := func(q bool) {
@@ -263,15 +263,14 @@ func (s *Store) Watch(ctx context.Context) error {
 			if errors.Is(err, fsnotify.ErrEventOverflow) {
 				schedule(false) // events were lost: reload to be sure
 			}
-		case <-s.listsChanged:
+		case <-s.loaded:
+			// A load, by this loop or by Reload, may depend on other files than before.
 			if resync() {
 				schedule(true)
 			}
 		case <-timer.C:
 			pending = false
-			if resync() {
-				quiet = false // the reload below reads the new directories' state
-			}
+			resync()
 			s.reload(quiet)
 		}
 	}
