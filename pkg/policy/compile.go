@@ -133,7 +133,11 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 			}
 		}
 		if d.untrustedAction != nil {
-			if a, ok := c.action(rf.name, *d.untrustedAction); ok {
+			if a, ok := c.action(rf.name, *d.untrustedAction); ok && a == ActionTrust {
+				ua := d.untrustedAction
+				c.errAt(rf.name, ua.line, ua.col, "default.untrusted_action must not be trust: a file from an untrusted origin "+
+					"is never trusted by default (want isolate, deny or ask; trust such files with a rule, or their domain with default.trusted_domains)")
+			} else if ok {
 				p.untrusted = defaultAction{action: a, file: rf.name, line: d.untrustedAction.line}
 			}
 		}

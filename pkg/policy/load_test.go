@@ -161,6 +161,15 @@ rules:
 			},
 		},
 		{
+			name: "a file from an untrusted origin is never trusted by default",
+			files: map[string]string{
+				"10-a.yaml": handlers,
+				"20-b.yaml": "default: {untrusted_action: ask}\n",
+				"30-c.yaml": "default:\n  untrusted_action: Trust\n",
+			},
+			want: []string{"30-c.yaml:2:21: default.untrusted_action must not be trust: a file from an untrusted origin is never trusted by default (want isolate, deny or ask"},
+		},
+		{
 			name:  "isolate default needs a handler",
 			files: map[string]string{"a.yaml": "rules: []\n"},
 			want: []string{
