@@ -292,55 +292,130 @@ func TestStoreDefaults(t *testing.T) {
 	}
 }
 
-// TestStoreAtomic evaluates continuously while the policy is rewritten: every decision
-// comes from one whole policy, the old or the new.
+// TestStoreAtomic evaluates continuously while the policy directory is swapped, by
+// symlink, through versions whose every file carries the version in its rule names: all
+// decisions made with one Policy from Current must come from one version, the one its
+// PolicyVersion names, and versions never go back.
 func TestStoreAtomic(t *testing.T) {
-	dir := t.TempDir()
-	writeFiles(t, dir, map[string]string{"a.yaml": policyText(ActionTrust), "b.yaml": ""})
+	root := t.TempDir()
+	const versions = 12
+	exts := []string{"a", "b", "c"}
+	for v := range versions {
+		files := map[string]string{}
+		for i, ext := range exts {
+			// The defaults are in the last file: a policy missing it would not load.
+			text := fmt.Sprintf("rules:\n  - {name: %s-v%d, action: %s, match: {extension: [%s]}}\n", ext, v, []string{"trust", "ask", "deny"}[(v+i)%3], ext)
+			if i == len(exts)-1 {
+				text = "default: {action: ask, untrusted_action: deny}\n" + text
+			}
+			files[fmt.Sprintf("%d0-%s.yaml", i+1, ext)] = text
+		}
+		writeFiles(t, filepath.Join(root, fmt.Sprint(v)), files)
+	}
+	dir := filepath.Join(root, "policies.d")
+	swap := func(v int) {
+		t.Helper()
+		tmp := filepath.Join(root, "policies.d.new")
+		if err := os.Symlink(filepath.Join(root, fmt.Sprint(v)), tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	swap(0)
 	h := newStoreHarness(t, StoreConfig{Dir: dir})
-	h.waitRule("initial", "marker-trust")
+
+	// check decides a file of every extension with one Policy and returns the version
+	// all the decisions came from.
+	check := func(p *Policy) (int, error) {
+		version := -1
+		for _, ext := range exts {
+			d, err := p.Decide(&Request{Path: "/x/y." + ext, Size: 1, SHA256: strings.Repeat("0", 64), ContentType: "text/plain"})
+			if err != nil {
+				return 0, err
+			}
+			var v int
+			if _, err := fmt.Sscanf(d.Rule, ext+"-v%d", &v); err != nil {
+				return 0, fmt.Errorf("a .%s file decided by %q", ext, d.Rule)
+			}
+			if version >= 0 && v != version {
+				return 0, fmt.Errorf("one policy decided with rules of versions %d and %d", version, v)
+			}
+			if d.PolicyVersion != p.Version() {
+				return 0, fmt.Errorf("a decision of policy %s names policy %s", p.Version(), d.PolicyVersion)
+			}
+			version = v
+		}
+		return version, nil
+	}
+
 	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	seen := make([]map[int]bool, 4)
 	var wg sync.WaitGroup
-	var bad error
-	var badMu sync.Mutex
-	for i := 0; i < 4; i++ {
+	for i := range seen {
+		seen[i] = map[int]bool{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			last := -1
+			byHash := map[string]int{}
 			for {
 				select {
 				case <-stop:
+					errs <- nil
 					return
 				default:
 				}
 				p := h.store.Current()
-				d, err := p.Decide(&Request{Path: "/x/y.marker"})
-				// A policy in which a.yaml and b.yaml disagree must never be seen half
-				// loaded: the rule and the action always agree.
-				if err == nil && strings.HasPrefix(d.Rule, "marker-") && string(d.Action) != strings.TrimPrefix(d.Rule, "marker-") {
-					err = fmt.Errorf("rule %s gave action %s", d.Rule, d.Action)
+				v, err := check(p)
+				if err == nil && v < last {
+					err = fmt.Errorf("version %d in force after version %d", v, last)
+				}
+				if prev, ok := byHash[p.Version()]; err == nil && ok && prev != v {
+					err = fmt.Errorf("policy %s decided as version %d and as version %d", p.Version(), prev, v)
 				}
 				if err != nil {
-					badMu.Lock()
-					bad = err
-					badMu.Unlock()
+					errs <- err
 					return
 				}
+				last, byHash[p.Version()] = v, v
+				seen[i][v] = true
 			}
 		}()
 	}
-	for i, act := range []Action{ActionDeny, ActionAsk, ActionTrust, ActionDeny} {
-		// Move the rule from one file to the other: a half-loaded policy would have none
-		// or two.
-		files := map[string]string{"a.yaml": "", "b.yaml": ""}
-		files[[]string{"a.yaml", "b.yaml"}[i%2]] = policyText(act)
-		writeFiles(t, dir, files)
-		h.waitRule(fmt.Sprintf("rewrite %d", i), "marker-"+string(act))
+	wait := func(v int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got, err := check(h.store.Current())
+			if err == nil && got == v {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("version %d not in force: version %d, %v; last reload %+v", v, got, err, h.store.Last())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	wait(0)
+	for v := 1; v < versions; v++ {
+		swap(v)
+		wait(v)
 	}
 	close(stop)
 	wg.Wait()
-	if bad != nil {
-		t.Fatal(bad)
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, s := range seen {
+		if len(s) < 2 {
+			t.Errorf("reader %d saw only versions %v: it did not evaluate across a reload", i, s)
+		}
 	}
 }
 
