@@ -164,23 +164,30 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 	p.def.explain(RuleDefault)
 	p.untrusted.explain(RuleUntrustedDefault)
 
-	// Rules, in file order then written order.
-	names := map[string]*rule{}
+	// Rules, in file order then written order. A name is taken by its first rule, with
+	// errors or not.
+	type where struct {
+		file string
+		line int
+	}
+	names := map[string]where{}
 	for _, rf := range raws {
 		for _, rr := range rf.rules {
 			r := c.rule(rf, rr)
-			if r == nil {
-				continue
+			if name := rr.name.s; name != "" {
+				if prev, ok := names[name]; ok {
+					c.errAt(rf.name, rr.name.line, rr.name.col, "duplicate rule name %q (first defined at %s:%d)", name, prev.file, prev.line)
+					continue
+				}
+				names[name] = where{rf.name, rr.line}
 			}
-			if prev, ok := names[r.name]; ok {
-				c.errAt(rf.name, rr.name.line, rr.name.col, "duplicate rule name %q (first defined at %s:%d)", r.name, prev.file, prev.line)
+			if r == nil {
 				continue
 			}
 			if len(p.rules) == MaxRules {
 				c.errAt(rf.name, rr.line, rr.col, "more than %d rules in the policy", MaxRules)
 				break
 			}
-			names[r.name] = r
 			r.explain = string(r.action)
 			if r.handler != nil {
 				r.explain += " with handler " + r.handler.Name

@@ -102,6 +102,21 @@ default: {handler: h, action: ask}
 			},
 		},
 		{
+			name: "duplicate name of a rule with errors",
+			files: map[string]string{"a.yaml": handlers + `rules:
+  - {name: same, action: isolate, handler: nope}
+  - {name: same, action: deny, match: {extension: [exe]}}
+  - {name: other, action: isolat}
+  - {name: other, action: deny}
+`},
+			want: []string{
+				`a.yaml:8:44: unknown handler "nope"`,
+				`a.yaml:9:12: duplicate rule name "same" (first defined at `,
+				`a.yaml:10:27: unknown action "isolat" (did you mean "isolate"?)`,
+				`a.yaml:11:12: duplicate rule name "other" (first defined at `,
+			},
+		},
+		{
 			name: "shadowed rules are warnings, not errors",
 			files: map[string]string{"a.yaml": handlers + `rules:
   - name: all-downloads
