@@ -171,6 +171,10 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 		line int
 	}
 	names := map[string]where{}
+	tooMany := false // more than MaxRules rules: reported once
+	for _, rf := range raws {
+		tooMany = tooMany || rf.tooManyRules
+	}
 	for _, rf := range raws {
 		for _, rr := range rf.rules {
 			r := c.rule(rf, rr)
@@ -185,7 +189,10 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 				continue
 			}
 			if len(p.rules) == MaxRules {
-				c.errAt(rf.name, rr.line, rr.col, "more than %d rules in the policy", MaxRules)
+				if !tooMany {
+					c.errAt(rf.name, rr.line, rr.col, "more than %d rules in the policy", MaxRules)
+					tooMany = true
+				}
 				break
 			}
 			r.explain = string(r.action)

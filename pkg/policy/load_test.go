@@ -592,3 +592,45 @@ func TestShadowingBudget(t *testing.T) {
 		t.Errorf("%d rules, want 1502", p.NumRules())
 	}
 }
+
+// TestTooManyRules: a policy of more than MaxRules rules is an error reported once, at
+// the first rule past the limit, however many files follow.
+func TestTooManyRules(t *testing.T) {
+	rules := func(prefix string, n int) string {
+		var b strings.Builder
+		b.WriteString("rules:\n")
+		for i := range n {
+			fmt.Fprintf(&b, "  - {name: %s%d, action: deny, match: {extension: [%s%d]}}\n", prefix, i, prefix, i)
+		}
+		return b.String()
+	}
+	for _, tt := range []struct {
+		name  string
+		files map[string]string
+		want  string // file:line of the one error
+	}{
+		{"across files", map[string]string{
+			"10-a.yaml": "default: {action: ask, untrusted_action: deny}\n" + rules("a", 6000),
+			"20-b.yaml": rules("b", 6000), "30-c.yaml": rules("c", 10), "40-d.yaml": rules("d", 10),
+		}, "20-b.yaml:4002"},
+		{"in one file", map[string]string{
+			"10-a.yaml": "default: {action: ask, untrusted_action: deny}\n" + rules("a", MaxRules+5),
+			"20-b.yaml": rules("b", 10),
+		}, fmt.Sprintf("10-a.yaml:%d", MaxRules+3)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeFiles(t, dir, tt.files)
+			_, err := loadDir(t, dir)
+			var ve *ValidationErrors
+			if !errors.As(err, &ve) {
+				t.Fatalf("Load = %v, want *ValidationErrors", err)
+			}
+			errs := ve.Errors()
+			if len(errs) != 1 || !strings.Contains(errs[0].Msg, fmt.Sprintf("more than %d rules", MaxRules)) ||
+				fmt.Sprintf("%s:%d", filepath.Base(errs[0].File), errs[0].Line) != tt.want {
+				t.Errorf("errors %v, want one at %s", errs, tt.want)
+			}
+		})
+	}
+}

@@ -25,6 +25,8 @@ type rawFile struct {
 	// refsLost: the file had errors outside its handlers and lists, so some of its
 	// references to handlers and lists may be missing.
 	refsLost bool
+	// tooManyRules: the file alone has more than MaxRules rules, which is reported.
+	tooManyRules bool
 }
 
 type rawDefault struct {
@@ -168,6 +170,7 @@ func parseFile(name, base string, data []byte, issues *[]Issue) *rawFile {
 			for i, c := range v.Content {
 				if i == MaxRules {
 					d.errorf(c, "more than %d rules", MaxRules)
+					f.tooManyRules = true
 					break
 				}
 				if r := d.rule(c); r != nil {
