@@ -166,7 +166,13 @@ func load(cfg LoadConfig) (*Policy, []sourceFile, error) {
 	}
 	sortIssues(c.issues, append(failed, files...))
 	var errs, warns []Issue
+	seen := make(map[Issue]bool, len(c.issues))
 	for _, is := range c.issues {
+		// A problem inside a node that aliases use is found once per use: report it once.
+		if seen[is] {
+			continue
+		}
+		seen[is] = true
 		if is.Warning {
 			warns = append(warns, is)
 		} else {

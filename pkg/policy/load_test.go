@@ -138,6 +138,18 @@ default: {handler: h, action: ask}
 			},
 		},
 		{
+			name: "a problem in an aliased node is reported once",
+			files: map[string]string{"a.yaml": handlers + `rules:
+  - {name: a, action: deny, match: &m {extension: ["["], size: {min: lots}}}
+  - {name: b, action: deny, match: *m}
+  - {name: c, action: deny, match: *m}
+`},
+			want: []string{
+				`a.yaml:8:52: match.extension: "[" is not an extension`,
+				`a.yaml:8:70: match.size.min must be a size`,
+			},
+		},
+		{
 			name:  "alias bomb",
 			files: map[string]string{"a.yaml": aliasBomb()},
 			want:  []string{"a.yaml:1:1: document expands to more than"},
