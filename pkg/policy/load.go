@@ -12,6 +12,7 @@ import (
 	"path"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -87,9 +88,14 @@ func load(cfg LoadConfig) (*Policy, []sourceFile, error) {
 			issues = append(issues, Issue{File: src.Label, Msg: fmt.Sprintf("cannot read policy directory: %v", err)})
 			continue
 		}
+		var ignored []string // names an administrator may have meant as policy files
 		for _, ent := range ents {
 			base := ent.Name()
 			if !strings.HasSuffix(base, ".yaml") || strings.HasPrefix(base, ".") {
+				if lower := strings.ToLower(base); !strings.HasPrefix(base, ".") && !ent.IsDir() &&
+					(strings.HasSuffix(lower, ".yml") || strings.HasSuffix(lower, ".yaml")) {
+					ignored = append(ignored, strconv.Quote(base))
+				}
 				continue
 			}
 			name := path.Join(src.Label, base)
@@ -117,6 +123,10 @@ func load(cfg LoadConfig) (*Policy, []sourceFile, error) {
 				continue
 			}
 			byBase[base] = &policyFile{src: src, srcIdx: srcIdx, base: base, name: name, data: data}
+		}
+		if len(ignored) > 0 {
+			issues = append(issues, Issue{File: src.Label, Warning: true, Msg: fmt.Sprintf(
+				"ignored %s: only files whose names end in .yaml are read", strings.Join(ignored, ", "))})
 		}
 	}
 	files := make([]*policyFile, 0, len(byBase))

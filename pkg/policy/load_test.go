@@ -646,3 +646,35 @@ func TestTooManyRules(t *testing.T) {
 		})
 	}
 }
+
+// TestIgnoredYAMLNames: files that look like policy files but do not end in .yaml are
+// not read, and one warning names them all.
+func TestIgnoredYAMLNames(t *testing.T) {
+	dir := t.TempDir()
+	deny := "default: {action: ask, untrusted_action: deny}\nrules:\n  - {name: %s, action: deny, match: {extension: [x]}}\n"
+	writeFiles(t, dir, map[string]string{
+		"10-site.yml":     fmt.Sprintf(deny, "yml"),
+		"20-upper.YAML":   fmt.Sprintf(deny, "upper"),
+		"30-mixed.Yml":    fmt.Sprintf(deny, "mixed"),
+		"40-read.yaml":    fmt.Sprintf(deny, "read"),
+		".50-swap.yml":    fmt.Sprintf(deny, "hidden"),
+		"60-old.yaml.bak": fmt.Sprintf(deny, "backup"),
+		"notes.txt":       "not a policy",
+		"feeds.yml/x":     "a directory, not a file",
+	})
+	p, err := loadDir(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := p.Decide(&Request{Path: "/x/a.x"}); err != nil || d.Rule != "read" {
+		t.Errorf("decided by %+v, %v; want rule read, of the only file read", d, err)
+	}
+	want := dir + `: warning: ignored "10-site.yml", "20-upper.YAML", "30-mixed.Yml": only files whose names end in .yaml are read`
+	var got []string
+	for _, w := range p.Warnings() {
+		got = append(got, w.String())
+	}
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("warnings %q, want only %q", got, want)
+	}
+}
