@@ -165,6 +165,36 @@ default: {handler: h, action: ask}
 			want:  []string{"a.yaml:7:1: invalid YAML"},
 		},
 		{
+			name:  "tab in indentation",
+			files: map[string]string{"a.yaml": handlers + "rules:\n  - name: a\n\taction: deny\n"},
+			want:  []string{"a.yaml:9:1: tabs are not allowed in YAML indentation"},
+		},
+		{
+			name:  "tab at the start of a line",
+			files: map[string]string{"a.yaml": handlers + "rules:\n\t- name: a\n"},
+			want:  []string{"a.yaml:8:1: tabs are not allowed in YAML indentation"},
+		},
+		{
+			name:  "tab after spaces in indentation",
+			files: map[string]string{"a.yaml": handlers + "rules:\n  - name: a\n    action: deny\n    match:\n      extension: [a]\n  \t \n"},
+			want:  []string{"a.yaml:12:3: tabs are not allowed in YAML indentation"},
+		},
+		{
+			name:  "invalid UTF-8",
+			files: map[string]string{"a.yaml": handlers + "rules:\n  - name: a\n    action: deny\n    description: \"caf\xe9\"\n"},
+			want:  []string{"a.yaml:10:22: invalid UTF-8 (byte 0xe9)"},
+		},
+		{
+			name:  "invalid UTF-8 after other characters",
+			files: map[string]string{"a.yaml": handlers + "rules:\n  - name: a\n    action: deny\n    description: \"\u00e9\u00e9\xff\"\n"},
+			want:  []string{"a.yaml:10:21: invalid UTF-8 (byte 0xff)"},
+		},
+		{
+			name:  "invalid UTF-8 in a comment",
+			files: map[string]string{"a.yaml": "# caf\xe9\n" + handlers},
+			want:  []string{"a.yaml:1:6: invalid UTF-8 (byte 0xe9)"},
+		},
+		{
 			name: "handler problems",
 			files: map[string]string{"a.yaml": `default: {action: deny, untrusted_action: deny}
 handlers:
