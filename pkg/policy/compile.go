@@ -486,7 +486,7 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 		for _, s := range rc.contentType {
 			t := baseType(s.s)
 			major, minor, okT := strings.Cut(t, "/")
-			if !okT || major == "" || minor == "" || major == "*" || strings.Contains(minor, "/") || (strings.Contains(minor, "*") && minor != "*") ||
+			if !okT || major == "" || minor == "" || strings.Contains(major, "*") || strings.Contains(minor, "/") || (strings.Contains(minor, "*") && minor != "*") ||
 				strings.ContainsAny(t, "{},?[]") {
 				c.errAt(f, s.line, s.col, "%s.content_type: %q is not a MIME type such as application/pdf or text/*", what, s.s)
 				continue
@@ -566,6 +566,10 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 			key := s.s
 			if key == "" || strings.ContainsAny(key, " \t:/") {
 				c.errAt(f, s.line, s.col, "%s.%s: %q is not a valid name", what, ug.kind, s.s)
+				continue
+			}
+			if strings.ContainsAny(key, "*?[]{},") {
+				c.errAt(f, s.line, s.col, "%s.%s: %q is not a valid name (names are not patterns: list them, as in [alice, bob])", what, ug.kind, s.s)
 				continue
 			}
 			if ug.kind == kindUser && isDigits(key) {

@@ -219,6 +219,9 @@ func TestBracePatternErrors(t *testing.T) {
 		`{extension: ["{exe,msi}"]}`,
 		`{origin: {domain: ["{a,b}.example"]}}`,
 		`{content_type: ["application/{pdf,zip}"]}`,
+		`{user: ["{alice,bob}"]}`,
+		`{group: ["adm*"]}`,
+		`{content_type: ["app*/pdf"]}`,
 	} {
 		dir := t.TempDir()
 		writeFiles(t, dir, map[string]string{"p.yaml": "default: {action: ask, untrusted_action: ask}\n" +
