@@ -66,10 +66,11 @@ func (d *defaultAction) explain(rule string) {
 }
 
 type compiler struct {
-	issues   []Issue
-	errs     int // errors added by errAt, reported or not (past maxIssues)
-	files    []*policyFile
-	listData [][]byte
+	issues    []Issue
+	errs      int // errors added by errAt, reported or not (past maxIssues)
+	files     []*policyFile
+	listData  [][]byte
+	listFiles []sourceFile // every list file named, read or not
 
 	handlers    map[string]*Handler
 	handlerPos  map[string]sval
@@ -132,7 +133,11 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 			}
 		}
 		if d.untrustedAction != nil {
-			if a, ok := c.action(rf.name, *d.untrustedAction); ok {
+			if a, ok := c.action(rf.name, *d.untrustedAction); ok && a == ActionTrust {
+				ua := d.untrustedAction
+				c.errAt(rf.name, ua.line, ua.col, "default.untrusted_action must not be trust: a file from an untrusted origin "+
+					"is never trusted by default (want isolate, deny or ask; trust such files with a rule, or their domain with default.trusted_domains)")
+			} else if ok {
 				p.untrusted = defaultAction{action: a, file: rf.name, line: d.untrustedAction.line}
 			}
 		}
@@ -159,23 +164,37 @@ func (c *compiler) compile(raws []*rawFile) *Policy {
 	p.def.explain(RuleDefault)
 	p.untrusted.explain(RuleUntrustedDefault)
 
-	// Rules, in file order then written order.
-	names := map[string]*rule{}
+	// Rules, in file order then written order. A name is taken by its first rule, with
+	// errors or not.
+	type where struct {
+		file string
+		line int
+	}
+	names := map[string]where{}
+	tooMany := false // more than MaxRules rules: reported once
+	for _, rf := range raws {
+		tooMany = tooMany || rf.tooManyRules
+	}
 	for _, rf := range raws {
 		for _, rr := range rf.rules {
 			r := c.rule(rf, rr)
+			if name := rr.name.s; name != "" {
+				if prev, ok := names[name]; ok {
+					c.errAt(rf.name, rr.name.line, rr.name.col, "duplicate rule name %q (first defined at %s:%d)", name, prev.file, prev.line)
+					continue
+				}
+				names[name] = where{rf.name, rr.line}
+			}
 			if r == nil {
 				continue
 			}
-			if prev, ok := names[r.name]; ok {
-				c.errAt(rf.name, rr.name.line, rr.name.col, "duplicate rule name %q (first defined at %s:%d)", r.name, prev.file, prev.line)
-				continue
-			}
 			if len(p.rules) == MaxRules {
-				c.errAt(rf.name, rr.line, rr.col, "more than %d rules in the policy", MaxRules)
+				if !tooMany {
+					c.errAt(rf.name, rr.line, rr.col, "more than %d rules in the policy", MaxRules)
+					tooMany = true
+				}
 				break
 			}
-			names[r.name] = r
 			r.explain = string(r.action)
 			if r.handler != nil {
 				r.explain += " with handler " + r.handler.Name
@@ -355,7 +374,9 @@ func (c *compiler) list(rf *rawFile, pf *policyFile, rl *rawList) {
 			c.errAt(f, lf.line, lf.col, "list %q: file %q must be a relative path inside the policy directory", rl.name.s, lf.s)
 			continue
 		}
-		data, err := readLimited(pf.src.FS, path.Join(pf.src.Dir, lf.s), MaxListFileSize)
+		name := path.Join(pf.src.Dir, lf.s)
+		c.listFiles = append(c.listFiles, sourceFile{src: pf.srcIdx, name: name})
+		data, err := readLimited(pf.src.FS, name, MaxListFileSize)
 		if err != nil {
 			c.errAt(f, lf.line, lf.col, "list %q: %v", rl.name.s, err)
 			continue
@@ -423,18 +444,22 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 	add(c.pathCond(f, kindPath, rc.path, what+".path"))
 	add(c.regexCond(f, kindPathRegex, rc.pathRegex, "path", false))
 	if len(rc.name) > 0 {
-		k := &cond{kind: kindName}
+		k := &cond{kind: kindName, set: map[string]int{}}
 		for _, s := range rc.name {
 			if strings.Contains(s.s, "/") {
 				c.errAt(f, s.line, s.col, "%s.name: %q is a base name pattern and cannot contain /; use path", what, s.s)
 				continue
 			}
-			if _, err := path.Match(s.s, ""); err != nil {
-				c.errAt(f, s.line, s.col, "%s.name: bad pattern %q: %v", what, s.s, err)
+			alts, err := expandPattern(s.s)
+			if err != nil {
+				c.errAt(f, s.line, s.col, "%s.name: %v", what, err)
 				continue
 			}
-			k.keys = append(k.keys, s.s)
-			k.descs = append(k.descs, "name "+strconv.Quote(s.s))
+			for _, a := range alts {
+				k.set[a] = len(k.descs)
+				k.keys = append(k.keys, a)
+				k.descs = append(k.descs, "name "+strconv.Quote(s.s))
+			}
 		}
 		add(k)
 	}
@@ -442,8 +467,12 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 		k := &cond{kind: kindExtension, set: map[string]int{}}
 		for _, s := range rc.extension {
 			x := strings.ToLower(strings.TrimPrefix(s.s, "."))
-			if x == "" || strings.ContainsAny(x, "/*?[") || strings.HasSuffix(x, ".") {
-				c.errAt(f, s.line, s.col, "%s.extension: %q is not an extension such as pdf or tar.gz", what, s.s)
+			if x == "" || strings.ContainsAny(x, "/*?[]{},\\") || strings.HasSuffix(x, ".") {
+				hint := ""
+				if strings.ContainsAny(x, "*?[]{},") {
+					hint = " (extensions are plain names, not patterns: list alternatives, as in [exe, msi])"
+				}
+				c.errAt(f, s.line, s.col, "%s.extension: %q is not an extension such as pdf or tar.gz%s", what, s.s, hint)
 				continue
 			}
 			k.set[x] = len(k.descs)
@@ -457,7 +486,8 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 		for _, s := range rc.contentType {
 			t := baseType(s.s)
 			major, minor, okT := strings.Cut(t, "/")
-			if !okT || major == "" || minor == "" || major == "*" || strings.Contains(minor, "/") || (strings.Contains(minor, "*") && minor != "*") {
+			if !okT || major == "" || minor == "" || strings.Contains(major, "*") || strings.Contains(minor, "/") || (strings.Contains(minor, "*") && minor != "*") ||
+				strings.ContainsAny(t, "{},?[]") {
 				c.errAt(f, s.line, s.col, "%s.content_type: %q is not a MIME type such as application/pdf or text/*", what, s.s)
 				continue
 			}
@@ -538,6 +568,10 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 				c.errAt(f, s.line, s.col, "%s.%s: %q is not a valid name", what, ug.kind, s.s)
 				continue
 			}
+			if strings.ContainsAny(key, "*?[]{},") {
+				c.errAt(f, s.line, s.col, "%s.%s: %q is not a valid name (names are not patterns: list them, as in [alice, bob])", what, ug.kind, s.s)
+				continue
+			}
 			if ug.kind == kindUser && isDigits(key) {
 				key = "#" + key // a numeric user is a uid
 			}
@@ -567,26 +601,40 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 		}
 		add(c.regexCond(f, kindURLRegex, o.raw.urlRegex, o.name+" url", o.referrer))
 		if len(o.raw.host) > 0 {
-			k := &cond{kind: kindHost, referrer: o.referrer}
+			k := &cond{kind: kindHost, referrer: o.referrer, set: map[string]int{}}
 			for _, s := range o.raw.host {
-				h := strings.ToLower(strings.TrimSuffix(s.s, "."))
-				if _, err := path.Match(h, ""); err != nil || h == "" || strings.ContainsAny(h, "/:@ ") {
+				h := strings.ToLower(s.s)
+				alts, err := expandPattern(h)
+				if err != nil {
+					c.errAt(f, s.line, s.col, "%s.host: %v", w, err)
+					continue
+				}
+				bad := strings.ContainsAny(h, "/:@ ")
+				for i, a := range alts {
+					alts[i] = strings.TrimSuffix(a, ".")
+					bad = bad || alts[i] == ""
+				}
+				if bad {
 					c.errAt(f, s.line, s.col, "%s.host: bad host pattern %q", w, s.s)
 					continue
 				}
-				k.keys = append(k.keys, h)
-				k.descs = append(k.descs, o.name+" host "+strconv.Quote(h))
+				for _, a := range alts {
+					k.set[a] = len(k.descs)
+					k.keys = append(k.keys, a)
+					k.descs = append(k.descs, o.name+" host "+strconv.Quote(strings.TrimSuffix(h, ".")))
+				}
 			}
 			add(k)
 		}
 		if len(o.raw.domain) > 0 {
-			k := &cond{kind: kindDomain, referrer: o.referrer}
+			k := &cond{kind: kindDomain, referrer: o.referrer, set: map[string]int{}}
 			for _, s := range o.raw.domain {
 				d, err := normalizeDomain(s.s)
 				if err != nil {
 					c.errAt(f, s.line, s.col, "%s.domain: %v", w, err)
 					continue
 				}
+				k.set[d] = len(k.descs)
 				k.keys = append(k.keys, d)
 				k.descs = append(k.descs, o.name+" domain "+strconv.Quote(d))
 			}
@@ -616,6 +664,24 @@ func (c *compiler) conds(f string, rc *rawCond, what string) []*cond {
 	return out
 }
 
+// expandPattern expands the {a,b} alternatives of a pattern matched with path.Match (a
+// name or host glob) and checks that every alternative is a valid, non-empty pattern.
+func expandPattern(p string) ([]string, error) {
+	alts, err := expandBraces(p, 0)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range alts {
+		if a == "" {
+			return nil, fmt.Errorf("pattern %q has an empty alternative", p)
+		}
+		if _, err := path.Match(a, ""); err != nil {
+			return nil, fmt.Errorf("bad pattern %q: %w", p, err)
+		}
+	}
+	return alts, nil
+}
+
 func condCost(k condKind) int {
 	switch k {
 	case kindPathRegex, kindURLRegex:
@@ -641,7 +707,7 @@ func isDigits(s string) bool {
 
 func normalizeDomain(s string) (string, error) {
 	d := strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(s, "*."), "."))
-	if d == "" || strings.ContainsAny(d, "/:@ *?[]") || strings.HasPrefix(d, ".") || strings.Contains(d, "..") {
+	if d == "" || strings.ContainsAny(d, "/:@ *?[]{},\\") || strings.HasPrefix(d, ".") || strings.Contains(d, "..") {
 		return "", fmt.Errorf("bad domain %q (want a name such as example.com, which also covers its subdomains)", s)
 	}
 	return d, nil
@@ -693,9 +759,16 @@ func (c *compiler) regexCond(f string, kind condKind, vals []sval, what string, 
 	return k
 }
 
+// shadowingBudget bounds the work of the shadowed-rule analysis, in keys and pattern
+// segments compared. The analysis compares rules pairwise, so a large policy whose rules
+// share many alternatives could otherwise keep a reload (and the Store's lock) busy for
+// minutes; past the budget the rest of the analysis is skipped, with a warning.
+const shadowingBudget = 20_000_000
+
 // shadowing warns about rules that can never match because an earlier rule without an
 // unless block matches everything they match.
 func (c *compiler) shadowing(all []*rule) {
+	budget := shadowingBudget
 	// A rule with errors matches less or more than was written (a condition that did not
 	// compile is missing): any warning about it, or because of it, would be invented.
 	rules := make([]*rule, 0, len(all))
@@ -738,7 +811,15 @@ func (c *compiler) shadowing(all []*rule) {
 					continue pairs
 				}
 			}
-			if !condsCover(a.match, b.match) {
+			budget-- // the pair itself
+			covered := condsCover(a.match, b.match, &budget)
+			if budget < 0 {
+				c.warnAt(b.file, b.line, b.col, "the shadowed-rule analysis stopped here, at rule %q, after %d comparisons: "+
+					"the policy is too large to compare every pair of rules, so this rule and the later ones were not checked for being shadowed",
+					b.name, shadowingBudget)
+				return
+			}
+			if !covered {
 				continue
 			}
 			what := "matches everything it matches"
@@ -752,7 +833,7 @@ func (c *compiler) shadowing(all []*rule) {
 }
 
 // bloomKinds are the kinds whose covering is plain key set inclusion.
-var bloomKinds = [...]condKind{kindExtension, kindSHA256, kindUser, kindGroup, kindContentType, kindName}
+var bloomKinds = [...]condKind{kindExtension, kindSHA256, kindUser, kindGroup, kindContentType, kindName, kindHost}
 
 // strhash is FNV-1a.
 func strhash(s string) uint64 {
@@ -778,12 +859,13 @@ func kindBit(c *cond) uint64 {
 	return 1 << b
 }
 
-// condsCover reports whether every request satisfying all of bs satisfies all of as.
-func condsCover(as, bs []*cond) bool {
+// condsCover reports whether every request satisfying all of bs satisfies all of as,
+// spending budget as cond.covers does.
+func condsCover(as, bs []*cond, budget *int) bool {
 	for _, a := range as {
 		ok := false
 		for _, b := range bs {
-			if a.covers(b) {
+			if a.covers(b, budget) {
 				ok = true
 				break
 			}

@@ -4,6 +4,7 @@ import (
 	"net/url"
 	"path"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -293,8 +294,10 @@ func (c *cond) eval(e *evalCtx) (string, bool) {
 }
 
 // covers reports whether every value a matches is certainly matched by c (conservative:
-// false when unsure). It is the basis of the shadowed-rule warning.
-func (c *cond) covers(a *cond) bool {
+// false when unsure). It is the basis of the shadowed-rule warning. Every key or pattern
+// looked at is spent from budget; once budget is spent the answer is false and means
+// nothing.
+func (c *cond) covers(a *cond, budget *int) bool {
 	if c.kind != a.kind || c.referrer != a.referrer {
 		return false
 	}
@@ -311,6 +314,15 @@ func (c *cond) covers(a *cond) bool {
 		for _, ag := range a.globs {
 			ok := false
 			for _, cg := range c.globs {
+				if *budget--; *budget < 0 {
+					return false
+				}
+				if !mayCover(cg, ag) {
+					continue
+				}
+				if *budget -= len(ag.segs); *budget < 0 {
+					return false
+				}
 				if globCovers(cg, ag) {
 					ok = true
 					break
@@ -321,45 +333,71 @@ func (c *cond) covers(a *cond) bool {
 			}
 		}
 		return true
-	case kindDomain:
+	case kindPathRegex, kindURLRegex:
+		// Only the same expression is certain: compare the written keys.
 		for _, ak := range a.keys {
-			ok := false
-			for _, ck := range c.keys {
-				if inDomain(ak, ck) {
-					ok = true
-					break
-				}
-			}
-			if !ok {
-				return false
-			}
-		}
-		return true
-	case kindContentType:
-		for _, ak := range a.keys {
-			ok := false
-			for _, ck := range c.keys {
-				if ck == ak || (strings.HasSuffix(ck, "/*") && strings.HasPrefix(ak, strings.TrimSuffix(ck, "*"))) {
-					ok = true
-					break
-				}
-			}
-			if !ok {
+			if *budget -= len(c.keys); *budget < 0 || !slices.Contains(c.keys, ak) {
 				return false
 			}
 		}
 		return true
 	}
-	// Sets of plain keys: a's alternatives must be a subset of c's (or c has "*").
+	if c.kind == kindName {
+		if _, ok := c.set["*"]; ok {
+			return true
+		}
+	}
+	// Sets of keys: each of a's must be one of c's, or for domains under one of c's, for
+	// content types under c's "major/*".
 	for _, ak := range a.keys {
-		ok := false
-		for _, ck := range c.keys {
-			if ck == ak || (c.kind == kindName && ck == "*") {
-				ok = true
-				break
+		if *budget--; *budget < 0 {
+			return false
+		}
+		if _, ok := c.set[ak]; ok {
+			continue
+		}
+		switch c.kind {
+		case kindContentType:
+			if major, _, _ := strings.Cut(ak, "/"); hasKey(c.set, major+"/*") {
+				continue
+			}
+		case kindDomain:
+			if parentInSet(ak, c.set, budget) {
+				continue
 			}
 		}
-		if !ok {
+		return false
+	}
+	return true
+}
+
+func hasKey(m map[string]int, k string) bool {
+	_, ok := m[k]
+	return ok
+}
+
+// parentInSet reports whether a domain that domain is a subdomain of is in set.
+func parentInSet(domain string, set map[string]int, budget *int) bool {
+	for i := strings.IndexByte(domain, '.'); i >= 0; i = strings.IndexByte(domain, '.') {
+		domain = domain[i+1:]
+		if *budget--; *budget < 0 {
+			return false
+		}
+		if hasKey(set, domain) {
+			return true
+		}
+	}
+	return false
+}
+
+// mayCover is a cheap necessary condition for globCovers(c, a): a starts with c's
+// literal leading directories, literally.
+func mayCover(c, a *glob) bool {
+	if c.home != a.home || len(a.segs) < c.litDirs {
+		return false
+	}
+	for i := 0; i < c.litDirs; i++ {
+		if !a.literal[i] || a.segs[i] != c.segs[i] {
 			return false
 		}
 	}

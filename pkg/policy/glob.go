@@ -18,6 +18,7 @@ type glob struct {
 	segs    []string // segments after the leading "/" or "~/"
 	literal []bool   // segs[i] has no metacharacters
 	prefix  string   // literal directory prefix, the index key: "/usr" or "~/Downloads"
+	litDirs int      // number of segments in prefix
 }
 
 const maxBraceExpansion = 64
@@ -92,6 +93,7 @@ func compileGlob(p string) (*glob, error) {
 		}
 	}
 	g.prefix = joinPrefix(prefix)
+	g.litDirs = len(prefix) - 1
 	return g, nil
 }
 

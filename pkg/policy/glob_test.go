@@ -1,6 +1,7 @@
 package policy
 
 import (
+	"errors"
 	"path"
 	"slices"
 	"strings"
@@ -116,6 +117,162 @@ func TestCleanPathAndLower(t *testing.T) {
 	for _, s := range []string{"", "abc", "ABC", "0123456789abcdefABCDEF", strings.Repeat("ab", 32), strings.Repeat("ab", 31) + "Ab", "text/Plain", "ÄÖ", "a_b@c[d]^e"} {
 		if got, want := lowerASCII(s), strings.ToLower(s); got != want {
 			t.Errorf("lowerASCII(%q) = %q, want %q", s, got, want)
+		}
+	}
+}
+
+// TestBracePatterns loads rules whose name, host, path and opener patterns have {a,b}
+// alternatives and checks which requests they match, through the index and through
+// trying every rule in order: a deny rule written with braces must deny what it names.
+func TestBracePatterns(t *testing.T) {
+	tests := []struct {
+		cond    string // the rule's match block
+		req     func(s string) Request
+		match   []string
+		noMatch []string
+	}{
+		{
+			cond:    `{name: ["*.{scr,pif}"]}`,
+			req:     func(s string) Request { return Request{Path: "/x/" + s} },
+			match:   []string{"a.scr", "b.pif", ".scr"},
+			noMatch: []string{"a.exe", "a.{scr,pif}", "a.SCR", "a.scrx", "a.pi"},
+		},
+		{
+			cond:    `{name: ["Setup*.{exe,msi}", "{install,update}.sh"]}`,
+			req:     func(s string) Request { return Request{Path: "/x/" + s} },
+			match:   []string{"Setup1.msi", "Setup.exe", "install.sh", "update.sh"},
+			noMatch: []string{"setup1.msi", "Setup1.zip", "{install,update}.sh", "install.shx"},
+		},
+		{
+			cond:    `{name: ["{a,b{1,2}}.txt", "lit\\{x\\}"]}`,
+			req:     func(s string) Request { return Request{Path: "/x/" + s} },
+			match:   []string{"a.txt", "b1.txt", "b2.txt", "lit{x}"},
+			noMatch: []string{"b.txt", "litx"},
+		},
+		{
+			cond:    `{origin: {host: ["{files,dl}.example.org", "*.{cdn,edge}.example"]}}`,
+			req:     func(s string) Request { return Request{Path: "/x/y", Origin: "https://" + s + "/f"} },
+			match:   []string{"files.example.org", "DL.example.org", "a.cdn.example", "b.c.edge.example"},
+			noMatch: []string{"www.example.org", "cdn.example", "a.other.example", "{files,dl}.example.org"},
+		},
+		{
+			cond:    `{referrer: {host: ["{a,b}.example"]}}`,
+			req:     func(s string) Request { return Request{Path: "/x/y", Referrer: "https://" + s + "/"} },
+			match:   []string{"a.example", "b.example"},
+			noMatch: []string{"c.example"},
+		},
+		{
+			cond:    `{path: ["/srv/{in,out}/*.{doc,xls}"]}`,
+			req:     func(s string) Request { return Request{Path: s} },
+			match:   []string{"/srv/in/a.doc", "/srv/out/b.xls"},
+			noMatch: []string{"/srv/tmp/a.doc", "/srv/in/a.pdf"},
+		},
+		{
+			cond:    `{opener: ["/usr/bin/{sha,md5}*sum"]}`,
+			req:     func(s string) Request { return Request{Path: "/x/y", Opener: s} },
+			match:   []string{"/usr/bin/sha256sum", "/usr/bin/md5sum"},
+			noMatch: []string{"/usr/bin/b2sum"},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.cond, func(t *testing.T) {
+			dir := t.TempDir()
+			writeFiles(t, dir, map[string]string{"p.yaml": "default: {action: ask, untrusted_action: ask}\n" +
+				"rules:\n  - {name: hit, action: deny, match: " + tt.cond + "}\n"})
+			p, err := loadDir(t, dir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, s := range append(tt.match, tt.noMatch...) {
+				req := tt.req(s)
+				want := "hit"
+				if !slices.Contains(tt.match, s) {
+					want = RuleDefault
+					if p.UntrustedOrigin(req.Origin, req.Referrer) {
+						want = RuleUntrustedDefault
+					}
+				}
+				req.Size, req.SHA256, req.ContentType = 1, strings.Repeat("0", 64), "text/plain"
+				d, err := p.Decide(&req)
+				if err != nil {
+					t.Fatalf("%s: %v", s, err)
+				}
+				lin := req
+				if d.Rule != want || decideLinear(p, &lin) != want {
+					t.Errorf("%s: decided by %q (in order: %q), want %q", s, d.Rule, decideLinear(p, &lin), want)
+				}
+			}
+		})
+	}
+}
+
+// TestBracePatternErrors: patterns whose braces are malformed, and conditions that are
+// not patterns but were given braces, are errors rather than rules that never match.
+func TestBracePatternErrors(t *testing.T) {
+	for _, cond := range []string{
+		`{name: ["*.{scr,pif"]}`,
+		`{name: ["*.scr}"]}`,
+		`{name: ["{a,}"]}`,
+		`{name: ["{a,[b}"]}`,
+		`{origin: {host: ["{a,b.example"]}}`,
+		`{origin: {host: ["{a,}"]}}`,
+		`{extension: ["{exe,msi}"]}`,
+		`{origin: {domain: ["{a,b}.example"]}}`,
+		`{content_type: ["application/{pdf,zip}"]}`,
+		`{user: ["{alice,bob}"]}`,
+		`{group: ["adm*"]}`,
+		`{content_type: ["app*/pdf"]}`,
+	} {
+		dir := t.TempDir()
+		writeFiles(t, dir, map[string]string{"p.yaml": "default: {action: ask, untrusted_action: ask}\n" +
+			"rules:\n  - {name: r, action: deny, match: " + cond + "}\n"})
+		_, err := loadDir(t, dir)
+		var ve *ValidationErrors
+		if !errors.As(err, &ve) || len(ve.Errors()) != 1 || ve.Errors()[0].Line != 3 {
+			t.Errorf("%s: Load = %v, want one error on line 3", cond, err)
+		}
+	}
+}
+
+// TestGlobCovers checks the shadowing analysis's glob comparison on pairs of patterns, and
+// that its cheap pre-check never rejects a pair the full comparison accepts.
+func TestGlobCovers(t *testing.T) {
+	patterns := []string{
+		"/**", "/srv/**", "/srv/x", "/srv/x/**", "/srv/*/in/**", "/srv/a/in/x", "/srv/a/in/**",
+		"/srv/*.txt", "/srv/a.txt", "/srv/[ab].txt", "/srv/**/x", "/srv/x/y/z", "/usr/bin/*sum",
+		"/usr/bin/sha256sum", "~/**", "~/Downloads/**", "~/Downloads/a.pdf", "~/Downloads/*.pdf", "~",
+	}
+	covers := map[[2]string]bool{ // c covers a
+		{"/**", "/srv/x"}: true, {"/srv/**", "/srv/x/y/z"}: true, {"/srv/x/**", "/srv/x"}: true,
+		{"/srv/*/in/**", "/srv/a/in/x"}: true, {"/srv/*.txt", "/srv/a.txt"}: true,
+		{"/usr/bin/*sum", "/usr/bin/sha256sum"}: true, {"~/**", "~/Downloads/a.pdf"}: true,
+		{"~/Downloads/**", "~/Downloads/*.pdf"}: true, {"~/**", "~"}: true,
+	}
+	compile := func(p string) *glob {
+		gs, err := compileGlobs(p)
+		if err != nil || len(gs) != 1 {
+			t.Fatalf("compileGlobs(%q) = %v, %v", p, gs, err)
+		}
+		return gs[0]
+	}
+	for _, cp := range patterns {
+		for _, ap := range patterns {
+			c, a := compile(cp), compile(ap)
+			got := globCovers(c, a)
+			if want := covers[[2]string{cp, ap}]; want && !got {
+				t.Errorf("%q does not cover %q", cp, ap)
+			}
+			if cp == ap && !got {
+				t.Errorf("%q does not cover itself", cp)
+			}
+			if !mayCover(c, a) && got {
+				t.Errorf("mayCover(%q, %q) is false, but it covers it", cp, ap)
+			}
+		}
+	}
+	for _, pair := range [][2]string{{"/srv/x", "/srv/**"}, {"/srv/a.txt", "/srv/*.txt"}, {"~/**", "/home/**"}, {"/srv/x/**", "/srv/xy"}, {"/srv/*/in/**", "/srv/**/in/x"}} {
+		if globCovers(compile(pair[0]), compile(pair[1])) {
+			t.Errorf("%q covers %q", pair[0], pair[1])
 		}
 	}
 }

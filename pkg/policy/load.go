@@ -12,6 +12,7 @@ import (
 	"path"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 )
@@ -49,19 +50,33 @@ func LoadSources(srcs ...Source) (*Policy, error) {
 
 // policyFile is one file selected for loading.
 type policyFile struct {
-	src  Source
-	base string
-	name string // display name
-	data []byte
+	src    Source
+	srcIdx int // index of src in LoadConfig.Sources
+	base   string
+	name   string // display name
+	data   []byte
+}
+
+// sourceFile names a file of one of LoadConfig.Sources.
+type sourceFile struct {
+	src  int    // index into LoadConfig.Sources
+	name string // path in the source's FS
 }
 
 // LoadWith loads a policy as configured. On failure the error is a *ValidationErrors
 // listing every error and warning, each at file:line:col.
 func LoadWith(cfg LoadConfig) (*Policy, error) {
+	p, _, err := load(cfg)
+	return p, err
+}
+
+// load is LoadWith; it also returns the SHA-256 list files the policy names, whether they
+// could be read or not, so that a Store can watch them.
+func load(cfg LoadConfig) (*Policy, []sourceFile, error) {
 	var issues []Issue
 	byBase := map[string]*policyFile{}
 	var failed []*policyFile // files that could not be read, for the order of the issues
-	for _, src := range cfg.Sources {
+	for srcIdx, src := range cfg.Sources {
 		if src.Dir == "" {
 			src.Dir = "."
 		}
@@ -73,9 +88,14 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 			issues = append(issues, Issue{File: src.Label, Msg: fmt.Sprintf("cannot read policy directory: %v", err)})
 			continue
 		}
+		var ignored []string // names an administrator may have meant as policy files
 		for _, ent := range ents {
 			base := ent.Name()
 			if !strings.HasSuffix(base, ".yaml") || strings.HasPrefix(base, ".") {
+				if lower := strings.ToLower(base); !strings.HasPrefix(base, ".") && !ent.IsDir() &&
+					(strings.HasSuffix(lower, ".yml") || strings.HasSuffix(lower, ".yaml")) {
+					ignored = append(ignored, strconv.Quote(base))
+				}
 				continue
 			}
 			name := path.Join(src.Label, base)
@@ -102,7 +122,11 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 				bad(fileProblem(src.FS, p, ent, err))
 				continue
 			}
-			byBase[base] = &policyFile{src: src, base: base, name: name, data: data}
+			byBase[base] = &policyFile{src: src, srcIdx: srcIdx, base: base, name: name, data: data}
+		}
+		if len(ignored) > 0 {
+			issues = append(issues, Issue{File: src.Label, Warning: true, Msg: fmt.Sprintf(
+				"ignored %s: only files whose names end in .yaml are read", strings.Join(ignored, ", "))})
 		}
 	}
 	files := make([]*policyFile, 0, len(byBase))
@@ -152,7 +176,13 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 	}
 	sortIssues(c.issues, append(failed, files...))
 	var errs, warns []Issue
+	seen := make(map[Issue]bool, len(c.issues))
 	for _, is := range c.issues {
+		// A problem inside a node that aliases use is found once per use: report it once.
+		if seen[is] {
+			continue
+		}
+		seen[is] = true
 		if is.Warning {
 			warns = append(warns, is)
 		} else {
@@ -160,7 +190,7 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 		}
 	}
 	if len(errs) > 0 {
-		return nil, &ValidationErrors{Issues: append(errs, warns...)}
+		return nil, c.listFiles, &ValidationErrors{Issues: append(errs, warns...)}
 	}
 	p.version = hex.EncodeToString(h.Sum(nil))[:16]
 	p.warnings = warns
@@ -168,7 +198,7 @@ func LoadWith(cfg LoadConfig) (*Policy, error) {
 	if p.cache == nil {
 		p.cache = NewFactCache(0)
 	}
-	return p, nil
+	return p, c.listFiles, nil
 }
 
 // sortIssues sorts issues by file, in the order of the files' base names, then position.

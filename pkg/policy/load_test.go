@@ -102,6 +102,21 @@ default: {handler: h, action: ask}
 			},
 		},
 		{
+			name: "duplicate name of a rule with errors",
+			files: map[string]string{"a.yaml": handlers + `rules:
+  - {name: same, action: isolate, handler: nope}
+  - {name: same, action: deny, match: {extension: [exe]}}
+  - {name: other, action: isolat}
+  - {name: other, action: deny}
+`},
+			want: []string{
+				`a.yaml:8:44: unknown handler "nope"`,
+				`a.yaml:9:12: duplicate rule name "same" (first defined at `,
+				`a.yaml:10:27: unknown action "isolat" (did you mean "isolate"?)`,
+				`a.yaml:11:12: duplicate rule name "other" (first defined at `,
+			},
+		},
+		{
 			name: "shadowed rules are warnings, not errors",
 			files: map[string]string{"a.yaml": handlers + `rules:
   - name: all-downloads
@@ -123,6 +138,18 @@ default: {handler: h, action: ask}
 			},
 		},
 		{
+			name: "a problem in an aliased node is reported once",
+			files: map[string]string{"a.yaml": handlers + `rules:
+  - {name: a, action: deny, match: &m {extension: ["["], size: {min: lots}}}
+  - {name: b, action: deny, match: *m}
+  - {name: c, action: deny, match: *m}
+`},
+			want: []string{
+				`a.yaml:8:52: match.extension: "[" is not an extension`,
+				`a.yaml:8:70: match.size.min must be a size`,
+			},
+		},
+		{
 			name:  "alias bomb",
 			files: map[string]string{"a.yaml": aliasBomb()},
 			want:  []string{"a.yaml:1:1: document expands to more than"},
@@ -136,6 +163,36 @@ default: {handler: h, action: ask}
 			name:  "invalid YAML syntax",
 			files: map[string]string{"a.yaml": handlers + "rules:\n  - name: [unclosed\n"},
 			want:  []string{"a.yaml:7:1: invalid YAML"},
+		},
+		{
+			name:  "tab in indentation",
+			files: map[string]string{"a.yaml": handlers + "rules:\n  - name: a\n\taction: deny\n"},
+			want:  []string{"a.yaml:9:1: tabs are not allowed in YAML indentation"},
+		},
+		{
+			name:  "tab at the start of a line",
+			files: map[string]string{"a.yaml": handlers + "rules:\n\t- name: a\n"},
+			want:  []string{"a.yaml:8:1: tabs are not allowed in YAML indentation"},
+		},
+		{
+			name:  "tab after spaces in indentation",
+			files: map[string]string{"a.yaml": handlers + "rules:\n  - name: a\n    action: deny\n    match:\n      extension: [a]\n  \t \n"},
+			want:  []string{"a.yaml:12:3: tabs are not allowed in YAML indentation"},
+		},
+		{
+			name:  "invalid UTF-8",
+			files: map[string]string{"a.yaml": handlers + "rules:\n  - name: a\n    action: deny\n    description: \"caf\xe9\"\n"},
+			want:  []string{"a.yaml:10:22: invalid UTF-8 (byte 0xe9)"},
+		},
+		{
+			name:  "invalid UTF-8 after other characters",
+			files: map[string]string{"a.yaml": handlers + "rules:\n  - name: a\n    action: deny\n    description: \"\u00e9\u00e9\xff\"\n"},
+			want:  []string{"a.yaml:10:21: invalid UTF-8 (byte 0xff)"},
+		},
+		{
+			name:  "invalid UTF-8 in a comment",
+			files: map[string]string{"a.yaml": "# caf\xe9\n" + handlers},
+			want:  []string{"a.yaml:1:6: invalid UTF-8 (byte 0xe9)"},
 		},
 		{
 			name: "handler problems",
@@ -159,6 +216,15 @@ rules:
 				`a.yaml:8:14: handler "bad" timeout must be a duration`,
 				`a.yaml:9:15: unknown returns value "everything"`,
 			},
+		},
+		{
+			name: "a file from an untrusted origin is never trusted by default",
+			files: map[string]string{
+				"10-a.yaml": handlers,
+				"20-b.yaml": "default: {untrusted_action: ask}\n",
+				"30-c.yaml": "default:\n  untrusted_action: Trust\n",
+			},
+			want: []string{"30-c.yaml:2:21: default.untrusted_action must not be trust: a file from an untrusted origin is never trusted by default (want isolate, deny or ask"},
 		},
 		{
 			name:  "isolate default needs a handler",
@@ -514,5 +580,131 @@ func TestNormalizedEmptyList(t *testing.T) {
 	writeFiles(t, norm, map[string]string{"all.yaml": string(out)})
 	if _, err := loadDir(t, norm); err != nil {
 		t.Fatalf("normalized policy does not load: %v\n%s", err, out)
+	}
+}
+
+// largeOverlappingPolicy is a legal policy of n rules whose every pair shares 100
+// extensions: the shadowed-rule analysis would compare about 50·n² keys. Its first two
+// rules are a shadowed pair the analysis finds before it gives up.
+func largeOverlappingPolicy(n int) string {
+	exts := make([]string, 100)
+	for i := range exts {
+		exts[i] = fmt.Sprintf("e%d", i)
+	}
+	common := strings.Join(exts, ", ")
+	var b strings.Builder
+	b.WriteString("default: {action: ask, untrusted_action: deny}\nrules:\n")
+	b.WriteString("  - {name: broad, action: deny, match: {extension: [zz]}}\n")
+	b.WriteString("  - {name: narrow, action: deny, match: {extension: [zz], path: [\"/srv/**\"]}}\n")
+	for i := range n {
+		fmt.Fprintf(&b, "  - {name: r%d, action: deny, match: {extension: [%s, x%d]}}\n", i, common, i)
+	}
+	return b.String()
+}
+
+// TestShadowingBudget: on a large policy the shadowed-rule analysis stops after its
+// budget of comparisons, with one warning saying where, instead of keeping the loader
+// busy for minutes; what it found before stopping is still reported.
+func TestShadowingBudget(t *testing.T) {
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"50-large.yaml": largeOverlappingPolicy(1500)})
+	if fi, err := os.Stat(filepath.Join(dir, "50-large.yaml")); err != nil || fi.Size() > MaxFileSize {
+		t.Fatalf("generated policy: %v, %d bytes (limit %d)", err, fi.Size(), MaxFileSize)
+	}
+	p, err := loadDir(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stopped, shadowed []Issue
+	for _, w := range p.Warnings() {
+		switch {
+		case strings.Contains(w.Msg, "shadowed-rule analysis stopped"):
+			stopped = append(stopped, w)
+		case strings.Contains(w.Msg, "can never match"):
+			shadowed = append(shadowed, w)
+		}
+	}
+	if len(stopped) != 1 || !strings.Contains(stopped[0].Msg, "were not checked") || stopped[0].Line < 5 {
+		t.Errorf("want one warning that the analysis stopped, at a rule after the first ones; got %v", stopped)
+	}
+	if len(shadowed) != 1 || !strings.Contains(shadowed[0].Msg, `rule "narrow" can never match: rule "broad"`) {
+		t.Errorf("want the shadowed rule found before the analysis stopped; got %v", shadowed)
+	}
+	if p.NumRules() != 1502 {
+		t.Errorf("%d rules, want 1502", p.NumRules())
+	}
+}
+
+// TestTooManyRules: a policy of more than MaxRules rules is an error reported once, at
+// the first rule past the limit, however many files follow.
+func TestTooManyRules(t *testing.T) {
+	rules := func(prefix string, n int) string {
+		var b strings.Builder
+		b.WriteString("rules:\n")
+		for i := range n {
+			fmt.Fprintf(&b, "  - {name: %s%d, action: deny, match: {extension: [%s%d]}}\n", prefix, i, prefix, i)
+		}
+		return b.String()
+	}
+	for _, tt := range []struct {
+		name  string
+		files map[string]string
+		want  string // file:line of the one error
+	}{
+		{"across files", map[string]string{
+			"10-a.yaml": "default: {action: ask, untrusted_action: deny}\n" + rules("a", 6000),
+			"20-b.yaml": rules("b", 6000), "30-c.yaml": rules("c", 10), "40-d.yaml": rules("d", 10),
+		}, "20-b.yaml:4002"},
+		{"in one file", map[string]string{
+			"10-a.yaml": "default: {action: ask, untrusted_action: deny}\n" + rules("a", MaxRules+5),
+			"20-b.yaml": rules("b", 10),
+		}, fmt.Sprintf("10-a.yaml:%d", MaxRules+3)},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			writeFiles(t, dir, tt.files)
+			_, err := loadDir(t, dir)
+			var ve *ValidationErrors
+			if !errors.As(err, &ve) {
+				t.Fatalf("Load = %v, want *ValidationErrors", err)
+			}
+			errs := ve.Errors()
+			if len(errs) != 1 || !strings.Contains(errs[0].Msg, fmt.Sprintf("more than %d rules", MaxRules)) ||
+				fmt.Sprintf("%s:%d", filepath.Base(errs[0].File), errs[0].Line) != tt.want {
+				t.Errorf("errors %v, want one at %s", errs, tt.want)
+			}
+		})
+	}
+}
+
+// TestIgnoredYAMLNames: files that look like policy files but do not end in .yaml are
+// not read, and one warning names them all.
+func TestIgnoredYAMLNames(t *testing.T) {
+	dir := t.TempDir()
+	deny := "default: {action: ask, untrusted_action: deny}\nrules:\n  - {name: %s, action: deny, match: {extension: [x]}}\n"
+	writeFiles(t, dir, map[string]string{
+		"10-site.yml":     fmt.Sprintf(deny, "yml"),
+		"20-upper.YAML":   fmt.Sprintf(deny, "upper"),
+		"30-mixed.Yml":    fmt.Sprintf(deny, "mixed"),
+		"40-read.yaml":    fmt.Sprintf(deny, "read"),
+		".50-swap.yml":    fmt.Sprintf(deny, "hidden"),
+		"60-old.yaml.bak": fmt.Sprintf(deny, "backup"),
+		"notes.txt":       "not a policy",
+		"feeds.yml/x":     "a directory, not a file",
+	})
+	p, err := loadDir(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := p.Decide(&Request{Path: "/x/a.x"}); err != nil || d.Rule != "read" {
+		t.Errorf("decided by %+v, %v; want rule read, of the only file read", d, err)
+	}
+	want := dir + `: warning: ignored "10-site.yml", "20-upper.YAML", "30-mixed.Yml": only files whose names end in .yaml are read`
+	var got []string
+	for _, w := range p.Warnings() {
+		got = append(got, w.String())
+	}
+	if len(got) != 1 || got[0] != want {
+		t.Errorf("warnings %q, want only %q", got, want)
 	}
 }

@@ -46,6 +46,13 @@ func TestScenarios(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dl, "readme.txt"), busybox, 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// The script is executable, as after chmod +x: the mode must not make it trusted.
+	if err := os.Chmod(filepath.Join(dl, "install.sh"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Stat(filepath.Join(dl, "install.sh")); err != nil || fi.Mode().Perm() != 0o755 {
+		t.Fatalf("install.sh: %v, %v; want mode 0755", fi, err)
+	}
 	// A real tar archive.
 	var tb bytes.Buffer
 	tw := tar.NewWriter(&tb)

@@ -3,11 +3,14 @@ package policy
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
+	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
 )
@@ -25,6 +28,8 @@ type rawFile struct {
 	// refsLost: the file had errors outside its handlers and lists, so some of its
 	// references to handlers and lists may be missing.
 	refsLost bool
+	// tooManyRules: the file alone has more than MaxRules rules, which is reported.
+	tooManyRules bool
 }
 
 type rawDefault struct {
@@ -115,18 +120,16 @@ func parseFile(name, base string, data []byte, issues *[]Issue) *rawFile {
 		if errors.Is(err, io.EOF) {
 			return f // an empty file is a valid, empty policy (it can mask a shipped file)
 		}
-		line := 1
-		if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
-			line, _ = strconv.Atoi(m[1])
-		}
-		d.add(line, 1, false, "invalid YAML: %v", err)
+		line, col, msg := syntaxProblem(data, err)
+		d.add(line, col, false, "%s", msg)
 		return f
 	}
 	var extra yaml.Node
 	if err := dec.Decode(&extra); err == nil {
 		d.add(extra.Line, extra.Column, false, "a policy file holds one YAML document; found a second one")
 	} else if !errors.Is(err, io.EOF) {
-		d.add(1, 1, false, "invalid YAML: %v", err)
+		line, col, msg := syntaxProblem(data, err)
+		d.add(line, col, false, "%s", msg)
 	}
 	if expandedSize(&doc, 0, maxNodes, map[*yaml.Node]int{}) > maxNodes {
 		d.add(1, 1, false, "document expands to more than %d YAML nodes or is nested deeper than %d (alias bomb?)", maxNodes, maxDepth)
@@ -168,6 +171,7 @@ func parseFile(name, base string, data []byte, issues *[]Issue) *rawFile {
 			for i, c := range v.Content {
 				if i == MaxRules {
 					d.errorf(c, "more than %d rules", MaxRules)
+					f.tooManyRules = true
 					break
 				}
 				if r := d.rule(c); r != nil {
@@ -177,6 +181,62 @@ func parseFile(name, base string, data []byte, issues *[]Issue) *rawFile {
 		},
 	})
 	return f
+}
+
+// syntaxProblem turns a YAML syntax error about data into a position and a message. Two
+// common mistakes are said plainly, where they are: a tab in indentation, and bytes that
+// are not UTF-8 (the parser reports neither at its place).
+func syntaxProblem(data []byte, err error) (line, col int, msg string) {
+	line, col, msg = 1, 1, "invalid YAML: "+err.Error()
+	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
+		line, _ = strconv.Atoi(m[1])
+	}
+	if strings.Contains(err.Error(), "UTF-8") {
+		if off := invalidUTF8(data); off >= 0 {
+			line, col = position(data, off)
+			return line, col, fmt.Sprintf("invalid UTF-8 (byte 0x%02x): a policy file must be UTF-8 text", data[off])
+		}
+	}
+	lines := bytes.Split(data, []byte("\n"))
+	tabAt := func(i int) int { // column of a tab in the indentation of line i (0-based), or 0
+		if i < 0 || i >= len(lines) {
+			return 0
+		}
+		indent := len(lines[i]) - len(bytes.TrimLeft(lines[i], " \t"))
+		if j := bytes.IndexByte(lines[i][:indent], '\t'); j >= 0 {
+			return j + 1
+		}
+		return 0
+	}
+	if c := tabAt(line - 1); c > 0 {
+		return line, c, "tabs are not allowed in YAML indentation; indent with spaces"
+	}
+	if strings.Contains(err.Error(), "tab") {
+		for i := line - 1; i < len(lines); i++ {
+			if c := tabAt(i); c > 0 {
+				return i + 1, c, "tabs are not allowed in YAML indentation; indent with spaces"
+			}
+		}
+	}
+	return line, col, msg
+}
+
+// invalidUTF8 returns the offset of the first byte of data that is not valid UTF-8, or -1.
+func invalidUTF8(data []byte) int {
+	for off := 0; off < len(data); {
+		r, n := utf8.DecodeRune(data[off:])
+		if r == utf8.RuneError && n <= 1 {
+			return off
+		}
+		off += n
+	}
+	return -1
+}
+
+// position returns the line and column (in characters, from 1) of offset off in data.
+func position(data []byte, off int) (line, col int) {
+	start := bytes.LastIndexByte(data[:off], '\n') + 1
+	return bytes.Count(data[:off], []byte("\n")) + 1, utf8.RuneCount(data[start:off]) + 1
 }
 
 func (d *decoder) optStr(v *yaml.Node, what string) *sval {

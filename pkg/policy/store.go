@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,8 +65,11 @@ type Store struct {
 	cfg StoreConfig
 	cur atomic.Pointer[Policy]
 
-	mu   sync.Mutex   // serializes reloads
-	last ReloadResult // guarded by mu
+	mu        sync.Mutex   // serializes reloads
+	last      ReloadResult // guarded by mu
+	listFiles []string     // guarded by mu: host paths of the list files the last load named
+
+	loaded chan struct{} // tells Watch that a load attempt was made
 }
 
 // NewStore returns a Store holding the policy loaded from cfg. A policy that fails to load
@@ -81,7 +85,7 @@ func NewStore(cfg StoreConfig) (*Store, error) {
 	if cfg.Cache == nil {
 		cfg.Cache = NewFactCache(0)
 	}
-	s := &Store{cfg: cfg}
+	s := &Store{cfg: cfg, loaded: make(chan struct{}, 1)}
 	s.cur.Store(FailClosed("no policy loaded yet"))
 	s.Reload()
 	return s, nil
@@ -99,6 +103,12 @@ func (s *Store) Last() ReloadResult {
 
 // Sources returns the policy sources the store loads, shipped defaults first.
 func (s *Store) Sources() []Source {
+	srcs, _ := s.sources()
+	return srcs
+}
+
+// sources returns Sources and the index of the policy directory among them, or -1.
+func (s *Store) sources() ([]Source, int) {
 	var srcs []Source
 	if s.cfg.Defaults != nil {
 		srcs = append(srcs, Source{FS: s.cfg.Defaults, Dir: ".", Label: ShippedLabel})
@@ -106,9 +116,10 @@ func (s *Store) Sources() []Source {
 	if s.cfg.Dir != "" {
 		if _, err := os.Stat(s.cfg.Dir); !errors.Is(err, fs.ErrNotExist) {
 			srcs = append(srcs, Source{FS: os.DirFS(s.cfg.Dir), Dir: ".", Label: s.cfg.Dir})
+			return srcs, len(srcs) - 1
 		}
 	}
-	return srcs
+	return srcs, -1
 }
 
 // Reload loads the policy now (the daemon calls it on SIGHUP) and installs it if it is
@@ -122,8 +133,19 @@ func (s *Store) reload(quiet bool) ReloadResult {
 	start := time.Now()
 	prev := s.cur.Load()
 	r := ReloadResult{Time: start, Previous: prev.Version(), Version: prev.Version()}
-	p, err := LoadWith(LoadConfig{Sources: s.Sources(), Cache: s.cfg.Cache})
+	srcs, dirIdx := s.sources()
+	p, lists, err := load(LoadConfig{Sources: srcs, Cache: s.cfg.Cache})
 	r.Duration = time.Since(start)
+	s.listFiles = s.listFiles[:0:0]
+	for _, l := range lists {
+		if l.src == dirIdx {
+			s.listFiles = append(s.listFiles, filepath.Join(s.cfg.Dir, filepath.FromSlash(l.name)))
+		}
+	}
+	select {
+	case s.loaded <- struct{}{}:
+	default: // Watch has not yet seen the previous attempt; it looks at the latest
+	}
 	if err != nil {
 		r.Err = err
 	} else {
@@ -148,12 +170,21 @@ func errText(err error) string {
 	return err.Error()
 }
 
+// watchedLists returns the host paths of the list files the last load named.
+func (s *Store) watchedLists() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.listFiles
+}
+
 // Watch reloads the policy whenever the directory changes, until ctx is done; then it
 // returns nil. It notices files written in place, editors that write a new file and rename
 // it over the old one (vim, sed -i), a symlink swapped to point at a new directory
-// (configuration management), the directory being created, removed or replaced, and edits
-// to the targets of symlinked policy files. Changes are picked up DefaultDebounce after
-// the last event. Watch returns an error only if it cannot watch at all.
+// (configuration management), the directory being created (also with its parents),
+// removed or replaced, edits to the targets of symlinked policy files, and edits to the
+// SHA-256 list files the last load named (in subdirectories, or symlinks, too). Changes
+// are picked up DefaultDebounce after the last event. Watch returns an error only if it
+// cannot watch at all.
 func (s *Store) Watch(ctx context.Context) error {
 	if s.cfg.Dir == "" {
 		<-ctx.Done()
@@ -164,26 +195,34 @@ func (s *Store) Watch(ctx context.Context) error {
 		return fmt.Errorf("policy: watching %s: %w", s.cfg.Dir, err)
 	}
 	defer w.Close()
-	dir := filepath.Clean(s.cfg.Dir)
-	parent := filepath.Dir(dir)
-	if err := w.Add(parent); err != nil {
-		return fmt.Errorf("policy: watching %s: %w", parent, err)
+	dir, err := filepath.Abs(s.cfg.Dir)
+	if err != nil {
+		return fmt.Errorf("policy: watching %s: %w", s.cfg.Dir, err)
 	}
-	watched := map[string]bool{parent: true}
-	resync := func() {
-		want := watchDirs(dir)
-		want[parent] = true
+	watched := map[string]bool{}
+	var want watchSet
+	// resync watches what the policy now depends on, and reports whether that changed:
+	// then an event about a change made since the last load may have been missed (no
+	// watch yet, or ignored as not mattering). The directory's parent is watched for the
+	// directory being created, removed or swapped; when the parent does not exist either,
+	// its nearest existing ancestor is, for the next directory down.
+	resync := func() (changed bool) {
+		prev := want
+		want = watchDirs(dir, s.watchedLists())
+		want.add(filepath.Dir(dir), filepath.Base(dir))
+		changed = !maps.EqualFunc(prev, want, maps.Equal)
 		for d := range watched {
-			if !want[d] {
+			if _, ok := want[d]; !ok {
 				_ = w.Remove(d) // may already be gone with the directory
 				delete(watched, d)
 			}
 		}
 		for d := range want {
 			if !watched[d] && w.Add(d) == nil {
-				watched[d] = true
+				watched[d], changed = true, true
 			}
 		}
+		return changed
 	}
 	resync()
 	// A change may have happened between the load in NewStore and the first watch.
@@ -191,7 +230,14 @@ func (s *Store) Watch(ctx context.Context) error {
 
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	schedule := func() { timer.Reset(s.cfg.Debounce) }
+	// A reload scheduled only because what is watched changed is quiet (see
+	// StoreConfig.OnReload): it finds nothing new unless a change came before the watch.
+	pending, quiet := false, false
+	schedule := func(q bool) {
+		quiet = q && (quiet || !pending)
+		pending = true
+		timer.Reset(s.cfg.Debounce)
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -201,35 +247,118 @@ func (s *Store) Watch(ctx context.Context) error {
 			if !ok {
 				return nil
 			}
-			if filepath.Dir(ev.Name) == parent && ev.Name != dir && !watched[ev.Name] {
-				continue // a sibling of the policy directory
+			if watched[ev.Name] && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+				// A watched directory is gone from its path: watch the path afresh
+				// when it is there again.
+				_ = w.Remove(ev.Name)
+				delete(watched, ev.Name)
 			}
-			schedule()
+			if want.matters(ev.Name) {
+				schedule(false)
+			}
 		case err, ok := <-w.Errors:
 			if !ok {
 				return nil
 			}
 			if errors.Is(err, fsnotify.ErrEventOverflow) {
-				schedule() // events were lost: reload to be sure
+				schedule(false) // events were lost: reload to be sure
+			}
+		case <-s.loaded:
+			// A load, by this loop or by Reload, may depend on other files than before.
+			if resync() {
+				schedule(true)
 			}
 		case <-timer.C:
+			pending = false
 			resync()
-			s.Reload()
+			s.reload(quiet)
 		}
 	}
 }
 
-// watchDirs returns the directories whose changes can change the policy in dir: dir
-// itself, the directory it resolves to if it is a symlink, and the directories of the
-// targets of symlinked policy files.
-func watchDirs(dir string) map[string]bool {
-	out := map[string]bool{}
+// watchSet maps each directory to watch to the names in it whose changes matter; nil
+// means every name.
+type watchSet map[string]map[string]bool
+
+// all watches every name in dir.
+func (ws watchSet) all(dir string) { ws[dir] = nil }
+
+// add watches name in dir. When dir does not exist, it watches for the creation of dir
+// in the nearest ancestor that does.
+func (ws watchSet) add(dir, name string) {
+	for {
+		if fi, err := os.Stat(dir); err == nil && fi.IsDir() {
+			break
+		}
+		up := filepath.Dir(dir)
+		if up == dir {
+			return
+		}
+		dir, name = up, filepath.Base(dir)
+	}
+	names, ok := ws[dir]
+	if ok && names == nil {
+		return // all names already
+	}
+	if names == nil {
+		names = map[string]bool{}
+		ws[dir] = names
+	}
+	names[name] = true
+}
+
+// file watches the file p: its name in its directory and, if it is a symlink, every link
+// on the way to its target. Each directory is also watched by its resolved path, the
+// name under which events may come when it is reached through a symlink.
+func (ws watchSet) file(p string) {
+	if abs, err := filepath.Abs(p); err == nil {
+		p = abs
+	}
+	for range 40 { // as the kernel's limit on symlinks followed
+		d, base := filepath.Dir(p), filepath.Base(p)
+		ws.add(d, base)
+		if rd, err := filepath.EvalSymlinks(d); err == nil && rd != d {
+			ws.add(rd, base)
+			d = rd
+		}
+		fi, err := os.Lstat(p)
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			return
+		}
+		target, err := os.Readlink(p)
+		if err != nil {
+			return
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(d, target)
+		}
+		p = target
+	}
+}
+
+// matters reports whether an event about the path name can change the policy.
+func (ws watchSet) matters(name string) bool {
+	if names, ok := ws[filepath.Dir(name)]; ok && (names == nil || names[filepath.Base(name)]) {
+		return true
+	}
+	_, ok := ws[name] // a watched directory itself was removed or moved
+	return ok
+}
+
+// watchDirs returns what to watch for changes to the policy in dir: dir itself, the
+// directory it resolves to if it is a symlink, the targets of symlinked policy files, and
+// the list files (host paths) the last load named.
+func watchDirs(dir string, lists []string) watchSet {
+	out := watchSet{}
+	for _, l := range lists {
+		out.file(l)
+	}
 	if fi, err := os.Stat(dir); err != nil || !fi.IsDir() {
 		return out
 	}
-	out[dir] = true
+	out.all(dir)
 	if target, err := filepath.EvalSymlinks(dir); err == nil {
-		out[target] = true
+		out.all(target)
 	}
 	ents, err := os.ReadDir(dir)
 	if err != nil {
@@ -239,9 +368,7 @@ func watchDirs(dir string) map[string]bool {
 		if e.Type()&fs.ModeSymlink == 0 || !strings.HasSuffix(e.Name(), ".yaml") {
 			continue
 		}
-		if t, err := filepath.EvalSymlinks(filepath.Join(dir, e.Name())); err == nil {
-			out[filepath.Dir(t)] = true
-		}
+		out.file(filepath.Join(dir, e.Name()))
 	}
 	return out
 }

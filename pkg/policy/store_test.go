@@ -2,6 +2,7 @@ package policy
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -238,6 +239,44 @@ func TestStoreFailClosed(t *testing.T) {
 	h.waitRule("directory created", "marker-trust")
 }
 
+// TestStoreMissingParent: the policy directory and its parent do not exist when the store
+// starts; creating them brings the policy in force, and so does creating them again after
+// they were removed.
+func TestStoreMissingParent(t *testing.T) {
+	root := t.TempDir()
+	top := filepath.Join(root, "etc", "isolator")
+	dir := filepath.Join(top, "policies.d")
+	h := newStoreHarness(t, StoreConfig{Dir: dir})
+	if got := h.decideMarker(); got != RuleFailClosed {
+		t.Fatalf("no policy: decided by %q", got)
+	}
+	writeFiles(t, dir, map[string]string{"50-site.yaml": policyText(ActionTrust)})
+	h.waitRule("directory and parents created", "marker-trust")
+
+	n := h.count()
+	if err := os.RemoveAll(filepath.Join(root, "etc")); err != nil {
+		t.Fatal(err)
+	}
+	if r := h.waitError("directory and parents removed", n); !errors.Is(r.Err, ErrNoPolicy) {
+		t.Fatalf("after removing the directory: %v, want ErrNoPolicy", r.Err)
+	}
+	if got := h.decideMarker(); got != "marker-trust" {
+		t.Fatalf("the last good policy must stay; decided by %q", got)
+	}
+	writeFiles(t, dir, map[string]string{"50-site.yaml": policyText(ActionDeny)})
+	h.waitRule("directory and parents created again", "marker-deny")
+
+	// Removed and created again at once, within one debounce: the new directory is
+	// watched, so an edit in it is noticed.
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	writeFiles(t, dir, map[string]string{"50-site.yaml": policyText(ActionAsk)})
+	h.waitRule("directory replaced", "marker-ask")
+	writeFiles(t, dir, map[string]string{"50-site.yaml": policyText(ActionTrust)})
+	h.waitRule("edit in the replaced directory", "marker-trust")
+}
+
 // TestStoreDefaults layers the admin directory over the shipped defaults.
 func TestStoreDefaults(t *testing.T) {
 	dir := t.TempDir()
@@ -253,55 +292,130 @@ func TestStoreDefaults(t *testing.T) {
 	}
 }
 
-// TestStoreAtomic evaluates continuously while the policy is rewritten: every decision
-// comes from one whole policy, the old or the new.
+// TestStoreAtomic evaluates continuously while the policy directory is swapped, by
+// symlink, through versions whose every file carries the version in its rule names: all
+// decisions made with one Policy from Current must come from one version, the one its
+// PolicyVersion names, and versions never go back.
 func TestStoreAtomic(t *testing.T) {
-	dir := t.TempDir()
-	writeFiles(t, dir, map[string]string{"a.yaml": policyText(ActionTrust), "b.yaml": ""})
+	root := t.TempDir()
+	const versions = 12
+	exts := []string{"a", "b", "c"}
+	for v := range versions {
+		files := map[string]string{}
+		for i, ext := range exts {
+			// The defaults are in the last file: a policy missing it would not load.
+			text := fmt.Sprintf("rules:\n  - {name: %s-v%d, action: %s, match: {extension: [%s]}}\n", ext, v, []string{"trust", "ask", "deny"}[(v+i)%3], ext)
+			if i == len(exts)-1 {
+				text = "default: {action: ask, untrusted_action: deny}\n" + text
+			}
+			files[fmt.Sprintf("%d0-%s.yaml", i+1, ext)] = text
+		}
+		writeFiles(t, filepath.Join(root, fmt.Sprint(v)), files)
+	}
+	dir := filepath.Join(root, "policies.d")
+	swap := func(v int) {
+		t.Helper()
+		tmp := filepath.Join(root, "policies.d.new")
+		if err := os.Symlink(filepath.Join(root, fmt.Sprint(v)), tmp); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, dir); err != nil {
+			t.Fatal(err)
+		}
+	}
+	swap(0)
 	h := newStoreHarness(t, StoreConfig{Dir: dir})
-	h.waitRule("initial", "marker-trust")
+
+	// check decides a file of every extension with one Policy and returns the version
+	// all the decisions came from.
+	check := func(p *Policy) (int, error) {
+		version := -1
+		for _, ext := range exts {
+			d, err := p.Decide(&Request{Path: "/x/y." + ext, Size: 1, SHA256: strings.Repeat("0", 64), ContentType: "text/plain"})
+			if err != nil {
+				return 0, err
+			}
+			var v int
+			if _, err := fmt.Sscanf(d.Rule, ext+"-v%d", &v); err != nil {
+				return 0, fmt.Errorf("a .%s file decided by %q", ext, d.Rule)
+			}
+			if version >= 0 && v != version {
+				return 0, fmt.Errorf("one policy decided with rules of versions %d and %d", version, v)
+			}
+			if d.PolicyVersion != p.Version() {
+				return 0, fmt.Errorf("a decision of policy %s names policy %s", p.Version(), d.PolicyVersion)
+			}
+			version = v
+		}
+		return version, nil
+	}
+
 	stop := make(chan struct{})
+	errs := make(chan error, 4)
+	seen := make([]map[int]bool, 4)
 	var wg sync.WaitGroup
-	var bad error
-	var badMu sync.Mutex
-	for i := 0; i < 4; i++ {
+	for i := range seen {
+		seen[i] = map[int]bool{}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			last := -1
+			byHash := map[string]int{}
 			for {
 				select {
 				case <-stop:
+					errs <- nil
 					return
 				default:
 				}
 				p := h.store.Current()
-				d, err := p.Decide(&Request{Path: "/x/y.marker"})
-				// A policy in which a.yaml and b.yaml disagree must never be seen half
-				// loaded: the rule and the action always agree.
-				if err == nil && strings.HasPrefix(d.Rule, "marker-") && string(d.Action) != strings.TrimPrefix(d.Rule, "marker-") {
-					err = fmt.Errorf("rule %s gave action %s", d.Rule, d.Action)
+				v, err := check(p)
+				if err == nil && v < last {
+					err = fmt.Errorf("version %d in force after version %d", v, last)
+				}
+				if prev, ok := byHash[p.Version()]; err == nil && ok && prev != v {
+					err = fmt.Errorf("policy %s decided as version %d and as version %d", p.Version(), prev, v)
 				}
 				if err != nil {
-					badMu.Lock()
-					bad = err
-					badMu.Unlock()
+					errs <- err
 					return
 				}
+				last, byHash[p.Version()] = v, v
+				seen[i][v] = true
 			}
 		}()
 	}
-	for i, act := range []Action{ActionDeny, ActionAsk, ActionTrust, ActionDeny} {
-		// Move the rule from one file to the other: a half-loaded policy would have none
-		// or two.
-		files := map[string]string{"a.yaml": "", "b.yaml": ""}
-		files[[]string{"a.yaml", "b.yaml"}[i%2]] = policyText(act)
-		writeFiles(t, dir, files)
-		h.waitRule(fmt.Sprintf("rewrite %d", i), "marker-"+string(act))
+	wait := func(v int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			got, err := check(h.store.Current())
+			if err == nil && got == v {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("version %d not in force: version %d, %v; last reload %+v", v, got, err, h.store.Last())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	wait(0)
+	for v := 1; v < versions; v++ {
+		swap(v)
+		wait(v)
 	}
 	close(stop)
 	wg.Wait()
-	if bad != nil {
-		t.Fatal(bad)
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, s := range seen {
+		if len(s) < 2 {
+			t.Errorf("reader %d saw only versions %v: it did not evaluate across a reload", i, s)
+		}
 	}
 }
 
@@ -311,7 +425,9 @@ func TestStoreReportsRejectionOnce(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{"50-bad.yaml": "rules:\n  - {name: x, acton: trust}\n"})
 	h := newStoreHarness(t, StoreConfig{Dir: dir})
-	first := h.store.Last().Time
+	h.mu.Lock()
+	first := h.results[0].Time // NewStore's attempt; Watch's may have come already
+	h.mu.Unlock()
 	deadline := time.Now().Add(10 * time.Second)
 	for h.store.Last().Time.Equal(first) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond) // until Watch has made its check
@@ -325,4 +441,87 @@ func TestStoreReportsRejectionOnce(t *testing.T) {
 	if r := h.store.Reload(); r.Err == nil || h.count() != 2 {
 		t.Errorf("an explicit reload: %v, %d reports, want 2", r.Err, h.count())
 	}
+}
+
+// waitSHA256 waits until a file with content sum is decided by want.
+func (h *storeHarness) waitSHA256(step, sum, want string) {
+	h.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		d, err := h.store.Current().Decide(&Request{Path: "/nowhere/x", Size: 1, SHA256: sum, ContentType: "text/plain"})
+		if err != nil {
+			h.t.Fatal(err)
+		}
+		if d.Rule == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			h.t.Fatalf("%s: content %.8s… is decided by %q, want %q; last reload %+v", step, sum, d.Rule, want, h.store.Last())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// listPolicy is a policy denying the digests of the list files named.
+func listPolicy(files ...string) string {
+	return "default: {action: ask, untrusted_action: deny}\nlists:\n  l: {files: [" + strings.Join(files, ", ") + "]}\n" +
+		"rules:\n  - {name: listed, action: deny, match: {sha256_list: [l]}}\n"
+}
+
+// TestStoreListFiles: edits to SHA-256 list files are picked up wherever the files are:
+// in a subdirectory of the policy directory, behind a symlink, in a directory created
+// after the policy named it, or named only by a later version of the policy.
+func TestStoreListFiles(t *testing.T) {
+	sum := func(s string) string { return fmt.Sprintf("%x", sha256.Sum256([]byte(s))) }
+	a, b, c, d := sum("a"), sum("b"), sum("c"), sum("d")
+	root := t.TempDir()
+	dir := filepath.Join(root, "policies.d")
+	other := filepath.Join(root, "elsewhere")
+	writeFiles(t, dir, map[string]string{
+		"50-site.yaml":     listPolicy("feeds/vendor.txt", "linked.sha256"),
+		"feeds/vendor.txt": "# nothing yet\n",
+	})
+	writeFiles(t, other, map[string]string{"v1.sha256": "# nothing yet\n", "v2.sha256": b + "  b\n"})
+	if err := os.Symlink(filepath.Join(other, "v1.sha256"), filepath.Join(dir, "linked.sha256")); err != nil {
+		t.Fatal(err)
+	}
+	h := newStoreHarness(t, StoreConfig{Dir: dir})
+	h.waitSHA256("initial", a, RuleDefault)
+
+	writeFiles(t, dir, map[string]string{"feeds/vendor.txt": a + "  a\n"})
+	h.waitSHA256("list file in a subdirectory edited in place", a, "listed")
+
+	tmp := filepath.Join(dir, "feeds", ".vendor.txt.new")
+	if err := os.WriteFile(tmp, []byte("# emptied\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, "feeds", "vendor.txt")); err != nil {
+		t.Fatal(err)
+	}
+	h.waitSHA256("list file in a subdirectory renamed over", a, RuleDefault)
+
+	writeFiles(t, other, map[string]string{"v1.sha256": c + "  c\n"})
+	h.waitSHA256("target of a symlinked list file edited", c, "listed")
+
+	link := filepath.Join(dir, "linked.sha256")
+	if err := os.Symlink(filepath.Join(other, "v2.sha256"), link+".new"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(link+".new", link); err != nil {
+		t.Fatal(err)
+	}
+	h.waitSHA256("symlinked list file swapped", b, "listed")
+	h.waitSHA256("symlinked list file swapped (old target)", c, RuleDefault)
+
+	// The policy names a list in directories that do not exist yet: it does not load, the
+	// last good policy stays, and creating the file makes it load.
+	n := h.count()
+	writeFiles(t, dir, map[string]string{"50-site.yaml": listPolicy("later/deeper/new.txt")})
+	h.waitError("list file missing", n)
+	h.waitSHA256("list file missing: last good policy", b, "listed")
+	writeFiles(t, dir, map[string]string{"later/deeper/new.txt": d + "  d\n"})
+	h.waitSHA256("missing list file created", d, "listed")
+	writeFiles(t, dir, map[string]string{"later/deeper/new.txt": a + "  a\n"})
+	h.waitSHA256("list file named by the new policy edited", a, "listed")
+	h.waitSHA256("list file named by the new policy edited (old digest)", d, RuleDefault)
 }

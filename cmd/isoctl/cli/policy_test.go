@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -257,5 +258,31 @@ func TestPolicyExplainMessages(t *testing.T) {
 	}
 	if !strings.Contains(out, `"file": "<shipped>/`) {
 		t.Errorf("--json escapes <shipped>: %s", out)
+	}
+}
+
+// TestPolicyCheckLargePolicy: check of a large legal policy whose rules all overlap ends
+// with the policy valid and a warning that the shadowed-rule analysis stopped, rather
+// than comparing every pair of rules for minutes.
+func TestPolicyCheckLargePolicy(t *testing.T) {
+	exts := make([]string, 100)
+	for i := range exts {
+		exts[i] = "e" + strconv.Itoa(i)
+	}
+	var b strings.Builder
+	b.WriteString("rules:\n")
+	for i := range 1500 {
+		b.WriteString("  - {name: r" + strconv.Itoa(i) + ", action: deny, match: {extension: [" + strings.Join(exts, ", ") + ", x" + strconv.Itoa(i) + "]}}\n")
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "50-large.yaml"), []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut := runCLI(t, "policy", "check", dir)
+	if code != 0 || !strings.Contains(out, "policy OK") {
+		t.Fatalf("check: exit %d\n%s%s", code, out, errOut)
+	}
+	if n := strings.Count(errOut, "warning: the shadowed-rule analysis stopped here"); n != 1 {
+		t.Errorf("%d warnings that the analysis stopped, want 1:\n%s", n, errOut)
 	}
 }
