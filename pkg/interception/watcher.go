@@ -87,6 +87,7 @@ type Watcher struct {
 	pending   map[string]*time.Timer // guarded by mu; settle timers by path
 	inflight  map[string]bool        // guarded by mu; paths being processed
 	again     map[string]bool        // guarded by mu; paths that changed while in flight
+	watched   map[string]bool        // guarded by mu; directories watched, by the path they were watched under
 	writers   map[string]writer      // guarded by mu; writer seen when the path was created
 	decided   map[fileID]decided     // guarded by mu; what was decided in this run
 	warnLimit bool                   // guarded by mu; the watch-limit event was sent
@@ -164,6 +165,7 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		pending:  make(map[string]*time.Timer),
 		inflight: make(map[string]bool),
 		again:    make(map[string]bool),
+		watched:  make(map[string]bool),
 		writers:  make(map[string]writer),
 		decided:  make(map[fileID]decided),
 	}
@@ -296,8 +298,39 @@ func (w *Watcher) handle(ev fsnotify.Event) {
 		}
 		delete(w.writers, p)
 		w.mu.Unlock()
+		w.unwatchTree(p)
 	}
 	// Chmod (IN_ATTRIB) is ignored: it is what our own attribute writes produce.
+}
+
+// unwatchTree drops the watches of dir and of the directories below it, if dir was
+// watched, after it was renamed, moved or removed. fsnotify keeps naming the events of a
+// moved directory by its old path, and removes its watch when it reads the kernel's
+// IN_MOVE_SELF, even when the directory was watched again under its new name meanwhile
+// (inotify gives the same inode the same watch): files written there would never be seen.
+// Removing the watches here, before the Create event of the new name is handled, makes
+// that event watch the directory and its subdirectories afresh, under their new paths,
+// and schedule the files already in them; the stale IN_MOVE_SELF then names no watch.
+func (w *Watcher) unwatchTree(dir string) {
+	w.mu.Lock()
+	if !w.watched[dir] {
+		w.mu.Unlock()
+		return
+	}
+	var gone []string
+	for p := range w.watched {
+		if p == dir || strings.HasPrefix(p, dir+string(filepath.Separator)) {
+			gone = append(gone, p)
+			delete(w.watched, p)
+		}
+	}
+	w.mu.Unlock()
+	for _, p := range gone {
+		// The kernel removed the watch of a deleted directory already.
+		if err := w.fsw.Remove(p); err != nil && !errors.Is(err, fsnotify.ErrNonExistentWatch) {
+			w.log.Debug("unwatch moved directory", "dir", p, "err", err)
+		}
+	}
 }
 
 // maxLookupsPerSecond bounds the /proc scans for writers, so that a burst of new files
@@ -373,6 +406,9 @@ func (w *Watcher) addTree(dir string, scanFiles bool) error {
 				}
 				return nil
 			}
+			w.mu.Lock()
+			w.watched[p] = true
+			w.mu.Unlock()
 			if w.cfg.OnDir != nil {
 				w.cfg.OnDir(p)
 			}
