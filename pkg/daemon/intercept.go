@@ -41,6 +41,9 @@ type InterceptConfig struct {
 	// Settle is how long a file must stay unwritten before the Watcher decides it. Zero
 	// selects interception.DefaultSettle.
 	Settle time.Duration
+	// TempIdle is how long a file with an in-progress download name must stay unwritten
+	// before the Watcher decides it. Zero selects interception.DefaultTempIdle.
+	TempIdle time.Duration
 	// MaxFileMarks bounds the untrusted files the Gate follows under any name with a mark
 	// of their own. Zero selects interception.DefaultMaxFileMarks.
 	MaxFileMarks int
@@ -143,7 +146,8 @@ func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
 		}
 	}
 	w, err := interception.NewWatcher(interception.WatcherConfig{
-		Dirs: cfg.Dirs, Decider: ic, Sink: ic, Settle: cfg.Settle, OnDir: onDir, Gate: ic.gate, Logger: ic.log,
+		Dirs: cfg.Dirs, Decider: ic, Sink: ic, Settle: cfg.Settle, TempIdle: cfg.TempIdle, OnDir: onDir, Gate: ic.gate,
+		Logger: ic.log,
 	})
 	if err != nil {
 		if ic.gate != nil {

@@ -59,6 +59,10 @@ type FileConfig struct {
 	GateFallback   string        `yaml:"gate_fallback"`   // deny (default) or trust
 	GateAllow      []string      `yaml:"gate_allow"`      // executables whose opens are always allowed
 	DownloadSettle time.Duration `yaml:"download_settle"` // quiet time before a download is decided; default 2s
+
+	// DownloadTempIdle is the quiet time before an in-progress download (.part,
+	// .crdownload, ...) is decided; default 5m.
+	DownloadTempIdle time.Duration `yaml:"download_temp_idle"`
 }
 
 // LoadFileConfig reads a configuration file strictly: unknown keys and trailing documents
@@ -128,6 +132,8 @@ type options struct {
 	gateFallback   string
 	gateAllow      stringList
 	downloadSettle time.Duration
+
+	downloadTempIdle time.Duration
 }
 
 // stringList is a repeatable string flag.
@@ -163,7 +169,7 @@ func (o *options) interceptConfig(passwd string) (*InterceptConfig, error) {
 		}
 	}
 	return &InterceptConfig{Dirs: dirs, NoGate: o.noGate, GateDeadline: o.gateDeadline,
-		GateFallback: fallback, AllowPrograms: o.gateAllow, Settle: o.downloadSettle}, nil
+		GateFallback: fallback, AllowPrograms: o.gateAllow, Settle: o.downloadSettle, TempIdle: o.downloadTempIdle}, nil
 }
 
 func parseOptions(args []string, stderr io.Writer) (*options, error) {
@@ -190,6 +196,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.gateFallback, "gate-fallback", "deny", "answer to opens the policy could not decide in time: deny or trust")
 	fs.Var(&o.gateAllow, "gate-allow", "executable `PATH` whose opens the gate always allows (repeatable)")
 	fs.DurationVar(&o.downloadSettle, "download-settle", interception.DefaultSettle, "how long a download must stay unwritten before it is decided")
+	fs.DurationVar(&o.downloadTempIdle, "download-temp-idle", interception.DefaultTempIdle, "how long an in-progress download (.part, .crdownload, ...) must stay unwritten before it is decided")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -259,6 +266,9 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	}
 	if fc.DownloadSettle > 0 && !set["download-settle"] {
 		o.downloadSettle = fc.DownloadSettle
+	}
+	if fc.DownloadTempIdle > 0 && !set["download-temp-idle"] {
+		o.downloadTempIdle = fc.DownloadTempIdle
 	}
 	return o, nil
 }

@@ -59,8 +59,10 @@ type GateConfig struct {
 	// MaxConcurrent bounds the Decider calls in flight; events beyond it get Fallback at
 	// once. Zero selects 64.
 	MaxConcurrent int
-	// TempSuffixes and TempPrefixes name in-progress downloads, which the browser
-	// reopens while it writes them; opens of those are allowed. Nil selects
+	// TempSuffixes and TempPrefixes name in-progress downloads. Their execution is always
+	// refused; opening them is allowed to their writer (the process holding the file open
+	// for writing, or opening it for writing: the browser resuming a download), without
+	// a decision, and decided as for any other file for everyone else. Nil selects
 	// DefaultTempSuffixes and DefaultTempPrefixes.
 	TempSuffixes []string
 	TempPrefixes []string
@@ -114,9 +116,12 @@ type Gate struct {
 	mu       sync.Mutex
 	cache    map[cacheKey]cacheEntry // guarded by mu
 	isolated map[cacheKey]time.Time  // guarded by mu; last Isolate/notification per file
-	marked   map[string]bool         // guarded by mu; directories marked
-	files    map[inodeKey]*untrusted // guarded by mu; inodes with a verdict refusing opens
-	wds      map[int]inodeKey        // guarded by mu; inotify watch -> inode in files
+	// execRefused is guarded by mu: last notice of a refused execution of an in-progress
+	// download per file.
+	execRefused map[cacheKey]time.Time
+	marked      map[string]bool         // guarded by mu; directories marked
+	files       map[inodeKey]*untrusted // guarded by mu; inodes with a verdict refusing opens
+	wds         map[int]inodeKey        // guarded by mu; inotify watch -> inode in files
 }
 
 type cacheKey struct {
@@ -175,21 +180,22 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gate{
-		cfg:      cfg,
-		f:        os.NewFile(uintptr(fd), "fanotify"),
-		fd:       fd,
-		audit:    audit,
-		self:     int32(os.Getpid()),
-		allow:    make(map[string]bool, len(cfg.AllowPrograms)),
-		sem:      make(chan struct{}, cfg.MaxConcurrent),
-		log:      log,
-		ctx:      ctx,
-		cancel:   cancel,
-		cache:    make(map[cacheKey]cacheEntry),
-		isolated: make(map[cacheKey]time.Time),
-		marked:   make(map[string]bool),
-		files:    make(map[inodeKey]*untrusted),
-		wds:      make(map[int]inodeKey),
+		cfg:         cfg,
+		f:           os.NewFile(uintptr(fd), "fanotify"),
+		fd:          fd,
+		audit:       audit,
+		self:        int32(os.Getpid()),
+		allow:       make(map[string]bool, len(cfg.AllowPrograms)),
+		sem:         make(chan struct{}, cfg.MaxConcurrent),
+		log:         log,
+		ctx:         ctx,
+		cancel:      cancel,
+		cache:       make(map[cacheKey]cacheEntry),
+		isolated:    make(map[cacheKey]time.Time),
+		execRefused: make(map[cacheKey]time.Time),
+		marked:      make(map[string]bool),
+		files:       make(map[inodeKey]*untrusted),
+		wds:         make(map[int]inodeKey),
 	}
 	if ifd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK); err == nil {
 		g.ino = os.NewFile(uintptr(ifd), "inotify")
@@ -466,11 +472,27 @@ func (g *Gate) handle(ev permEvent) {
 		g.fallback(fd, "stat", err, true)
 		return
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size == 0 {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		g.respond(fd, true) // no content to protect
 		return
 	}
 	key := cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}
+	if ev.mask&unix.FAN_OPEN_EXEC_PERM != 0 {
+		// An in-progress download is never executed, whoever asks and whatever was decided.
+		if path, err := fdPath(fd); err == nil && isTempName(path, g.cfg.TempSuffixes, g.cfg.TempPrefixes) {
+			g.respond(fd, false)
+			g.wg.Add(1)
+			go func() {
+				defer g.wg.Done()
+				g.tempExecRefused(key, path, &st, int(ev.pid))
+			}()
+			return
+		}
+	}
+	if st.Size == 0 {
+		g.respond(fd, true) // no content to protect
+		return
+	}
 	// An inode with a verdict refusing opens is answered by that verdict, whatever it is
 	// called now and wherever it is (its own mark brings its events here).
 	u, known := g.untrustedOf(key, start)
@@ -497,7 +519,7 @@ func (g *Gate) handle(ev permEvent) {
 			return
 		}
 	}
-	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	path, err := fdPath(fd)
 	if err != nil {
 		g.fallback(fd, "readlink", err, !known)
 		return
@@ -528,13 +550,6 @@ func (g *Gate) handle(ev permEvent) {
 		}()
 		return
 	}
-	// In-progress download names are reopened by their browser, and allowed; not so an
-	// inode that was decided untrusted and renamed to such a name, nor (should the Gate
-	// have lost its verdict) one whose record says it was.
-	if !known && isTempName(path, g.cfg.TempSuffixes, g.cfg.TempPrefixes) && !recordRefuses(fd) {
-		g.respond(fd, true)
-		return
-	}
 	select {
 	case g.sem <- struct{}{}:
 	default:
@@ -545,11 +560,71 @@ func (g *Gate) handle(ev permEvent) {
 	if known {
 		prev = &u
 	}
+	temp := !known && isTempName(path, g.cfg.TempSuffixes, g.cfg.TempPrefixes)
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
+		// An in-progress download is opened by its writer (the browser resuming or
+		// checking it) without a decision; not so by anyone else, nor when it was decided
+		// untrusted (then it is known, or, should the Gate have lost its verdict, it
+		// carries a record that says so).
+		if temp && g.openerWrites(fd, int(ev.pid), st.Dev, st.Ino) && !recordRefuses(fd) {
+			<-g.sem
+			g.respond(fd, true)
+			return
+		}
 		g.decide(fd, key, fi, start, prev)
 	}()
+}
+
+// fdPath returns the path of the file open as fd in this process.
+func fdPath(fd int) (string, error) {
+	return os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+}
+
+// openerWrites reports whether process pid, opening the file open as fd, is its writer: it
+// holds the file open for writing, or it is opening it for writing (the kernel counts the
+// write access of an open before it asks about it; fanotify does not say what the open is
+// for, so this is told by nobody else holding the file open for writing).
+func (g *Gate) openerWrites(fd, pid int, dev, ino uint64) bool {
+	if holdsForWriting(pid, dev, ino) {
+		return true
+	}
+	if w, err := hasWriters(fd); err != nil || !w {
+		return false
+	}
+	if otherWriter(pid, dev, ino) {
+		return false
+	}
+	// A writer that closed the file during the scan leaves no write access now; the
+	// opener's own would still be counted.
+	w, err := hasWriters(fd)
+	return err == nil && w
+}
+
+// tempExecRefused reports the refused execution of an in-progress download, at most once
+// per file version per IsolateInterval. It does not isolate anything: the download is
+// decided when it completes.
+func (g *Gate) tempExecRefused(key cacheKey, path string, st *unix.Stat_t, pid int) {
+	now := time.Now()
+	g.mu.Lock()
+	last, ok := g.execRefused[key]
+	if ok && now.Sub(last) < g.cfg.IsolateInterval {
+		g.mu.Unlock()
+		return
+	}
+	if len(g.execRefused) >= maxCacheEntries {
+		clear(g.execRefused)
+	}
+	g.execRefused[key] = now
+	g.mu.Unlock()
+	fi := FileInfo{Path: path, Trigger: TriggerExec, Dev: st.Dev, Ino: st.Ino, Size: st.Size,
+		Mode: fileMode(st.Mode), UID: st.Uid, Ctime: time.Unix(st.Ctim.Unix()), Mtime: time.Unix(st.Mtim.Unix()),
+		PID: pid, Program: exeOf(pid)}
+	v := Verdict{Action: ActionDeny, Reason: "an in-progress download is never executed"}
+	g.log.Info("gate: execution of an in-progress download refused", "path", path, "pid", pid, "program", fi.Program)
+	g.cfg.Sink.Notify(Event{Kind: EventDenied, Time: now, File: fi, Verdict: v,
+		Message: fmt.Sprintf("%s was not executed: it is an in-progress download", filepath.Base(path))})
 }
 
 // recordRefuses reports whether the file open as fd carries an Isolator record whose

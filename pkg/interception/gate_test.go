@@ -485,3 +485,82 @@ func TestGateInvalidate(t *testing.T) {
 		t.Errorf("cat of untrusted file after Invalidate = %q, want EPERM", out)
 	}
 }
+
+// TestGateTempNames has nobody write in-progress downloads: root cannot execute one (not
+// even the writer could), a program that does not write the file has its open decided
+// like any other (and refused), while the writer, a process holding the file open for
+// writing or opening it for writing (resuming the download), opens it without a decision.
+func TestGateTempNames(t *testing.T) {
+	requireFanotify(t)
+	dir := nobodyDir(t)
+	const script = "#!/bin/sh\necho evil ran\n"
+	for _, name := range []string{"evil.part", "read.crdownload", "writer.download", "resume.partial"} {
+		writeNobody(t, filepath.Join(dir, name), script, 0o755)
+	}
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: sink})
+	decisions := func(name string) int {
+		n := 0
+		for _, c := range dec.callsFor() {
+			if filepath.Base(c.Path) == name {
+				n++
+			}
+		}
+		return n
+	}
+
+	// Execution: refused at once, without a decision, for root and for the owner.
+	evil := filepath.Join(dir, "evil.part")
+	if out, err := execFile(evil); err == nil || strings.Contains(out, "evil ran") {
+		t.Errorf("root executed an in-progress download: %q, %v", out, err)
+	}
+	if out, err := asNobody("/bin/sh", "-c", `exec "$0"`, evil); err == nil || strings.Contains(out, "evil ran") {
+		t.Errorf("its owner executed an in-progress download: %q, %v", out, err)
+	}
+	if n := decisions("evil.part"); n != 0 {
+		t.Errorf("execution of an in-progress download decided %d times", n)
+	}
+	waitFor(t, 5*time.Second, "the refusal notice", func() bool { return sink.eventCount(EventDenied) >= 1 })
+
+	// Not the writer: decided like any other file, and refused.
+	read := filepath.Join(dir, "read.crdownload")
+	for _, run := range []func(string, ...string) (string, error){
+		func(name string, args ...string) (string, error) {
+			out, err := exec.Command(name, args...).CombinedOutput()
+			return string(out), err
+		},
+		asNobody,
+	} {
+		if out, err := run("cat", read); !refused(out, err, "evil ran") {
+			t.Errorf("cat of an in-progress download by a non-writer = %q, %v; want EPERM", out, err)
+		}
+	}
+	if n := decisions("read.crdownload"); n != 1 {
+		t.Errorf("opens of a non-writer decided %d times, want 1", n)
+	}
+	waitFor(t, 5*time.Second, "isolation", func() bool { return sink.isolations(read) == 1 })
+
+	// The writer: a shell holding the file open for appending, and cat that inherited the
+	// descriptor; then a shell opening it for writing again (a resumed download).
+	writer := filepath.Join(dir, "writer.download")
+	if out, err := asNobody("/bin/sh", "-c", `exec 3>>"$1" && echo more >&3 && cat "$1"`, "sh", writer); err != nil ||
+		out != script+"more\n" {
+		t.Errorf("the writer's cat = %q, %v; want the content", out, err)
+	}
+	resume := filepath.Join(dir, "resume.partial")
+	if out, err := asNobody("/bin/sh", "-c", `echo more >>"$1"`, "sh", resume); err != nil {
+		t.Errorf("resuming the download: %q, %v", out, err)
+	}
+	for _, name := range []string{"writer.download", "resume.partial"} {
+		if n := decisions(name); n != 0 {
+			t.Errorf("the writer's opens of %s decided %d times", name, n)
+		}
+	}
+	if b, err := os.ReadFile(resume); err != nil || string(b) != script+"more\n" {
+		t.Errorf("resumed download = %q, %v", b, err)
+	}
+	if st := g.Stats(); st.Denied < 4 {
+		t.Errorf("stats %+v, want at least 4 denials", st)
+	}
+}

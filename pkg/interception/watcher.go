@@ -22,6 +22,7 @@ import (
 // Defaults of WatcherConfig.
 const (
 	DefaultSettle        = 2 * time.Second
+	DefaultTempIdle      = 5 * time.Minute
 	DefaultDecideTimeout = 30 * time.Second
 	defaultWorkers       = 2
 	maxRemembered        = 1 << 16
@@ -52,10 +53,15 @@ type WatcherConfig struct {
 	Settle time.Duration
 	// DecideTimeout bounds one Decider call. Zero selects DefaultDecideTimeout.
 	DecideTimeout time.Duration
-	// TempSuffixes and TempPrefixes name in-progress downloads, which are never acted on.
-	// Nil selects DefaultTempSuffixes and DefaultTempPrefixes.
+	// TempSuffixes and TempPrefixes name in-progress downloads. They are decided only
+	// when they stay unwritten for TempIdle (an abandoned or stalled download), once;
+	// normally the browser renames them first and the final name is decided. Nil selects
+	// DefaultTempSuffixes and DefaultTempPrefixes.
 	TempSuffixes []string
 	TempPrefixes []string
+	// TempIdle is how long a file with a temporary name must stay unwritten before it is
+	// decided. Zero selects DefaultTempIdle.
+	TempIdle time.Duration
 	// Workers is how many files are hashed and decided at once. Zero selects 2.
 	Workers int
 	// SkipExisting leaves files that are already in the directories when Run starts
@@ -128,6 +134,9 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	}
 	if cfg.TempPrefixes == nil {
 		cfg.TempPrefixes = DefaultTempPrefixes
+	}
+	if cfg.TempIdle <= 0 {
+		cfg.TempIdle = DefaultTempIdle
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = defaultWorkers
@@ -272,7 +281,7 @@ func (w *Watcher) handle(ev fsnotify.Event) {
 			}
 			return
 		}
-		if !st.Mode().IsRegular() || w.isTemp(p) {
+		if !st.Mode().IsRegular() {
 			return
 		}
 		if w.lookupAllowed() {
@@ -287,9 +296,7 @@ func (w *Watcher) handle(ev fsnotify.Event) {
 		}
 		w.schedule(p)
 	case ev.Has(fsnotify.Write):
-		if !w.isTemp(p) {
-			w.schedule(p)
-		}
+		w.schedule(p)
 	case ev.Has(fsnotify.Remove), ev.Has(fsnotify.Rename):
 		w.mu.Lock()
 		if t, ok := w.pending[p]; ok {
@@ -366,15 +373,19 @@ func (w *Watcher) isTemp(p string) bool {
 	return false
 }
 
-// schedule (re)starts the settle timer of p.
+// schedule (re)starts the settle timer of p: Settle, or TempIdle for a temporary name.
 func (w *Watcher) schedule(p string) {
+	d := w.cfg.Settle
+	if w.isTemp(p) {
+		d = w.cfg.TempIdle
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if t, ok := w.pending[p]; ok {
-		t.Reset(w.cfg.Settle)
+		t.Reset(d)
 		return
 	}
-	w.pending[p] = time.AfterFunc(w.cfg.Settle, func() {
+	w.pending[p] = time.AfterFunc(d, func() {
 		w.mu.Lock()
 		delete(w.pending, p)
 		w.mu.Unlock()
@@ -412,7 +423,7 @@ func (w *Watcher) addTree(dir string, scanFiles bool) error {
 			if w.cfg.OnDir != nil {
 				w.cfg.OnDir(p)
 			}
-		case d.Type().IsRegular() && scanFiles && !w.isTemp(p):
+		case d.Type().IsRegular() && scanFiles:
 			w.schedule(p)
 		}
 		return nil

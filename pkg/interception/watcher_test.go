@@ -469,3 +469,37 @@ func TestWatcherFollowsRenamedDirectories(t *testing.T) {
 		t.Errorf("exec of the script in the new folder = %q, %v; want EPERM", out, err)
 	}
 }
+
+// TestWatcherDecidesIdleTempFiles writes a file with a temporary download name in chunks,
+// with pauses longer than the settle interval but shorter than TempIdle: it is decided
+// once, with its whole content, only after it stayed unwritten for TempIdle.
+func TestWatcherDecidesIdleTempFiles(t *testing.T) {
+	dir := t.TempDir()
+	requireUserXattr(t, dir)
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	const idle = 4 * testSettle
+	startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec, Sink: sink, TempIdle: idle})
+	payload := bytes.Repeat([]byte("stalled download\n"), 1000)
+	for _, name := range []string{"evil.part", ".com.google.Chrome.Xy12Ab"} {
+		p := filepath.Join(dir, name)
+		// Decided after the settle interval, it would be decided on a part of the
+		// content, and again later.
+		writeChunks(t, p, payload, 4, 2*testSettle)
+		waitFor(t, 10*time.Second, "decision of "+name, func() bool { return sink.isolations(p) == 1 })
+		time.Sleep(2 * idle) // a second decision would show up
+		var calls []FileInfo
+		for _, c := range dec.callsFor() {
+			if c.Path == p {
+				calls = append(calls, c)
+			}
+		}
+		sum := sha256.Sum256(payload)
+		if len(calls) != 1 || calls[0].SHA256 != hex.EncodeToString(sum[:]) {
+			t.Errorf("%s: %d decisions (%+v), want one of the whole content", name, len(calls), calls)
+		}
+		if rec, err := ReadRecord(p); err != nil || rec.Verdict != ActionIsolate {
+			t.Errorf("%s: record %+v, %v", name, rec, err)
+		}
+	}
+}
