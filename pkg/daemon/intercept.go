@@ -23,9 +23,13 @@ import (
 // fanotify permission Gate of package interception, run by the daemon on the download
 // directories. See docs/INTERCEPTION.md.
 type InterceptConfig struct {
-	// Dirs are the download directories, watched and gated recursively. Required; see
-	// interception.DefaultDownloadDirs for the per-user XDG defaults.
+	// Dirs are the download directories, watched and gated recursively.
 	Dirs []string
+	// Passwd, if set, adds the XDG download directory of every regular user (uid 1000 and
+	// up) listed in this passwd file (see interception.UserDownloadDirs): a directory a
+	// user points outside their home, at somebody else's or at a system directory is
+	// refused, and the refusal logged. Dirs or Passwd is required.
+	Passwd string
 	// NoGate runs the Watcher only: downloads are decided, tagged and isolated, but opens
 	// are not gated.
 	NoGate bool
@@ -106,7 +110,7 @@ var (
 // once, and the Watcher for d. Opens in the directories wait for Run from then on, so
 // call Run promptly; it needs CAP_SYS_ADMIN for the Gate.
 func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
-	if len(cfg.Dirs) == 0 {
+	if len(cfg.Dirs) == 0 && cfg.Passwd == "" {
 		return nil, errors.New("interception: no download directories")
 	}
 	allow := make([]string, 0, len(cfg.AllowPrograms))
@@ -127,10 +131,22 @@ func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
 		seen:   make(map[contentKey]*seenFile),
 		owners: make(map[uint32]ownerEntry),
 	}
+	dirs := append([]string(nil), cfg.Dirs...)
+	if cfg.Passwd != "" {
+		users, err := ic.userDirs()
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("interception: %w", err)
+		}
+		dirs = append(dirs, users...)
+		if len(dirs) == 0 {
+			ic.log.Warn("no user has a download directory; nothing is intercepted")
+		}
+	}
 	var onDir func(string)
 	if !cfg.NoGate {
 		g, err := interception.NewGate(interception.GateConfig{
-			Dirs: cfg.Dirs, Decider: ic, Sink: ic, Deadline: cfg.GateDeadline,
+			Dirs: dirs, Decider: ic, Sink: ic, Deadline: cfg.GateDeadline,
 			Fallback: cfg.GateFallback, AllowPrograms: cfg.AllowPrograms, MaxFileMarks: cfg.MaxFileMarks,
 			Logger: ic.log,
 		})
@@ -146,7 +162,7 @@ func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
 		}
 	}
 	w, err := interception.NewWatcher(interception.WatcherConfig{
-		Dirs: cfg.Dirs, Decider: ic, Sink: ic, Settle: cfg.Settle, TempIdle: cfg.TempIdle, OnDir: onDir, Gate: ic.gate,
+		Dirs: dirs, Decider: ic, Sink: ic, Settle: cfg.Settle, TempIdle: cfg.TempIdle, OnDir: onDir, Gate: ic.gate,
 		Logger: ic.log,
 	})
 	if err != nil {
@@ -177,7 +193,7 @@ func (ic *Interceptor) Run(ctx context.Context) error {
 	} else {
 		gateDone <- nil
 	}
-	ic.log.Info("interception running", "dirs", ic.cfg.Dirs, "gate", ic.gate != nil,
+	ic.log.Info("interception running", "dirs", ic.watcher.Dirs(), "gate", ic.gate != nil,
 		"audit", ic.gate != nil && ic.gate.Audit())
 	werr := ic.watcher.Run(ctx)
 	if werr != nil {
@@ -190,6 +206,23 @@ func (ic *Interceptor) Run(ctx context.Context) error {
 	ic.cancel()
 	ic.wg.Wait()
 	return errors.Join(werr, gerr)
+}
+
+// userDirs returns the users' download directories of cfg.Passwd, logging the refused ones.
+func (ic *Interceptor) userDirs() ([]string, error) {
+	users, err := interception.UserDownloadDirs(ic.cfg.Passwd, 1000, false)
+	if err != nil {
+		return nil, err
+	}
+	var dirs []string
+	for _, u := range users {
+		if u.Err != nil {
+			ic.log.Warn("download directory refused", "user", u.User, "uid", u.UID, "err", u.Err)
+			continue
+		}
+		dirs = append(dirs, u.Dir)
+	}
+	return dirs, nil
 }
 
 // Invalidate forgets the Gate's cached verdicts and ignore marks, after the policy changed.

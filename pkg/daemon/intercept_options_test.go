@@ -42,17 +42,17 @@ func TestInterceptOptions(t *testing.T) {
 	}{
 		{"off by default", []string{"--config", write("empty.yaml", "")}, func(c *InterceptConfig) bool { return c == nil }, ""},
 		{"--intercept uses the users' download dirs", []string{"--intercept"}, func(c *InterceptConfig) bool {
-			return slices.Equal(c.Dirs, []string{filepath.Join(home, "Downloads")}) && !c.NoGate &&
+			return len(c.Dirs) == 0 && c.Passwd == passwd && !c.NoGate &&
 				c.GateDeadline == interception.DefaultDeadline && c.GateFallback == interception.ActionDeny &&
 				c.Settle == interception.DefaultSettle && c.TempIdle == interception.DefaultTempIdle
 		}, ""},
 		{"intercept key", []string{"--config", write("on.yaml", "intercept: true\n")}, func(c *InterceptConfig) bool {
-			return len(c.Dirs) == 1
+			return len(c.Dirs) == 0 && c.Passwd == passwd
 		}, ""},
 		{"--watch-dir repeatable, enables", []string{"--watch-dir", "/x", "--watch-dir", "/y", "--gate-allow", "/usr/bin/a",
 			"--gate-allow", "/usr/bin/b", "--no-gate", "--gate-deadline", "2s", "--download-settle", "100ms",
 			"--download-temp-idle", "30s"}, func(c *InterceptConfig) bool {
-			return slices.Equal(c.Dirs, []string{"/x", "/y"}) && slices.Equal(c.AllowPrograms, []string{"/usr/bin/a", "/usr/bin/b"}) &&
+			return slices.Equal(c.Dirs, []string{"/x", "/y"}) && c.Passwd == "" && slices.Equal(c.AllowPrograms, []string{"/usr/bin/a", "/usr/bin/b"}) &&
 				c.NoGate && c.GateDeadline == 2*time.Second && c.Settle == 100*time.Millisecond && c.TempIdle == 30*time.Second
 		}, ""},
 		{"file keys", []string{"--config", full}, func(c *InterceptConfig) bool {

@@ -161,14 +161,11 @@ func (o *options) interceptConfig(passwd string) (*InterceptConfig, error) {
 	default:
 		return nil, fmt.Errorf("--gate-fallback: %q is neither deny nor trust", o.gateFallback)
 	}
-	dirs := []string(o.watchDirs)
-	if len(dirs) == 0 {
-		var err error
-		if dirs, err = interception.DefaultDownloadDirs(passwd, 1000, false); err != nil {
-			return nil, err
-		}
+	var users string
+	if len(o.watchDirs) == 0 {
+		users = passwd
 	}
-	return &InterceptConfig{Dirs: dirs, NoGate: o.noGate, GateDeadline: o.gateDeadline,
+	return &InterceptConfig{Dirs: o.watchDirs, Passwd: users, NoGate: o.noGate, GateDeadline: o.gateDeadline,
 		GateFallback: fallback, AllowPrograms: o.gateAllow, Settle: o.downloadSettle, TempIdle: o.downloadTempIdle}, nil
 }
 
@@ -385,9 +382,6 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 	icDone := make(chan struct{})
 	switch {
 	case icfg == nil:
-		close(icDone)
-	case len(icfg.Dirs) == 0:
-		log.Warn("interception enabled, but no user has a download directory; nothing is intercepted")
 		close(icDone)
 	default:
 		ic, err := NewInterceptor(d, *icfg)

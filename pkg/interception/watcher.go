@@ -41,8 +41,8 @@ var ErrWatchLimit = errors.New("inotify watch limit reached (raise fs.inotify.ma
 
 // WatcherConfig configures a Watcher.
 type WatcherConfig struct {
-	// Dirs are the download directories, watched recursively. Required; see
-	// DefaultDownloadDirs for the per-user XDG defaults.
+	// Dirs are the download directories, watched recursively; see DefaultDownloadDirs
+	// for the per-user XDG defaults. It may be empty, to watch nothing (the owner logs so).
 	Dirs    []string
 	Decider Decider // evaluates the policy; required
 	Sink    Sink    // receives isolation requests and events; required
@@ -117,9 +117,6 @@ type decided struct {
 // NewWatcher validates cfg and starts watching its directories. Events are only processed
 // once Run is called; call Close if Run is never called.
 func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
-	if len(cfg.Dirs) == 0 {
-		return nil, errors.New("new watcher: no directories")
-	}
 	if cfg.Decider == nil || cfg.Sink == nil {
 		return nil, errors.New("new watcher: Decider and Sink are required")
 	}

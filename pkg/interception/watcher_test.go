@@ -263,7 +263,6 @@ func TestNewWatcherErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, cfg := range []WatcherConfig{
-		{Decider: &nameDecider{}, Sink: &recordingSink{}},
 		{Dirs: []string{dir}},
 		{Dirs: []string{filepath.Join(dir, "missing")}, Decider: &nameDecider{}, Sink: &recordingSink{}},
 		{Dirs: []string{file}, Decider: &nameDecider{}, Sink: &recordingSink{}},
