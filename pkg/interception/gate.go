@@ -34,7 +34,8 @@ const gateMask = unix.FAN_OPEN_PERM | unix.FAN_OPEN_EXEC_PERM | unix.FAN_EVENT_O
 type GateConfig struct {
 	// Dirs are the directories whose files are gated. Each is marked with an inode mark,
 	// with its subdirectories unless NoRecursive; directories created later are marked
-	// with AddDir (a Watcher's OnDir does this).
+	// with AddDir (a Watcher's OnDir does this). Symbolic links are resolved; a system
+	// directory (IsSystemDir) is refused, and so is a directory that cannot be marked.
 	Dirs        []string
 	NoRecursive bool
 	Decider     Decider // evaluates the policy; required
@@ -113,13 +114,11 @@ type Gate struct {
 	ino                   *os.File
 	markWarned, inoWarned atomic.Bool // a failure to mark or watch a file was logged
 
-	mu       sync.Mutex
-	cache    map[cacheKey]cacheEntry // guarded by mu
-	isolated map[cacheKey]time.Time  // guarded by mu; last Isolate/notification per file
-	// execRefused is guarded by mu: last notice of a refused execution of an in-progress
-	// download per file.
-	execRefused map[cacheKey]time.Time
-	marked      map[string]bool         // guarded by mu; directories marked
+	mu          sync.Mutex
+	cache       map[cacheKey]cacheEntry // guarded by mu
+	isolated    map[cacheKey]time.Time  // guarded by mu; last Isolate/notification per file
+	execRefused map[cacheKey]time.Time  // guarded by mu; last notice of a refused exec of an in-progress download
+	marked      map[string]inodeKey     // guarded by mu; directories marked, and their inodes
 	files       map[inodeKey]*untrusted // guarded by mu; inodes with a verdict refusing opens
 	wds         map[int]inodeKey        // guarded by mu; inotify watch -> inode in files
 }
@@ -193,7 +192,7 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 		cache:       make(map[cacheKey]cacheEntry),
 		isolated:    make(map[cacheKey]time.Time),
 		execRefused: make(map[cacheKey]time.Time),
-		marked:      make(map[string]bool),
+		marked:      make(map[string]inodeKey),
 		files:       make(map[inodeKey]*untrusted),
 		wds:         make(map[int]inodeKey),
 	}
@@ -208,7 +207,7 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 		g.allow[filepath.Clean(p)] = true
 	}
 	for _, d := range cfg.Dirs {
-		if err := g.addTree(d); err != nil {
+		if err := g.AddTree(d); err != nil {
 			g.Close()
 			return nil, fmt.Errorf("new gate: %w", err)
 		}
@@ -219,13 +218,22 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 // Audit reports whether denials are sent to the audit log (FAN_ENABLE_AUDIT was accepted).
 func (g *Gate) Audit() bool { return g.audit }
 
-func (g *Gate) addTree(dir string) error {
-	if g.cfg.NoRecursive {
-		return g.AddDir(dir)
+// AddTree marks a configured directory, with symbolic links resolved, and (unless
+// NoRecursive) its subdirectories. It fails unless the directory itself ends up marked.
+func (g *Gate) AddTree(dir string) error {
+	root, err := resolveRoot(dir)
+	if err != nil {
+		return fmt.Errorf("mark %s: %w", dir, err)
 	}
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	if root != filepath.Clean(dir) {
+		g.log.Info("gate: directory resolved", "dir", dir, "resolved", root)
+	}
+	if g.cfg.NoRecursive {
+		return g.AddDir(root)
+	}
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if p == dir {
+			if p == root {
 				return err
 			}
 			return nil
@@ -233,32 +241,52 @@ func (g *Gate) addTree(dir string) error {
 		if !d.IsDir() {
 			return nil
 		}
-		if err := g.AddDir(p); err != nil && p == dir {
+		if err := g.AddDir(p); err != nil && p == root {
 			return err
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	_, ok := g.marked[root]
+	g.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("mark %s: not marked (replaced meanwhile?)", root)
+	}
+	return nil
 }
 
-// AddDir marks one more directory: opens and execs of its direct children are gated.
+// AddDir marks one more directory: opens and execs of its direct children are gated. The
+// directory is reached without following symbolic links (see openDir), and a system
+// directory is refused.
 func (g *Gate) AddDir(dir string) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("mark %s: %w", dir, err)
 	}
+	fd, err := openDir(abs)
+	if err != nil {
+		return fmt.Errorf("mark %s: %w", abs, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("mark %s: %w", abs, err)
+	}
+	ik := inodeKey{st.Dev, st.Ino}
 	g.mu.Lock()
-	done := g.marked[abs]
+	done := g.marked[abs] == ik
 	g.mu.Unlock()
 	if done {
 		return nil
 	}
-	err = unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR|unix.FAN_MARK_DONT_FOLLOW,
-		gateMask, unix.AT_FDCWD, abs)
-	if err != nil {
+	if err := unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR, gateMask, fd, ""); err != nil {
 		return fmt.Errorf("mark %s: %w", abs, err)
 	}
 	g.mu.Lock()
-	g.marked[abs] = true
+	g.marked[abs] = ik
 	g.mu.Unlock()
 	return nil
 }
@@ -278,11 +306,21 @@ func (g *Gate) Invalidate() error {
 	g.remarkLocked()
 	var errs []error
 	for dir := range g.marked {
-		err := unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR|unix.FAN_MARK_DONT_FOLLOW,
-			gateMask, unix.AT_FDCWD, dir)
+		fd, err := openDir(dir)
+		if err == nil {
+			var st unix.Stat_t
+			if err = unix.Fstat(fd, &st); err == nil {
+				g.marked[dir] = inodeKey{st.Dev, st.Ino}
+				err = unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR, gateMask, fd, "")
+			}
+			unix.Close(fd)
+		}
 		if err != nil {
 			delete(g.marked, dir)
-			errs = append(errs, fmt.Errorf("invalidate: mark %s: %w", dir, err))
+			// A directory removed, renamed or replaced since is no longer gated there.
+			if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) && !errors.Is(err, unix.ELOOP) {
+				errs = append(errs, fmt.Errorf("invalidate: mark %s: %w", dir, err))
+			}
 		}
 	}
 	return errors.Join(errs...)

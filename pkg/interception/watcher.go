@@ -42,7 +42,9 @@ var ErrWatchLimit = errors.New("inotify watch limit reached (raise fs.inotify.ma
 // WatcherConfig configures a Watcher.
 type WatcherConfig struct {
 	// Dirs are the download directories, watched recursively; see DefaultDownloadDirs
-	// for the per-user XDG defaults. It may be empty, to watch nothing (the owner logs so).
+	// for the per-user XDG defaults. Symbolic links are resolved; a system directory
+	// (IsSystemDir) is refused, and so is a directory that cannot be watched. It may be
+	// empty, to watch nothing (the owner logs so).
 	Dirs    []string
 	Decider Decider // evaluates the policy; required
 	Sink    Sink    // receives isolation requests and events; required
@@ -144,18 +146,14 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	}
 	dirs := make([]string, 0, len(cfg.Dirs))
 	for _, d := range cfg.Dirs {
-		abs, err := filepath.Abs(d)
+		root, err := resolveRoot(d)
 		if err != nil {
 			return nil, fmt.Errorf("new watcher: %w", err)
 		}
-		st, err := os.Stat(abs)
-		if err != nil {
-			return nil, fmt.Errorf("new watcher: %w", err)
+		if root != filepath.Clean(d) {
+			log.Info("download directory resolved", "dir", d, "resolved", root)
 		}
-		if !st.IsDir() {
-			return nil, fmt.Errorf("new watcher: %s is not a directory", abs)
-		}
-		dirs = append(dirs, abs)
+		dirs = append(dirs, root)
 	}
 	cfg.Dirs = dirs
 	fsw, err := fsnotify.NewWatcher()
@@ -393,9 +391,10 @@ func (w *Watcher) schedule(p string) {
 	})
 }
 
-// addTree watches dir and its subdirectories and, if scanFiles, schedules their files.
+// addTree watches dir and its subdirectories and, if scanFiles, schedules their files. It
+// fails unless dir itself ends up watched.
 func (w *Watcher) addTree(dir string, scanFiles bool) error {
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if p == dir {
 				return err
@@ -407,6 +406,9 @@ func (w *Watcher) addTree(dir string, scanFiles bool) error {
 			if err := w.fsw.Add(p); err != nil {
 				if errors.Is(err, unix.ENOSPC) {
 					w.watchLimit(p, err)
+					if p == dir {
+						return fmt.Errorf("watch %s: %w: %w", p, ErrWatchLimit, err)
+					}
 					return filepath.SkipAll
 				}
 				if p == dir {
@@ -414,6 +416,18 @@ func (w *Watcher) addTree(dir string, scanFiles bool) error {
 				}
 				return nil
 			}
+			// inotify followed any symbolic link on the way: a directory swapped for one
+			// since it was seen must not stay watched where it points.
+			fd, err := openDir(p)
+			if err != nil {
+				w.fsw.Remove(p)
+				if p == dir {
+					return fmt.Errorf("watch %s: %w", p, err)
+				}
+				w.log.Warn("directory not watched", "dir", p, "err", err)
+				return filepath.SkipDir
+			}
+			unix.Close(fd)
 			w.mu.Lock()
 			w.watched[p] = true
 			w.mu.Unlock()
@@ -425,6 +439,16 @@ func (w *Watcher) addTree(dir string, scanFiles bool) error {
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	ok := w.watched[dir]
+	w.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("watch %s: not watched (replaced meanwhile?)", dir)
+	}
+	return nil
 }
 
 func (w *Watcher) watchLimit(dir string, err error) {
@@ -477,12 +501,12 @@ func (w *Watcher) process(ctx context.Context, p string) {
 }
 
 func (w *Watcher) decide(ctx context.Context, p string) error {
-	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	fd, err := openNoSymlinks(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
 	if err != nil {
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) {
-			return nil // renamed away or a symlink: not ours to decide
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+			return nil // renamed away, or a symlink (here or on the way): not ours to decide
 		}
-		return fmt.Errorf("open %s: %w", p, err)
+		return err
 	}
 	f := os.NewFile(uintptr(fd), p)
 	defer f.Close()
