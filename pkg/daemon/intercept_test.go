@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -209,6 +210,60 @@ func TestInterceptor(t *testing.T) {
 		}
 		if n := auditCount(t, in.state, "decision", p); n != 1 {
 			t.Errorf("%d audited decisions, want 1", n)
+		}
+	})
+
+	t.Run("an open mid-write waits for the download", func(t *testing.T) {
+		// curl writing in place while another program opens the file: the open is
+		// refused without a decision; the complete download is decided and isolated once.
+		p := filepath.Join(dl, "stream.bin")
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := f.Chown(65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		const first, second = "first half; ", "second half"
+		if _, err := f.WriteString(first); err != nil {
+			t.Fatal(err)
+		}
+		if out, errOut, err := catFile(p); err == nil || !strings.Contains(errOut, "Operation not permitted") {
+			t.Errorf("cat mid-write: %v %q %q", err, out, errOut)
+		}
+		if n := auditCount(t, in.state, "decision", p); n != 0 {
+			t.Errorf("the partial file was decided (%d audit records)", n)
+		}
+		if _, err := f.WriteString(second); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool {
+			tasks := tasksFor(p)
+			return len(tasks) == 1 && tasks[0].State.Final()
+		})
+		if _, _, err := catFile(p); err == nil {
+			t.Error("cat of the decided download succeeded")
+		}
+		time.Sleep(300 * time.Millisecond) // past the settle interval: a second decision would show
+		if n := auditCount(t, in.state, "decision", p); n != 1 {
+			t.Errorf("%d audited decisions, want 1", n)
+		}
+		tasks := tasksFor(p)
+		if len(tasks) != 1 {
+			t.Fatalf("tasks %+v, want 1", tasks)
+		}
+		res, err := in.d.Results(&daemon.Peer{UID: 65534}, tasks[0].ID)
+		if want := fmt.Sprintf("%d\n", len(first+second)); err != nil || len(res.Files) != 1 || string(res.Files[0].Data) != want {
+			t.Errorf("results %+v, %v; want the whole file's size %q", res, err, want)
+		}
+		for _, ev := range log.about(p) {
+			if ev.Type == api.EventDenied && ev.Time.Before(tasks[0].Created) {
+				t.Errorf("the refused open mid-write was notified: %+v", ev)
+			}
 		}
 	})
 

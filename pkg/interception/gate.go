@@ -86,6 +86,7 @@ type GateStats struct {
 	Denied    uint64 // answered FAN_DENY
 	CacheHits uint64 // answered from the verdict cache or an untrusted file's verdict
 	Fallbacks uint64 // answered with Fallback
+	Writing   uint64 // refused without a decision: being written by another process
 
 	FileMarks    uint64 // untrusted files carrying a mark of their own now
 	MarksEvicted uint64 // file marks dropped because MaxFileMarks was reached
@@ -108,7 +109,11 @@ type Gate struct {
 	wg       sync.WaitGroup
 	stopOnce sync.Once
 
-	events, allowed, denied, hits, fallbacks, marksEvicted atomic.Uint64
+	events, allowed, denied, hits, fallbacks, marksEvicted, writing atomic.Uint64
+
+	// watcher is the Watcher that hands its verdicts to this Gate, if any: files it is
+	// still waiting on are not decided here while another process writes them.
+	watcher atomic.Pointer[Watcher]
 
 	// ino watches the marked untrusted files for IN_DELETE_SELF (nil if inotify failed).
 	ino                   *os.File
@@ -395,6 +400,7 @@ func (g *Gate) Stats() GateStats {
 		Denied:       g.denied.Load(),
 		CacheHits:    g.hits.Load(),
 		Fallbacks:    g.fallbacks.Load(),
+		Writing:      g.writing.Load(),
 		FileMarks:    marks,
 		MarksEvicted: g.marksEvicted.Load(),
 	}
@@ -599,20 +605,47 @@ func (g *Gate) handle(ev permEvent) {
 		prev = &u
 	}
 	temp := !known && isTempName(path, g.cfg.TempSuffixes, g.cfg.TempPrefixes)
+	settling := g.settling(path, st.Mtim)
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
-		// An in-progress download is opened by its writer (the browser resuming or
-		// checking it) without a decision; not so by anyone else, nor when it was decided
-		// untrusted (then it is known, or, should the Gate have lost its verdict, it
-		// carries a record that says so).
-		if temp && g.openerWrites(fd, int(ev.pid), st.Dev, st.Ino) && !recordRefuses(fd) {
-			<-g.sem
-			g.respond(fd, true)
-			return
+		if temp || settling {
+			switch ws := g.writeState(fd, int(ev.pid), st.Dev, st.Ino); ws {
+			case openerHolds, openerOpensForWriting:
+				// A file being written is opened by its writer without a decision; an
+				// in-progress download also by a program opening it for writing (the
+				// browser resuming it). Not so a file decided untrusted (then it is
+				// known or, should the Gate have lost its verdict, its record says so).
+				if !known && !recordRefuses(fd) && (temp || ws == openerHolds) {
+					<-g.sem
+					g.respond(fd, true)
+					return
+				}
+			case otherWrites:
+				if settling {
+					// Still being written: the Watcher decides it once it is complete.
+					<-g.sem
+					g.writing.Add(1)
+					g.log.Debug("gate: open of a file being written refused", "path", path, "pid", ev.pid)
+					g.respond(fd, false)
+					return
+				}
+			}
 		}
 		g.decide(fd, key, fi, start, prev)
 	}()
+}
+
+// settling reports whether the file at path, with modification time mtim, is being
+// written as far as the Gate can tell: the Watcher handed its verdicts to this Gate
+// (WatcherConfig.Gate) and is waiting for it to stay unwritten or deciding it, or it was
+// written less than the settle interval ago (its events may not have reached the Watcher).
+func (g *Gate) settling(path string, mtim unix.Timespec) bool {
+	w := g.watcher.Load()
+	if w == nil {
+		return false
+	}
+	return time.Since(time.Unix(mtim.Unix())) < w.cfg.Settle || w.settling(path)
 }
 
 // fdPath returns the path of the file open as fd in this process.
@@ -620,24 +653,42 @@ func fdPath(fd int) (string, error) {
 	return os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
 }
 
-// openerWrites reports whether process pid, opening the file open as fd, is its writer: it
-// holds the file open for writing, or it is opening it for writing (the kernel counts the
-// write access of an open before it asks about it; fanotify does not say what the open is
-// for, so this is told by nobody else holding the file open for writing).
-func (g *Gate) openerWrites(fd, pid int, dev, ino uint64) bool {
+// writeState says who writes a file that is being opened.
+type writeState int
+
+const (
+	noWriter              writeState = iota // nobody has the file open for writing
+	openerHolds                             // the opening process holds it open for writing
+	openerOpensForWriting                   // the only write access is the open being asked about
+	otherWrites                             // another process holds it open for writing
+)
+
+// writeState tells who writes the file open as fd that process pid is opening: pid itself
+// (it holds the file open for writing), or pid's open, which is for writing (the kernel
+// counts the write access of an open before it asks about it, and fanotify does not say
+// what the open is for: this is told by a read lease that cannot be taken while nobody
+// else holds the file open for writing), or another process. Without leases (no
+// CAP_LEASE, or a file system without them) only processes' descriptors count.
+func (g *Gate) writeState(fd, pid int, dev, ino uint64) writeState {
 	if holdsForWriting(pid, dev, ino) {
-		return true
+		return openerHolds
 	}
-	if w, err := hasWriters(fd); err != nil || !w {
-		return false
+	w, err := hasWriters(fd)
+	if err == nil && !w {
+		return noWriter
 	}
 	if otherWriter(pid, dev, ino) {
-		return false
+		return otherWrites
+	}
+	if err != nil {
+		return noWriter
 	}
 	// A writer that closed the file during the scan leaves no write access now; the
 	// opener's own would still be counted.
-	w, err := hasWriters(fd)
-	return err == nil && w
+	if w, err := hasWriters(fd); err == nil && w {
+		return openerOpensForWriting
+	}
+	return noWriter
 }
 
 // tempExecRefused reports the refused execution of an in-progress download, at most once

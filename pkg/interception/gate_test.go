@@ -564,3 +564,75 @@ func TestGateTempNames(t *testing.T) {
 		t.Errorf("stats %+v, want at least 4 denials", st)
 	}
 }
+
+// TestGateWaitsForTheWatcher: a program opening a download that is still being written in
+// place (curl, wget) is refused without a decision, an isolation or a notice, while the
+// writer itself reads it; the Watcher decides the complete file once, and the Gate answers
+// later opens from that verdict.
+func TestGateWaitsForTheWatcher(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	requireUserXattr(t, dir)
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: sink})
+	startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec, Sink: sink, Gate: g,
+		OnDir: func(d string) {
+			if err := g.AddDir(d); err != nil {
+				t.Errorf("AddDir: %v", err)
+			}
+		}})
+	p := filepath.Join(dir, "tool.AppImage")
+	payload := bytes.Repeat([]byte("ELF-ish bytes\n"), 4096)
+	f, err := os.Create(p) // this process writes; it is the Gate's, so never gated itself
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(payload[:len(payload)/2]); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if out, err := catFile(p); err == nil || !strings.Contains(out, "Operation not permitted") {
+			t.Errorf("cat of a file being written = %q, %v; want EPERM", out, err)
+		}
+	}
+	if n := len(dec.callsFor()); n != 0 || sink.eventCount(EventDenied) != 0 || sink.isolations(p) != 0 {
+		t.Errorf("opens of a file being written: %d decisions, %d notices, %d isolations; want none",
+			n, sink.eventCount(EventDenied), sink.isolations(p))
+	}
+	if st := g.Stats(); st.Writing != 2 {
+		t.Errorf("stats %+v, want 2 opens refused as being written", st)
+	}
+	if _, err := f.Write(payload[len(payload)/2:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the Watcher's decision", func() bool { return sink.isolations(p) == 1 })
+	if out, err := catFile(p); err == nil || !strings.Contains(out, "Operation not permitted") {
+		t.Errorf("cat of the decided download = %q, %v; want EPERM", out, err)
+	}
+	time.Sleep(3 * testSettle) // a second decision or isolation would show up
+	calls := dec.callsFor()
+	if len(calls) != 1 || calls[0].Trigger != TriggerDownload || calls[0].Size != int64(len(payload)) {
+		t.Errorf("decisions %+v; want one, by the Watcher, of the whole file", calls)
+	}
+	// The Watcher's isolation, and the Gate's at the refused open (the daemon starts one
+	// task per content): both of the whole file.
+	sink.mu.Lock()
+	for _, f := range sink.isolated {
+		if f.Size != int64(len(payload)) {
+			t.Errorf("isolated %+v; want the whole file", f)
+		}
+	}
+	sink.mu.Unlock()
+
+	// The writer reads what it writes: a shell creating a file and cat that inherited its
+	// descriptor.
+	own := filepath.Join(dir, "own.bin")
+	out, err := exec.Command("/bin/sh", "-c", `exec 3>"$1" && printf 'written' >&3 && cat "$1"`, "sh", own).CombinedOutput()
+	if err != nil || string(out) != "written" {
+		t.Errorf("the writer's cat = %q, %v; want its content", out, err)
+	}
+}

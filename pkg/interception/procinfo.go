@@ -105,9 +105,9 @@ func writesInode(pid string, dev, ino uint64) bool {
 	return false
 }
 
-// otherWriter reports whether a process other than the caller and except has the inode
-// (dev, ino) open for writing. It scans every process's descriptors: it is meant for the
-// rare open of a file that is being written, never for a hot path.
+// otherWriter reports whether a process other than except has the inode (dev, ino) open
+// for writing. It scans every process's descriptors: it is meant for the rare open of a
+// file that is being written, never for a hot path.
 func otherWriter(except int, dev, ino uint64) bool {
 	d, err := os.Open(procRoot)
 	if err != nil {
@@ -115,9 +115,9 @@ func otherWriter(except int, dev, ino uint64) bool {
 	}
 	names, _ := d.Readdirnames(-1)
 	d.Close()
-	self, other := strconv.Itoa(os.Getpid()), strconv.Itoa(except)
+	other := strconv.Itoa(except)
 	for _, n := range names {
-		if n == self || n == other || n == "" || n[0] < '0' || n[0] > '9' {
+		if n == other || n == "" || n[0] < '0' || n[0] > '9' {
 			continue
 		}
 		if writesInode(n, dev, ino) {

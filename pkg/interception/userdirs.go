@@ -185,7 +185,7 @@ type UserDir struct {
 	UID  uint32
 	Home string
 	Dir  string // the download directory, resolved; "" if refused
-	Err error // why Dir was refused (wraps ErrNotUserDir or the I/O error); nil if accepted
+	Err  error  // why Dir was refused (wraps ErrNotUserDir or the I/O error); nil if accepted
 }
 
 // UserDownloadDirs returns the download directories (see DownloadDir) of the users listed in

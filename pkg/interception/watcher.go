@@ -93,6 +93,7 @@ type Watcher struct {
 
 	mu        sync.Mutex
 	pending   map[string]*time.Timer // guarded by mu; settle timers by path
+	queued    map[string]int         // guarded by mu; paths whose timer fired, waiting for a worker
 	inflight  map[string]bool        // guarded by mu; paths being processed
 	again     map[string]bool        // guarded by mu; paths that changed while in flight
 	watched   map[string]bool        // guarded by mu; directories watched, by the path they were watched under
@@ -167,6 +168,7 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		done:     make(chan struct{}),
 		log:      log,
 		pending:  make(map[string]*time.Timer),
+		queued:   make(map[string]int),
 		inflight: make(map[string]bool),
 		again:    make(map[string]bool),
 		watched:  make(map[string]bool),
@@ -179,6 +181,9 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 			return nil, fmt.Errorf("new watcher: %w", err)
 		}
 	}
+	if cfg.Gate != nil {
+		cfg.Gate.watcher.Store(w)
+	}
 	return w, nil
 }
 
@@ -187,6 +192,9 @@ func (w *Watcher) Dirs() []string { return append([]string(nil), w.cfg.Dirs...) 
 
 // Close releases the inotify instance. It is called by Run on return.
 func (w *Watcher) Close() error {
+	if w.cfg.Gate != nil {
+		w.cfg.Gate.watcher.CompareAndSwap(w, nil)
+	}
 	w.mu.Lock()
 	for p, t := range w.pending {
 		t.Stop()
@@ -376,19 +384,43 @@ func (w *Watcher) schedule(p string) {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if t, ok := w.pending[p]; ok {
+	if t, ok := w.pending[p]; ok && t.Stop() {
 		t.Reset(d)
 		return
 	}
-	w.pending[p] = time.AfterFunc(d, func() {
+	// A new timer, or the old one fired meanwhile: its callback hands p to a worker.
+	var t *time.Timer
+	t = time.AfterFunc(d, func() {
 		w.mu.Lock()
-		delete(w.pending, p)
+		if w.pending[p] == t {
+			delete(w.pending, p)
+		}
+		w.queued[p]++
 		w.mu.Unlock()
 		select {
 		case w.work <- p:
 		case <-w.done:
+			w.dequeue(p)
 		}
 	})
+	w.pending[p] = t
+}
+
+func (w *Watcher) dequeue(p string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.queued[p]--; w.queued[p] <= 0 {
+		delete(w.queued, p)
+	}
+}
+
+// settling reports whether the Watcher is waiting for the file at p to stay unwritten, or
+// deciding it: an open of it meanwhile is not decided by the Gate (see Gate.busy).
+func (w *Watcher) settling(p string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.pending[p]
+	return ok || w.queued[p] > 0 || w.inflight[p]
 }
 
 // addTree watches dir and its subdirectories and, if scanFiles, schedules their files. It
@@ -476,6 +508,9 @@ func (w *Watcher) watchLimit(dir string, err error) {
 // process decides p if it is a complete regular file without an up-to-date decision.
 func (w *Watcher) process(ctx context.Context, p string) {
 	w.mu.Lock()
+	if w.queued[p]--; w.queued[p] <= 0 {
+		delete(w.queued, p)
+	}
 	if w.inflight[p] {
 		w.again[p] = true
 		w.mu.Unlock()
@@ -485,13 +520,16 @@ func (w *Watcher) process(ctx context.Context, p string) {
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
-		delete(w.inflight, p)
 		again := w.again[p]
 		delete(w.again, p)
 		w.mu.Unlock()
 		if again {
 			w.schedule(p)
 		}
+		// Only now: the Gate sees p settling throughout (see settling).
+		w.mu.Lock()
+		delete(w.inflight, p)
+		w.mu.Unlock()
 	}()
 	if err := w.decide(ctx, p); err != nil && !errors.Is(err, context.Canceled) {
 		w.log.Error("decide download", "path", p, "err", err)
