@@ -118,6 +118,7 @@ type Gate struct {
 	// ino watches the marked untrusted files for IN_DELETE_SELF (nil if inotify failed).
 	ino                   *os.File
 	markWarned, inoWarned atomic.Bool // a failure to mark or watch a file was logged
+	recordWarned          atomic.Bool // a failure to write a record was logged
 
 	mu          sync.Mutex
 	cache       map[cacheKey]cacheEntry // guarded by mu
@@ -759,8 +760,13 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 	type result struct {
 		v     Verdict
 		err   error
-		known bool // prev's verdict, for the same content
+		known bool     // prev's verdict, for the same content
+		key   cacheKey // the version answered: key, or the one the record written made
 	}
+	// answered is closed once fd is answered (and a trusted file given its ignore mark,
+	// which checks the version): a record written later changes the ctime.
+	answered := make(chan struct{})
+	defer close(answered)
 	// The Decider reads the file through its own duplicate of the event's descriptor:
 	// fd is answered and closed at the deadline, while a late decision may still read.
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
@@ -786,7 +792,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			sum, err := hashFile(g.ctx, dfi.File)
 			if err == nil && sum == prev.sum && sameVersion(dup, key) {
 				g.recognised(key, fi.Path, prev.v)
-				done <- result{v: prev.v, known: true}
+				done <- result{v: prev.v, known: true, key: key}
 				return
 			}
 			if err == nil {
@@ -802,14 +808,32 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			v.Action = ActionDeny
 		}
 		g.store(key, v) // a late verdict still serves the next open
-		g.remember(dup, key, fi.Path, v, v.SHA256, o)
-		done <- result{v: v}
-		if v.Action != ActionTrust && v.SHA256 == "" {
-			// Keep the hash of the untrusted content, to recognise it under another name.
-			if sum, err := hashFile(g.ctx, dfi.File); err == nil && sameVersion(dup, key) {
-				g.setSum(key, sum)
+		// The hash of the content keeps an untrusted one recognised under another name,
+		// and goes into the record on the file. A small file is hashed before the answer.
+		sum := v.SHA256
+		if sum == "" && key.size <= inlineHashMax {
+			if s, err := hashFile(dctx, dfi.File); err == nil && sameVersion(dup, key) {
+				sum = s
 			}
 		}
+		g.remember(dup, key, fi.Path, v, sum, o)
+		rkey := key
+		if sum != "" {
+			rkey = g.record(dup, key, fi, v, sum)
+		}
+		done <- result{v: v, key: rkey}
+		if sum != "" {
+			return
+		}
+		s, err := hashFile(g.ctx, dfi.File)
+		if err != nil || !sameVersion(dup, key) {
+			return
+		}
+		if v.Action != ActionTrust {
+			g.setSum(key, s)
+		}
+		<-answered
+		g.record(dup, key, fi, v, s)
 	}()
 	timer := time.NewTimer(time.Until(start.Add(g.cfg.Deadline)))
 	defer timer.Stop()
@@ -820,7 +844,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			return
 		}
 		if r.v.Action == ActionTrust {
-			g.ignoreOpens(fd, key)
+			g.ignoreOpens(fd, r.key)
 			g.respond(fd, true)
 			return
 		}
@@ -828,7 +852,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			g.hits.Add(1)
 		}
 		g.respond(fd, false)
-		g.afterDeny(key, fi, r.v)
+		g.afterDeny(r.key, fi, r.v)
 	case <-timer.C:
 		g.fallback(fd, "decide", context.DeadlineExceeded, mayTrust())
 	}
@@ -872,10 +896,48 @@ func (g *Gate) lookup(key cacheKey, now time.Time) (Verdict, bool) {
 func (g *Gate) store(key cacheKey, v Verdict) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.storeLocked(key, v)
+}
+
+func (g *Gate) storeLocked(key cacheKey, v Verdict) {
 	if len(g.cache) >= maxCacheEntries {
 		clear(g.cache)
 	}
 	g.cache[key] = cacheEntry{v: v, expires: time.Now().Add(g.cfg.CacheTTL)}
+}
+
+// inlineHashMax is the largest file the Gate hashes before answering the open it decided,
+// to write the record with the answer; larger ones are hashed and recorded afterwards.
+const inlineHashMax = 4 << 20
+
+// record writes the verdict v decided for the version key of the file open as fd on the
+// file, as the Watcher does (see Record), so that a Watcher finds it decided after a
+// restart. The attributes change the ctime: the new version keeps the verdict, in the
+// cache and in an untrusted inode's state, and is returned (key when nothing was written).
+func (g *Gate) record(fd int, key cacheKey, fi FileInfo, v Verdict, sum string) cacheKey {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || (cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}) != key {
+		return key
+	}
+	rec := Record{Origin: fi.Origin(), Verdict: v.Action, Rule: v.Rule, Time: time.Now(), SHA256: sum}
+	if err := writeRecordFd(fd, fi.Path, rec); err != nil {
+		if !g.recordWarned.Swap(true) {
+			g.log.Warn("gate: cannot record verdicts as extended attributes", "path", fi.Path, "err", err)
+		}
+		return key
+	}
+	var after unix.Stat_t
+	if unix.Fstat(fd, &after) != nil || after.Size != st.Size || after.Mtim != st.Mtim {
+		return key // written meanwhile: a new content, decided afresh
+	}
+	nk := cacheKey{dev: after.Dev, ino: after.Ino, ctime: after.Ctim.Nano(), size: after.Size}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.storeLocked(nk, v)
+	if u := g.files[inodeKey{key.dev, key.ino}]; u != nil && u.v == v && u.ctime == key.ctime && u.size == key.size {
+		u.ctime = nk.ctime
+	}
+	return nk
 }
 
 // fallback answers fd when no verdict could be had: with Fallback, or with a denial when

@@ -3,6 +3,8 @@ package interception
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
@@ -634,5 +636,49 @@ func TestGateWaitsForTheWatcher(t *testing.T) {
 	out, err := exec.Command("/bin/sh", "-c", `exec 3>"$1" && printf 'written' >&3 && cat "$1"`, "sh", own).CombinedOutput()
 	if err != nil || string(out) != "written" {
 		t.Errorf("the writer's cat = %q, %v; want its content", out, err)
+	}
+}
+
+// TestGateRecordsItsVerdicts: verdicts the Gate alone made are recorded on the files like
+// the Watcher's, so that a Watcher started afterwards (a restarted daemon) does not decide
+// them again; the record does not make the next open decided again either.
+func TestGateRecordsItsVerdicts(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	requireUserXattr(t, dir)
+	writeFiles(t, dir, "evil.pdf", "trusted.txt")
+	dec := &nameDecider{}
+	_, stop := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: &recordingSink{}, NoIgnoreMarks: true})
+	for range 2 {
+		if out, err := catFile(filepath.Join(dir, "evil.pdf")); err == nil {
+			t.Errorf("cat of an untrusted file = %q; want EPERM", out)
+		}
+		if out, err := catFile(filepath.Join(dir, "trusted.txt")); err != nil {
+			t.Errorf("cat of a trusted file: %q, %v", out, err)
+		}
+	}
+	if n := len(dec.callsFor()); n != 2 {
+		t.Errorf("%d decisions for two opens of two files, want 2", n)
+	}
+	stop()
+	for name, want := range map[string]Action{"evil.pdf": ActionIsolate, "trusted.txt": ActionTrust} {
+		p := filepath.Join(dir, name)
+		rec, err := ReadRecord(p)
+		sum := sha256.Sum256([]byte("content of " + name + "\n"))
+		if err != nil || rec.Verdict != want || rec.Rule == "" || rec.SHA256 != hex.EncodeToString(sum[:]) ||
+			rec.Origin != "dir:"+dir || time.Since(rec.Time) > time.Minute {
+			t.Errorf("record of %s = %+v, %v; want verdict %s with the content's hash", name, rec, err, want)
+		}
+	}
+
+	// A restarted daemon: a new Watcher decides the new file, not those the Gate recorded.
+	dec2 := &nameDecider{}
+	sink := &recordingSink{}
+	startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec2, Sink: sink})
+	writeFiles(t, dir, "new.bin")
+	waitFor(t, 10*time.Second, "decision of new.bin", func() bool { return sink.isolations(filepath.Join(dir, "new.bin")) == 1 })
+	time.Sleep(3 * testSettle) // decisions of the other files would show up
+	if calls := dec2.callsFor(); len(calls) != 1 {
+		t.Errorf("the new Watcher decided %d files (%+v), want only new.bin", len(calls), calls)
 	}
 }
