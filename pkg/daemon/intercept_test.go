@@ -275,3 +275,91 @@ func TestInterceptor(t *testing.T) {
 		}
 	})
 }
+
+// TestInterceptorRescansUsers: with the users' download directories (InterceptConfig.Passwd),
+// a directory that appears after the start is intercepted after Rescan (isolatord's
+// SIGHUP), or by itself after RescanInterval; one a user points outside their home is
+// not.
+func TestInterceptorRescansUsers(t *testing.T) {
+	requireFanotify(t)
+	in := start(t, daemon.Config{})
+	root := t.TempDir()
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const alice, bob, mallory = 4201, 4202, 4203 // users of this test only
+	mkOwned := func(dir string, uid int) string {
+		t.Helper()
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(dir, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	var lines []string
+	for name, uid := range map[string]int{"alice": alice, "bob": bob, "mallory": mallory} {
+		home := mkOwned(filepath.Join(root, name), uid)
+		lines = append(lines, fmt.Sprintf("%s:x:%d:%d::%s:/bin/sh", name, uid, uid, home))
+	}
+	passwd := writeFile(t, root, "passwd", strings.Join(lines, "\n")+"\n")
+	// mallory's Downloads is a directory of theirs outside their home: refused.
+	elsewhere := mkOwned(filepath.Join(root, "elsewhere"), mallory)
+	if err := os.Symlink(elsewhere, filepath.Join(root, "mallory", "Downloads")); err != nil {
+		t.Fatal(err)
+	}
+	outside := writeFile(t, elsewhere, "report.bin", "untrusted bytes")
+
+	run := func(t *testing.T, cfg daemon.InterceptConfig) *daemon.Interceptor {
+		t.Helper()
+		ic, err := daemon.NewInterceptor(in.d, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- ic.Run(ctx) }()
+		t.Cleanup(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+		return ic
+	}
+	// download writes an untrusted file of the user into dir and waits for its decision;
+	// cat is refused then.
+	download := func(t *testing.T, dir string, uid int) {
+		t.Helper()
+		p := writeFile(t, dir, "report.bin", "untrusted bytes")
+		if err := os.Chown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return auditCount(t, in.state, "decision", p) == 1 })
+		if out, _, err := catFile(p); err == nil {
+			t.Errorf("cat of a download in a directory found by the rescan: %q", out)
+		}
+	}
+
+	t.Run("SIGHUP", func(t *testing.T) {
+		ic := run(t, daemon.InterceptConfig{Passwd: passwd, Settle: 100 * time.Millisecond, RescanInterval: time.Hour})
+		dl := mkOwned(filepath.Join(root, "alice", "Downloads"), alice)
+		p := writeFile(t, dl, "before.bin", "not yet watched")
+		time.Sleep(300 * time.Millisecond) // past the settle interval: not decided, not gated
+		if n := auditCount(t, in.state, "decision", p); n != 0 {
+			t.Fatalf("%d decisions before the rescan", n)
+		}
+		ic.Rescan()
+		// The file already there is decided too.
+		waitFor(t, func() bool { return auditCount(t, in.state, "decision", p) == 1 })
+		download(t, mkOwned(filepath.Join(dl, "sub"), alice), alice)
+	})
+	t.Run("every RescanInterval", func(t *testing.T) {
+		run(t, daemon.InterceptConfig{Passwd: passwd, Settle: 100 * time.Millisecond, RescanInterval: 100 * time.Millisecond})
+		download(t, mkOwned(filepath.Join(root, "bob", "Downloads"), bob), bob)
+	})
+	if out, _, err := catFile(outside); err != nil || auditCount(t, in.state, "decision", outside) != 0 {
+		t.Errorf("a file in the directory mallory pointed at is gated or decided: %q, %v", out, err)
+	}
+}

@@ -90,8 +90,8 @@ func LoadFileConfig(path string) (*FileConfig, error) {
 type RunnerFactory func(images *Images) (Runner, error)
 
 // Main is isolatord: it parses args, loads the configuration, and runs the daemon until
-// SIGINT or SIGTERM; SIGHUP reloads the policy and reopens the audit log. It returns the
-// process exit code.
+// SIGINT or SIGTERM; SIGHUP reloads the policy, reopens the audit log and rescans the
+// users' download directories. It returns the process exit code.
 func Main(args []string, stderr io.Writer, newRunner RunnerFactory) int {
 	// Signals first, so that a signal during start-up is not lost.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -372,6 +372,9 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 					log.Error("SIGHUP: audit log not reopened", "err", err)
 				}
 				store.Reload() // OnReload logs the outcome
+				if ic := icpt.Load(); ic != nil {
+					ic.Rescan() // users' download directories made since
+				}
 				Notify("READY=1")
 			}
 		}

@@ -288,7 +288,10 @@ func (g *Gate) AddDir(dir string) error {
 	if done {
 		return nil
 	}
-	if err := unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR, gateMask, fd, ""); err != nil {
+	err = g.fan(func(gfd int) error {
+		return unix.FanotifyMark(gfd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR, gateMask, fd, "")
+	})
+	if err != nil {
 		return fmt.Errorf("mark %s: %w", abs, err)
 	}
 	g.mu.Lock()

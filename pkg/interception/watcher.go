@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -92,6 +93,7 @@ type Watcher struct {
 	log  *slog.Logger
 
 	mu        sync.Mutex
+	roots     []string               // guarded by mu; the download directories, resolved
 	pending   map[string]*time.Timer // guarded by mu; settle timers by path
 	queued    map[string]int         // guarded by mu; paths whose timer fired, waiting for a worker
 	inflight  map[string]bool        // guarded by mu; paths being processed
@@ -156,13 +158,14 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		}
 		dirs = append(dirs, root)
 	}
-	cfg.Dirs = dirs
+	cfg.Dirs = nil // the roots are w.roots, which AddDir extends
 	fsw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, fmt.Errorf("new watcher: %w", err)
 	}
 	w := &Watcher{
 		cfg:      cfg,
+		roots:    dirs,
 		fsw:      fsw,
 		work:     make(chan string, 1024),
 		done:     make(chan struct{}),
@@ -188,7 +191,45 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 }
 
 // Dirs returns the absolute directories the Watcher was configured with.
-func (w *Watcher) Dirs() []string { return append([]string(nil), w.cfg.Dirs...) }
+func (w *Watcher) Dirs() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.roots...)
+}
+
+// AddDir adds a download directory while the Watcher runs (a user's directory that
+// appeared later), as NewWatcher does with WatcherConfig.Dirs: symbolic links are resolved,
+// a system directory is refused, its tree is watched (through OnDir, marked), and its files
+// are scheduled unless SkipExisting. A directory watched already is left alone; one that
+// was removed and made again is watched again.
+func (w *Watcher) AddDir(dir string) error {
+	root, err := resolveRoot(dir)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", dir, err)
+	}
+	w.mu.Lock()
+	watching := w.watched[root]
+	w.mu.Unlock()
+	if watching {
+		return nil
+	}
+	if err := w.addTree(root, !w.cfg.SkipExisting); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !slices.Contains(w.roots, root) {
+		w.roots = append(w.roots, root)
+	}
+	return nil
+}
+
+// Watching reports whether the directory dir (resolved, as Dirs returns it) is watched.
+func (w *Watcher) Watching(dir string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.watched[dir]
+}
 
 // Close releases the inotify instance. It is called by Run on return.
 func (w *Watcher) Close() error {
@@ -248,7 +289,7 @@ func (w *Watcher) loop(ctx context.Context) error {
 				return errors.New("watcher: inotify closed")
 			}
 			if errors.Is(err, fsnotify.ErrEventOverflow) {
-				w.log.Warn("inotify queue overflow; rescanning", "dirs", w.cfg.Dirs)
+				w.log.Warn("inotify queue overflow; rescanning", "dirs", w.Dirs())
 				w.cfg.Sink.Notify(Event{Kind: EventOverflow, Time: time.Now(),
 					Message: "inotify queue overflowed; download directories rescanned"})
 				w.rescan()
@@ -263,7 +304,7 @@ func (w *Watcher) loop(ctx context.Context) error {
 // rescan walks every directory again, adding missing watches and scheduling every file;
 // files with an up-to-date record are skipped cheaply by process.
 func (w *Watcher) rescan() {
-	for _, d := range w.cfg.Dirs {
+	for _, d := range w.Dirs() {
 		if err := w.addTree(d, true); err != nil {
 			w.log.Error("rescan", "dir", d, "err", err)
 		}
