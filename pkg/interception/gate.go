@@ -952,22 +952,30 @@ func (g *Gate) fallback(fd int, what string, err error, mayTrust bool) {
 	g.respond(fd, allow)
 }
 
+// response is the answer written for an allowed or denied event: a denial asks the kernel
+// to audit it (FAN_AUDIT) when the group was created with FAN_ENABLE_AUDIT; the kernel
+// refuses FAN_AUDIT otherwise.
+func (g *Gate) response(allow bool) uint32 {
+	switch {
+	case allow:
+		return unix.FAN_ALLOW
+	case g.audit:
+		return unix.FAN_DENY | unix.FAN_AUDIT
+	}
+	return unix.FAN_DENY
+}
+
 // respond answers the permission event of fd and closes fd.
 func (g *Gate) respond(fd int, allow bool) {
 	defer unix.Close(fd)
-	resp := uint32(unix.FAN_ALLOW)
 	if allow {
 		g.allowed.Add(1)
 	} else {
 		g.denied.Add(1)
-		resp = unix.FAN_DENY
-		if g.audit {
-			resp |= unix.FAN_AUDIT
-		}
 	}
 	var b [8]byte
 	binary.NativeEndian.PutUint32(b[0:4], uint32(int32(fd)))
-	binary.NativeEndian.PutUint32(b[4:8], resp)
+	binary.NativeEndian.PutUint32(b[4:8], g.response(allow))
 	if _, err := g.f.Write(b[:]); err != nil && !errors.Is(err, os.ErrClosed) {
 		g.log.Error("gate: answer fanotify event", "err", err)
 	}

@@ -4,12 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -681,4 +685,107 @@ func TestGateRecordsItsVerdicts(t *testing.T) {
 	if calls := dec2.callsFor(); len(calls) != 1 {
 		t.Errorf("the new Watcher decided %d files (%+v), want only new.bin", len(calls), calls)
 	}
+}
+
+// TestGateAudit checks that denials reach the audit subsystem where the kernel allows it:
+// the Gate creates its group with FAN_ENABLE_AUDIT when this process may, and then answers
+// denials with FAN_AUDIT, which the kernel accepts only from such a group (shown first on
+// a group without it).
+func TestGateAudit(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, "evil.pdf")
+	p := filepath.Join(dir, "evil.pdf")
+
+	// A group without FAN_ENABLE_AUDIT: the kernel refuses FAN_AUDIT in its answers.
+	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC, unix.O_RDONLY|unix.O_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.FanotifyMark(fd, unix.FAN_MARK_ADD, unix.FAN_OPEN_PERM|unix.FAN_EVENT_ON_CHILD, unix.AT_FDCWD, dir); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	cat := exec.Command("cat", p)
+	if err := cat.Start(); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, err := unix.Read(fd, buf)
+	evs, perr := parseEvents(buf[:max(n, 0)])
+	if err != nil || perr != nil || len(evs) != 1 {
+		unix.Close(fd) // lets cat go
+		cat.Wait()
+		t.Fatalf("event of the plain group: %d bytes, %v, %v", n, err, perr)
+	}
+	answer := func(resp uint32) error {
+		var b [8]byte
+		binary.NativeEndian.PutUint32(b[0:4], uint32(evs[0].fd))
+		binary.NativeEndian.PutUint32(b[4:8], resp)
+		_, err := unix.Write(fd, b[:])
+		return err
+	}
+	if err := answer(unix.FAN_DENY | unix.FAN_AUDIT); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("FAN_AUDIT answer of a group without FAN_ENABLE_AUDIT: %v, want EINVAL", err)
+	}
+	if err := answer(unix.FAN_ALLOW); err != nil {
+		t.Error(err)
+	}
+	unix.Close(int(evs[0].fd))
+	unix.Close(fd)
+	if err := cat.Wait(); err != nil {
+		t.Errorf("cat allowed by the plain group: %v", err)
+	}
+
+	// Whether this process may create an auditing group at all (CAP_AUDIT_WRITE, kernel).
+	probe, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC|unix.FAN_ENABLE_AUDIT, unix.O_RDONLY)
+	canAudit := err == nil
+	if canAudit {
+		unix.Close(probe)
+	}
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: &nameDecider{}, Sink: &recordingSink{},
+		Logger: slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &logMu}, nil))})
+	if g.Audit() != canAudit {
+		t.Fatalf("Audit() = %v, but FAN_ENABLE_AUDIT available: %v (%v)", g.Audit(), canAudit, err)
+	}
+	want := uint32(unix.FAN_DENY)
+	if canAudit {
+		want |= unix.FAN_AUDIT
+	}
+	if got := g.response(false); got != want {
+		t.Errorf("denial answered %#x, want %#x", got, want)
+	}
+	if got := g.response(true); got != unix.FAN_ALLOW {
+		t.Errorf("allowance answered %#x, want FAN_ALLOW", got)
+	}
+	// The kernel accepts the Gate's denial (an answer it refused would leave cat waiting
+	// until the group closes, and then let it read).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "cat", p).CombinedOutput(); err == nil || !strings.Contains(string(out), "Operation not permitted") {
+		t.Errorf("cat of an untrusted file = %q, %v; want EPERM", out, err)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if strings.Contains(logs.String(), "answer fanotify event") {
+		t.Errorf("the kernel refused an answer:\n%s", logs.String())
+	}
+	if !canAudit {
+		t.Log("FAN_ENABLE_AUDIT is not available here; denials are not audited")
+	}
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	w  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
