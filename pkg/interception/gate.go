@@ -614,7 +614,13 @@ func (g *Gate) handle(ev permEvent) {
 	go func() {
 		defer g.wg.Done()
 		if temp || settling {
-			switch ws := g.writeState(fd, int(ev.pid), st.Dev, st.Ino); ws {
+			ws, ok := g.writeStateBy(fd, int(ev.pid), &st, start)
+			if !ok {
+				<-g.sem
+				g.fallback(fd, "writers", context.DeadlineExceeded, !known && !settling)
+				return
+			}
+			switch ws {
 			case openerHolds, openerOpensForWriting:
 				// A file being written is opened by its writer without a decision; an
 				// in-progress download also by a program opening it for writing (the
@@ -666,6 +672,31 @@ const (
 	openerOpensForWriting                   // the only write access is the open being asked about
 	otherWrites                             // another process holds it open for writing
 )
+
+// writeStateBy is writeState, given up at the deadline counted from start (it reads
+// /proc, which a hung file system could hold up): ok is false then.
+func (g *Gate) writeStateBy(fd, pid int, st *unix.Stat_t, start time.Time) (ws writeState, ok bool) {
+	// The check works on its own descriptor: fd is answered and closed at the deadline.
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return noWriter, false
+	}
+	c := make(chan writeState, 1)
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		defer unix.Close(dup)
+		c <- g.writeState(dup, pid, st.Dev, st.Ino)
+	}()
+	t := time.NewTimer(time.Until(start.Add(g.cfg.Deadline)))
+	defer t.Stop()
+	select {
+	case ws := <-c:
+		return ws, true
+	case <-t.C:
+		return noWriter, false
+	}
+}
 
 // writeState tells who writes the file open as fd that process pid is opening: pid itself
 // (it holds the file open for writing), or pid's open, which is for writing (the kernel
