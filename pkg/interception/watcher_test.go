@@ -477,28 +477,34 @@ func TestWatcherDecidesIdleTempFiles(t *testing.T) {
 	requireUserXattr(t, dir)
 	sink := &recordingSink{}
 	dec := &nameDecider{}
-	const idle = 4 * testSettle
+	const idle = 8 * testSettle
 	startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec, Sink: sink, TempIdle: idle})
 	payload := bytes.Repeat([]byte("stalled download\n"), 1000)
-	for _, name := range []string{"evil.part", ".com.google.Chrome.Xy12Ab"} {
-		p := filepath.Join(dir, name)
-		// Decided after the settle interval, it would be decided on a part of the
-		// content, and again later.
-		writeChunks(t, p, payload, 4, 2*testSettle)
-		waitFor(t, 10*time.Second, "decision of "+name, func() bool { return sink.isolations(p) == 1 })
-		time.Sleep(2 * idle) // a second decision would show up
+	part := filepath.Join(dir, "evil.part")
+	chrome := filepath.Join(dir, ".com.google.Chrome.Xy12Ab")
+	if err := os.WriteFile(chrome, payload, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Decided after the settle interval, it would be decided on a part of the content,
+	// and again later.
+	writeChunks(t, part, payload, 4, 2*testSettle)
+	for _, p := range []string{part, chrome} {
+		waitFor(t, 10*time.Second, "decision of "+p, func() bool { return sink.isolations(p) == 1 })
+	}
+	time.Sleep(idle) // a second decision would show up
+	sum := sha256.Sum256(payload)
+	for _, p := range []string{part, chrome} {
 		var calls []FileInfo
 		for _, c := range dec.callsFor() {
 			if c.Path == p {
 				calls = append(calls, c)
 			}
 		}
-		sum := sha256.Sum256(payload)
 		if len(calls) != 1 || calls[0].SHA256 != hex.EncodeToString(sum[:]) {
-			t.Errorf("%s: %d decisions (%+v), want one of the whole content", name, len(calls), calls)
+			t.Errorf("%s: %d decisions (%+v), want one of the whole content", p, len(calls), calls)
 		}
 		if rec, err := ReadRecord(p); err != nil || rec.Verdict != ActionIsolate {
-			t.Errorf("%s: record %+v, %v", name, rec, err)
+			t.Errorf("%s: record %+v, %v", p, rec, err)
 		}
 	}
 }
