@@ -340,6 +340,7 @@ func TestExampleConfig(t *testing.T) {
 	dur("gate_deadline", fc.GateDeadline, "gate-deadline")
 	str("gate_fallback", fc.GateFallback, "gate-fallback")
 	dur("download_settle", fc.DownloadSettle, "download-settle")
+	dur("download_temp_idle", fc.DownloadTempIdle, "download-temp-idle")
 }
 
 func boolPtr(b *bool) string {

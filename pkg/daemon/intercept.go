@@ -23,9 +23,17 @@ import (
 // fanotify permission Gate of package interception, run by the daemon on the download
 // directories. See docs/INTERCEPTION.md.
 type InterceptConfig struct {
-	// Dirs are the download directories, watched and gated recursively. Required; see
-	// interception.DefaultDownloadDirs for the per-user XDG defaults.
+	// Dirs are the download directories, watched and gated recursively.
 	Dirs []string
+	// Passwd, if set, adds the XDG download directory of every regular user (uid 1000 and
+	// up) listed in this passwd file (see interception.UserDownloadDirs): a directory a
+	// user points outside their home, at somebody else's or at a system directory is
+	// refused, and the refusal logged. Dirs or Passwd is required. The file is read again
+	// every RescanInterval and at Rescan (SIGHUP), so that users created later and
+	// download directories made later are intercepted without a restart.
+	Passwd string
+	// RescanInterval is how often Passwd is read again. Zero selects one minute.
+	RescanInterval time.Duration
 	// NoGate runs the Watcher only: downloads are decided, tagged and isolated, but opens
 	// are not gated.
 	NoGate bool
@@ -41,6 +49,9 @@ type InterceptConfig struct {
 	// Settle is how long a file must stay unwritten before the Watcher decides it. Zero
 	// selects interception.DefaultSettle.
 	Settle time.Duration
+	// TempIdle is how long a file with an in-progress download name must stay unwritten
+	// before the Watcher decides it. Zero selects interception.DefaultTempIdle.
+	TempIdle time.Duration
 	// MaxFileMarks bounds the untrusted files the Gate follows under any name with a mark
 	// of their own. Zero selects interception.DefaultMaxFileMarks.
 	MaxFileMarks int
@@ -71,6 +82,9 @@ type Interceptor struct {
 	mu     sync.Mutex
 	seen   map[contentKey]*seenFile // guarded by mu
 	owners map[uint32]ownerEntry    // guarded by mu
+
+	rescanMu sync.Mutex        // serializes Rescan
+	refused  map[string]string // guarded by rescanMu; user -> the refusal logged last
 }
 
 // contentKey names one content of one file. Unlike the Gate's cache key it leaves out
@@ -103,7 +117,7 @@ var (
 // once, and the Watcher for d. Opens in the directories wait for Run from then on, so
 // call Run promptly; it needs CAP_SYS_ADMIN for the Gate.
 func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
-	if len(cfg.Dirs) == 0 {
+	if len(cfg.Dirs) == 0 && cfg.Passwd == "" {
 		return nil, errors.New("interception: no download directories")
 	}
 	allow := make([]string, 0, len(cfg.AllowPrograms))
@@ -116,18 +130,31 @@ func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
 	cfg.AllowPrograms = allow
 	ctx, cancel := context.WithCancel(context.Background())
 	ic := &Interceptor{
-		d:      d,
-		cfg:    cfg,
-		log:    d.log.With("component", "interception"),
-		ctx:    ctx,
-		cancel: cancel,
-		seen:   make(map[contentKey]*seenFile),
-		owners: make(map[uint32]ownerEntry),
+		d:       d,
+		cfg:     cfg,
+		log:     d.log.With("component", "interception"),
+		ctx:     ctx,
+		cancel:  cancel,
+		seen:    make(map[contentKey]*seenFile),
+		owners:  make(map[uint32]ownerEntry),
+		refused: make(map[string]string),
+	}
+	dirs := append([]string(nil), cfg.Dirs...)
+	if cfg.Passwd != "" {
+		users, err := ic.userDirs()
+		if err != nil {
+			cancel()
+			return nil, fmt.Errorf("interception: %w", err)
+		}
+		dirs = append(dirs, users...)
+		if len(dirs) == 0 {
+			ic.log.Warn("no user has a download directory yet; nothing is intercepted until one appears")
+		}
 	}
 	var onDir func(string)
 	if !cfg.NoGate {
 		g, err := interception.NewGate(interception.GateConfig{
-			Dirs: cfg.Dirs, Decider: ic, Sink: ic, Deadline: cfg.GateDeadline,
+			Dirs: dirs, Decider: ic, Sink: ic, Deadline: cfg.GateDeadline,
 			Fallback: cfg.GateFallback, AllowPrograms: cfg.AllowPrograms, MaxFileMarks: cfg.MaxFileMarks,
 			Logger: ic.log,
 		})
@@ -143,7 +170,8 @@ func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
 		}
 	}
 	w, err := interception.NewWatcher(interception.WatcherConfig{
-		Dirs: cfg.Dirs, Decider: ic, Sink: ic, Settle: cfg.Settle, OnDir: onDir, Gate: ic.gate, Logger: ic.log,
+		Dirs: dirs, Decider: ic, Sink: ic, Settle: cfg.Settle, TempIdle: cfg.TempIdle, OnDir: onDir, Gate: ic.gate,
+		Logger: ic.log,
 	})
 	if err != nil {
 		if ic.gate != nil {
@@ -173,8 +201,28 @@ func (ic *Interceptor) Run(ctx context.Context) error {
 	} else {
 		gateDone <- nil
 	}
-	ic.log.Info("interception running", "dirs", ic.cfg.Dirs, "gate", ic.gate != nil,
+	ic.log.Info("interception running", "dirs", ic.watcher.Dirs(), "gate", ic.gate != nil,
 		"audit", ic.gate != nil && ic.gate.Audit())
+	if ic.cfg.Passwd != "" {
+		every := ic.cfg.RescanInterval
+		if every <= 0 {
+			every = time.Minute
+		}
+		ic.wg.Add(1)
+		go func() {
+			defer ic.wg.Done()
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					ic.Rescan()
+				}
+			}
+		}()
+	}
 	werr := ic.watcher.Run(ctx)
 	if werr != nil {
 		ic.log.Error("download watcher stopped", "err", werr)
@@ -186,6 +234,63 @@ func (ic *Interceptor) Run(ctx context.Context) error {
 	ic.cancel()
 	ic.wg.Wait()
 	return errors.Join(werr, gerr)
+}
+
+// userDirs returns the users' download directories of cfg.Passwd, logging each refusal
+// once (again when its reason changes).
+func (ic *Interceptor) userDirs() ([]string, error) {
+	users, err := interception.UserDownloadDirs(ic.cfg.Passwd, 1000, false)
+	if err != nil {
+		return nil, err
+	}
+	ic.rescanMu.Lock()
+	defer ic.rescanMu.Unlock()
+	var dirs []string
+	for _, u := range users {
+		if u.Err != nil {
+			if ic.refused[u.User] != u.Err.Error() {
+				ic.refused[u.User] = u.Err.Error()
+				ic.log.Warn("download directory refused", "user", u.User, "uid", u.UID, "err", u.Err)
+			}
+			continue
+		}
+		delete(ic.refused, u.User)
+		dirs = append(dirs, u.Dir)
+	}
+	return dirs, nil
+}
+
+// Rescan reads InterceptConfig.Passwd again and intercepts in the download directories
+// that appeared since (a new user, a directory made later, or made again): it marks them
+// for the Gate and watches them. isolatord calls it on SIGHUP; Run calls it every
+// RescanInterval. Without Passwd it does nothing.
+func (ic *Interceptor) Rescan() {
+	if ic.cfg.Passwd == "" {
+		return
+	}
+	dirs, err := ic.userDirs()
+	if err != nil {
+		ic.log.Error("rescan of the users' download directories", "err", err)
+		return
+	}
+	ic.rescanMu.Lock()
+	defer ic.rescanMu.Unlock()
+	for _, d := range dirs {
+		if ic.watcher.Watching(d) {
+			continue
+		}
+		if ic.gate != nil {
+			if err := ic.gate.AddTree(d); err != nil {
+				ic.log.Error("new download directory not intercepted", "dir", d, "err", err)
+				continue
+			}
+		}
+		if err := ic.watcher.AddDir(d); err != nil {
+			ic.log.Error("new download directory not watched", "dir", d, "err", err)
+			continue
+		}
+		ic.log.Info("download directory added", "dir", d)
+	}
 }
 
 // Invalidate forgets the Gate's cached verdicts and ignore marks, after the policy changed.

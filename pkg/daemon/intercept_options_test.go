@@ -32,7 +32,7 @@ func TestInterceptOptions(t *testing.T) {
 		"alice:x:1000:1000::"+home+":/bin/sh\n"+
 		"bob:x:1001:1001::"+filepath.Join(dir, "home", "bob")+":/bin/sh\n")
 	full := write("full.yaml", "download_dirs: [/srv/a, /srv/b]\ngate: false\ngate_deadline: 250ms\n"+
-		"gate_fallback: trust\ngate_allow: [/usr/bin/restic]\ndownload_settle: 3s\n")
+		"gate_fallback: trust\ngate_allow: [/usr/bin/restic]\ndownload_settle: 3s\ndownload_temp_idle: 1m\n")
 
 	tests := []struct {
 		name    string
@@ -42,22 +42,23 @@ func TestInterceptOptions(t *testing.T) {
 	}{
 		{"off by default", []string{"--config", write("empty.yaml", "")}, func(c *InterceptConfig) bool { return c == nil }, ""},
 		{"--intercept uses the users' download dirs", []string{"--intercept"}, func(c *InterceptConfig) bool {
-			return slices.Equal(c.Dirs, []string{filepath.Join(home, "Downloads")}) && !c.NoGate &&
+			return len(c.Dirs) == 0 && c.Passwd == passwd && !c.NoGate &&
 				c.GateDeadline == interception.DefaultDeadline && c.GateFallback == interception.ActionDeny &&
-				c.Settle == interception.DefaultSettle
+				c.Settle == interception.DefaultSettle && c.TempIdle == interception.DefaultTempIdle
 		}, ""},
 		{"intercept key", []string{"--config", write("on.yaml", "intercept: true\n")}, func(c *InterceptConfig) bool {
-			return len(c.Dirs) == 1
+			return len(c.Dirs) == 0 && c.Passwd == passwd
 		}, ""},
 		{"--watch-dir repeatable, enables", []string{"--watch-dir", "/x", "--watch-dir", "/y", "--gate-allow", "/usr/bin/a",
-			"--gate-allow", "/usr/bin/b", "--no-gate", "--gate-deadline", "2s", "--download-settle", "100ms"}, func(c *InterceptConfig) bool {
-			return slices.Equal(c.Dirs, []string{"/x", "/y"}) && slices.Equal(c.AllowPrograms, []string{"/usr/bin/a", "/usr/bin/b"}) &&
-				c.NoGate && c.GateDeadline == 2*time.Second && c.Settle == 100*time.Millisecond
+			"--gate-allow", "/usr/bin/b", "--no-gate", "--gate-deadline", "2s", "--download-settle", "100ms",
+			"--download-temp-idle", "30s"}, func(c *InterceptConfig) bool {
+			return slices.Equal(c.Dirs, []string{"/x", "/y"}) && c.Passwd == "" && slices.Equal(c.AllowPrograms, []string{"/usr/bin/a", "/usr/bin/b"}) &&
+				c.NoGate && c.GateDeadline == 2*time.Second && c.Settle == 100*time.Millisecond && c.TempIdle == 30*time.Second
 		}, ""},
 		{"file keys", []string{"--config", full}, func(c *InterceptConfig) bool {
 			return slices.Equal(c.Dirs, []string{"/srv/a", "/srv/b"}) && c.NoGate && c.GateDeadline == 250*time.Millisecond &&
 				c.GateFallback == interception.ActionTrust && slices.Equal(c.AllowPrograms, []string{"/usr/bin/restic"}) &&
-				c.Settle == 3*time.Second
+				c.Settle == 3*time.Second && c.TempIdle == time.Minute
 		}, ""},
 		{"flags override file keys", []string{"--config", full, "--watch-dir", "/z", "--gate-fallback", "deny", "--gate-deadline", "1s"},
 			func(c *InterceptConfig) bool {

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -215,6 +216,60 @@ func TestInterceptor(t *testing.T) {
 		}
 	})
 
+	t.Run("an open mid-write waits for the download", func(t *testing.T) {
+		// curl writing in place while another program opens the file: the open is
+		// refused without a decision; the complete download is decided and isolated once.
+		p := filepath.Join(dl, "stream.bin")
+		f, err := os.OpenFile(p, os.O_CREATE|os.O_WRONLY|os.O_EXCL, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := f.Chown(65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+		const first, second = "first half; ", "second half"
+		if _, err := f.WriteString(first); err != nil {
+			t.Fatal(err)
+		}
+		if out, errOut, err := catFile(p); err == nil || !strings.Contains(errOut, "Operation not permitted") {
+			t.Errorf("cat mid-write: %v %q %q", err, out, errOut)
+		}
+		if n := auditCount(t, in.state, "decision", p); n != 0 {
+			t.Errorf("the partial file was decided (%d audit records)", n)
+		}
+		if _, err := f.WriteString(second); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool {
+			tasks := tasksFor(p)
+			return len(tasks) == 1 && tasks[0].State.Final()
+		})
+		if _, _, err := catFile(p); err == nil {
+			t.Error("cat of the decided download succeeded")
+		}
+		time.Sleep(300 * time.Millisecond) // past the settle interval: a second decision would show
+		if n := auditCount(t, in.state, "decision", p); n != 1 {
+			t.Errorf("%d audited decisions, want 1", n)
+		}
+		tasks := tasksFor(p)
+		if len(tasks) != 1 {
+			t.Fatalf("tasks %+v, want 1", tasks)
+		}
+		res, err := in.d.Results(&daemon.Peer{UID: 65534}, tasks[0].ID)
+		if want := fmt.Sprintf("%d\n", len(first+second)); err != nil || len(res.Files) != 1 || string(res.Files[0].Data) != want {
+			t.Errorf("results %+v, %v; want the whole file's size %q", res, err, want)
+		}
+		for _, ev := range log.about(p) {
+			if ev.Type == api.EventDenied && ev.Time.Before(tasks[0].Created) {
+				t.Errorf("the refused open mid-write was notified: %+v", ev)
+			}
+		}
+	})
+
 	t.Run("stopped", func(t *testing.T) {
 		stop()
 		p := filepath.Join(dl, "report.bin")
@@ -222,4 +277,92 @@ func TestInterceptor(t *testing.T) {
 			t.Errorf("cat after the interceptor stopped: %v %q", err, out)
 		}
 	})
+}
+
+// TestInterceptorRescansUsers: with the users' download directories (InterceptConfig.Passwd),
+// a directory that appears after the start is intercepted after Rescan (isolatord's
+// SIGHUP), or by itself after RescanInterval; one a user points outside their home is
+// not.
+func TestInterceptorRescansUsers(t *testing.T) {
+	requireFanotify(t)
+	in := start(t, daemon.Config{})
+	root := t.TempDir()
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const alice, bob, mallory = 4201, 4202, 4203 // users of this test only
+	mkOwned := func(dir string, uid int) string {
+		t.Helper()
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(dir, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+	var lines []string
+	for name, uid := range map[string]int{"alice": alice, "bob": bob, "mallory": mallory} {
+		home := mkOwned(filepath.Join(root, name), uid)
+		lines = append(lines, fmt.Sprintf("%s:x:%d:%d::%s:/bin/sh", name, uid, uid, home))
+	}
+	passwd := writeFile(t, root, "passwd", strings.Join(lines, "\n")+"\n")
+	// mallory's Downloads is a directory of theirs outside their home: refused.
+	elsewhere := mkOwned(filepath.Join(root, "elsewhere"), mallory)
+	if err := os.Symlink(elsewhere, filepath.Join(root, "mallory", "Downloads")); err != nil {
+		t.Fatal(err)
+	}
+	outside := writeFile(t, elsewhere, "report.bin", "untrusted bytes")
+
+	run := func(t *testing.T, cfg daemon.InterceptConfig) *daemon.Interceptor {
+		t.Helper()
+		ic, err := daemon.NewInterceptor(in.d, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- ic.Run(ctx) }()
+		t.Cleanup(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("Run: %v", err)
+			}
+		})
+		return ic
+	}
+	// download writes an untrusted file of the user into dir and waits for its decision;
+	// cat is refused then.
+	download := func(t *testing.T, dir string, uid int) {
+		t.Helper()
+		p := writeFile(t, dir, "report.bin", "untrusted bytes")
+		if err := os.Chown(p, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, func() bool { return auditCount(t, in.state, "decision", p) == 1 })
+		if out, _, err := catFile(p); err == nil {
+			t.Errorf("cat of a download in a directory found by the rescan: %q", out)
+		}
+	}
+
+	t.Run("SIGHUP", func(t *testing.T) {
+		ic := run(t, daemon.InterceptConfig{Passwd: passwd, Settle: 100 * time.Millisecond, RescanInterval: time.Hour})
+		dl := mkOwned(filepath.Join(root, "alice", "Downloads"), alice)
+		p := writeFile(t, dl, "before.bin", "not yet watched")
+		time.Sleep(300 * time.Millisecond) // past the settle interval: not decided, not gated
+		if n := auditCount(t, in.state, "decision", p); n != 0 {
+			t.Fatalf("%d decisions before the rescan", n)
+		}
+		ic.Rescan()
+		// The file already there is decided too.
+		waitFor(t, func() bool { return auditCount(t, in.state, "decision", p) == 1 })
+		download(t, mkOwned(filepath.Join(dl, "sub"), alice), alice)
+	})
+	t.Run("every RescanInterval", func(t *testing.T) {
+		run(t, daemon.InterceptConfig{Passwd: passwd, Settle: 100 * time.Millisecond, RescanInterval: 100 * time.Millisecond})
+		download(t, mkOwned(filepath.Join(root, "bob", "Downloads"), bob), bob)
+	})
+	if out, _, err := catFile(outside); err != nil || auditCount(t, in.state, "decision", outside) != 0 {
+		t.Errorf("a file in the directory mallory pointed at is gated or decided: %q, %v", out, err)
+	}
 }

@@ -62,6 +62,10 @@ type FileConfig struct {
 	GateFallback   string        `yaml:"gate_fallback"`   // deny (default) or trust
 	GateAllow      []string      `yaml:"gate_allow"`      // executables whose opens are always allowed
 	DownloadSettle time.Duration `yaml:"download_settle"` // quiet time before a download is decided; default 2s
+
+	// DownloadTempIdle is the quiet time before an in-progress download (.part,
+	// .crdownload, ...) is decided; default 5m.
+	DownloadTempIdle time.Duration `yaml:"download_temp_idle"`
 }
 
 // LoadFileConfig reads a configuration file strictly: unknown keys and trailing documents
@@ -95,8 +99,8 @@ type RunnerConfig struct {
 type RunnerFactory func(cfg RunnerConfig) (Runner, error)
 
 // Main is isolatord: it parses args, loads the configuration, and runs the daemon until
-// SIGINT or SIGTERM; SIGHUP reloads the policy and reopens the audit log. It returns the
-// process exit code.
+// SIGINT or SIGTERM; SIGHUP reloads the policy, reopens the audit log and rescans the
+// users' download directories. It returns the process exit code.
 func Main(args []string, stderr io.Writer, newRunner RunnerFactory) int {
 	// Signals first, so that a signal during start-up is not lost.
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
@@ -138,6 +142,8 @@ type options struct {
 	gateFallback   string
 	gateAllow      stringList
 	downloadSettle time.Duration
+
+	downloadTempIdle time.Duration
 }
 
 // stringList is a repeatable string flag.
@@ -165,15 +171,12 @@ func (o *options) interceptConfig(passwd string) (*InterceptConfig, error) {
 	default:
 		return nil, fmt.Errorf("--gate-fallback: %q is neither deny nor trust", o.gateFallback)
 	}
-	dirs := []string(o.watchDirs)
-	if len(dirs) == 0 {
-		var err error
-		if dirs, err = interception.DefaultDownloadDirs(passwd, 1000, false); err != nil {
-			return nil, err
-		}
+	var users string
+	if len(o.watchDirs) == 0 {
+		users = passwd
 	}
-	return &InterceptConfig{Dirs: dirs, NoGate: o.noGate, GateDeadline: o.gateDeadline,
-		GateFallback: fallback, AllowPrograms: o.gateAllow, Settle: o.downloadSettle}, nil
+	return &InterceptConfig{Dirs: o.watchDirs, Passwd: users, NoGate: o.noGate, GateDeadline: o.gateDeadline,
+		GateFallback: fallback, AllowPrograms: o.gateAllow, Settle: o.downloadSettle, TempIdle: o.downloadTempIdle}, nil
 }
 
 func parseOptions(args []string, stderr io.Writer) (*options, error) {
@@ -201,6 +204,7 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.gateFallback, "gate-fallback", "deny", "answer to opens the policy could not decide in time: deny or trust")
 	fs.Var(&o.gateAllow, "gate-allow", "executable `PATH` whose opens the gate always allows (repeatable)")
 	fs.DurationVar(&o.downloadSettle, "download-settle", interception.DefaultSettle, "how long a download must stay unwritten before it is decided")
+	fs.DurationVar(&o.downloadTempIdle, "download-temp-idle", interception.DefaultTempIdle, "how long an in-progress download (.part, .crdownload, ...) must stay unwritten before it is decided")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -273,6 +277,9 @@ func parseOptions(args []string, stderr io.Writer) (*options, error) {
 	}
 	if fc.DownloadSettle > 0 && !set["download-settle"] {
 		o.downloadSettle = fc.DownloadSettle
+	}
+	if fc.DownloadTempIdle > 0 && !set["download-temp-idle"] {
+		o.downloadTempIdle = fc.DownloadTempIdle
 	}
 	return o, nil
 }
@@ -385,6 +392,9 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 					log.Error("SIGHUP: audit log not reopened", "err", err)
 				}
 				store.Reload() // OnReload logs the outcome
+				if ic := icpt.Load(); ic != nil {
+					ic.Rescan() // users' download directories made since
+				}
 				Notify("READY=1")
 			}
 		}
@@ -395,9 +405,6 @@ func run(ctx context.Context, args []string, stderr io.Writer, hup <-chan os.Sig
 	icDone := make(chan struct{})
 	switch {
 	case icfg == nil:
-		close(icDone)
-	case len(icfg.Dirs) == 0:
-		log.Warn("interception enabled, but no user has a download directory; nothing is intercepted")
 		close(icDone)
 	default:
 		ic, err := NewInterceptor(d, *icfg)

@@ -2,6 +2,7 @@ package interception
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -206,9 +207,9 @@ func TestGateFollowsUntrustedFiles(t *testing.T) {
 	}
 }
 
-// TestGateTempNameOfDecidedFile: a browser's in-progress download is allowed without a
-// decision; a file whose record says it was refused is not, even when the Gate has no
-// verdict for it (a restart, or its mark was evicted).
+// TestGateTempNameOfDecidedFile: a browser's in-progress download is opened by its writer
+// without a decision; a file whose record says it was refused is not, even when the Gate
+// has no verdict for it (a restart, or its mark was evicted).
 func TestGateTempNameOfDecidedFile(t *testing.T) {
 	requireFanotify(t)
 	dl := t.TempDir()
@@ -220,10 +221,15 @@ func TestGateTempNameOfDecidedFile(t *testing.T) {
 	}
 	dec := &nameDecider{}
 	startGate(t, GateConfig{Dirs: []string{dl}, Decider: dec, Sink: &recordingSink{}})
-	if out, err := catFile(filepath.Join(dl, "fresh.pdf.part")); err != nil {
-		t.Errorf("cat of an in-progress download: %q %v", out, err)
+	// Both are opened by their "writer", a shell holding them open for appending.
+	writerCat := func(p string) (string, error) {
+		out, err := exec.Command("/bin/sh", "-c", `exec 3>>"$1" && cat "$1"`, "sh", p).CombinedOutput()
+		return string(out), err
 	}
-	if out, err := catFile(filepath.Join(dl, "old.sh.part")); err == nil {
+	if out, err := writerCat(filepath.Join(dl, "fresh.pdf.part")); err != nil {
+		t.Errorf("the writer's cat of an in-progress download: %q %v", out, err)
+	}
+	if out, err := writerCat(filepath.Join(dl, "old.sh.part")); err == nil {
 		t.Errorf("cat of a refused file renamed to .part: %q; want EPERM", out)
 	}
 	calls := dec.callsFor()

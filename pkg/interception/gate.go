@@ -34,7 +34,8 @@ const gateMask = unix.FAN_OPEN_PERM | unix.FAN_OPEN_EXEC_PERM | unix.FAN_EVENT_O
 type GateConfig struct {
 	// Dirs are the directories whose files are gated. Each is marked with an inode mark,
 	// with its subdirectories unless NoRecursive; directories created later are marked
-	// with AddDir (a Watcher's OnDir does this).
+	// with AddDir (a Watcher's OnDir does this). Symbolic links are resolved; a system
+	// directory (IsSystemDir) is refused, and so is a directory that cannot be marked.
 	Dirs        []string
 	NoRecursive bool
 	Decider     Decider // evaluates the policy; required
@@ -59,8 +60,10 @@ type GateConfig struct {
 	// MaxConcurrent bounds the Decider calls in flight; events beyond it get Fallback at
 	// once. Zero selects 64.
 	MaxConcurrent int
-	// TempSuffixes and TempPrefixes name in-progress downloads, which the browser
-	// reopens while it writes them; opens of those are allowed. Nil selects
+	// TempSuffixes and TempPrefixes name in-progress downloads. Their execution is always
+	// refused; opening them is allowed to their writer (the process holding the file open
+	// for writing, or opening it for writing: the browser resuming a download), without
+	// a decision, and decided as for any other file for everyone else. Nil selects
 	// DefaultTempSuffixes and DefaultTempPrefixes.
 	TempSuffixes []string
 	TempPrefixes []string
@@ -83,6 +86,7 @@ type GateStats struct {
 	Denied    uint64 // answered FAN_DENY
 	CacheHits uint64 // answered from the verdict cache or an untrusted file's verdict
 	Fallbacks uint64 // answered with Fallback
+	Writing   uint64 // refused without a decision: being written by another process
 
 	FileMarks    uint64 // untrusted files carrying a mark of their own now
 	MarksEvicted uint64 // file marks dropped because MaxFileMarks was reached
@@ -105,18 +109,24 @@ type Gate struct {
 	wg       sync.WaitGroup
 	stopOnce sync.Once
 
-	events, allowed, denied, hits, fallbacks, marksEvicted atomic.Uint64
+	events, allowed, denied, hits, fallbacks, marksEvicted, writing atomic.Uint64
+
+	// watcher is the Watcher that hands its verdicts to this Gate, if any: files it is
+	// still waiting on are not decided here while another process writes them.
+	watcher atomic.Pointer[Watcher]
 
 	// ino watches the marked untrusted files for IN_DELETE_SELF (nil if inotify failed).
 	ino                   *os.File
 	markWarned, inoWarned atomic.Bool // a failure to mark or watch a file was logged
+	recordWarned          atomic.Bool // a failure to write a record was logged
 
-	mu       sync.Mutex
-	cache    map[cacheKey]cacheEntry // guarded by mu
-	isolated map[cacheKey]time.Time  // guarded by mu; last Isolate/notification per file
-	marked   map[string]bool         // guarded by mu; directories marked
-	files    map[inodeKey]*untrusted // guarded by mu; inodes with a verdict refusing opens
-	wds      map[int]inodeKey        // guarded by mu; inotify watch -> inode in files
+	mu          sync.Mutex
+	cache       map[cacheKey]cacheEntry // guarded by mu
+	isolated    map[cacheKey]time.Time  // guarded by mu; last Isolate/notification per file
+	execRefused map[cacheKey]time.Time  // guarded by mu; last notice of a refused exec of an in-progress download
+	marked      map[string]inodeKey     // guarded by mu; directories marked, and their inodes
+	files       map[inodeKey]*untrusted // guarded by mu; inodes with a verdict refusing opens
+	wds         map[int]inodeKey        // guarded by mu; inotify watch -> inode in files
 }
 
 type cacheKey struct {
@@ -175,21 +185,22 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gate{
-		cfg:      cfg,
-		f:        os.NewFile(uintptr(fd), "fanotify"),
-		fd:       fd,
-		audit:    audit,
-		self:     int32(os.Getpid()),
-		allow:    make(map[string]bool, len(cfg.AllowPrograms)),
-		sem:      make(chan struct{}, cfg.MaxConcurrent),
-		log:      log,
-		ctx:      ctx,
-		cancel:   cancel,
-		cache:    make(map[cacheKey]cacheEntry),
-		isolated: make(map[cacheKey]time.Time),
-		marked:   make(map[string]bool),
-		files:    make(map[inodeKey]*untrusted),
-		wds:      make(map[int]inodeKey),
+		cfg:         cfg,
+		f:           os.NewFile(uintptr(fd), "fanotify"),
+		fd:          fd,
+		audit:       audit,
+		self:        int32(os.Getpid()),
+		allow:       make(map[string]bool, len(cfg.AllowPrograms)),
+		sem:         make(chan struct{}, cfg.MaxConcurrent),
+		log:         log,
+		ctx:         ctx,
+		cancel:      cancel,
+		cache:       make(map[cacheKey]cacheEntry),
+		isolated:    make(map[cacheKey]time.Time),
+		execRefused: make(map[cacheKey]time.Time),
+		marked:      make(map[string]inodeKey),
+		files:       make(map[inodeKey]*untrusted),
+		wds:         make(map[int]inodeKey),
 	}
 	if ifd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK); err == nil {
 		g.ino = os.NewFile(uintptr(ifd), "inotify")
@@ -202,7 +213,7 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 		g.allow[filepath.Clean(p)] = true
 	}
 	for _, d := range cfg.Dirs {
-		if err := g.addTree(d); err != nil {
+		if err := g.AddTree(d); err != nil {
 			g.Close()
 			return nil, fmt.Errorf("new gate: %w", err)
 		}
@@ -213,13 +224,22 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 // Audit reports whether denials are sent to the audit log (FAN_ENABLE_AUDIT was accepted).
 func (g *Gate) Audit() bool { return g.audit }
 
-func (g *Gate) addTree(dir string) error {
-	if g.cfg.NoRecursive {
-		return g.AddDir(dir)
+// AddTree marks a configured directory, with symbolic links resolved, and (unless
+// NoRecursive) its subdirectories. It fails unless the directory itself ends up marked.
+func (g *Gate) AddTree(dir string) error {
+	root, err := resolveRoot(dir)
+	if err != nil {
+		return fmt.Errorf("mark %s: %w", dir, err)
 	}
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	if root != filepath.Clean(dir) {
+		g.log.Info("gate: directory resolved", "dir", dir, "resolved", root)
+	}
+	if g.cfg.NoRecursive {
+		return g.AddDir(root)
+	}
+	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if p == dir {
+			if p == root {
 				return err
 			}
 			return nil
@@ -227,32 +247,55 @@ func (g *Gate) addTree(dir string) error {
 		if !d.IsDir() {
 			return nil
 		}
-		if err := g.AddDir(p); err != nil && p == dir {
+		if err := g.AddDir(p); err != nil && p == root {
 			return err
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	g.mu.Lock()
+	_, ok := g.marked[root]
+	g.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("mark %s: not marked (replaced meanwhile?)", root)
+	}
+	return nil
 }
 
-// AddDir marks one more directory: opens and execs of its direct children are gated.
+// AddDir marks one more directory: opens and execs of its direct children are gated. The
+// directory is reached without following symbolic links (see openDir), and a system
+// directory is refused.
 func (g *Gate) AddDir(dir string) error {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return fmt.Errorf("mark %s: %w", dir, err)
 	}
+	fd, err := openDir(abs)
+	if err != nil {
+		return fmt.Errorf("mark %s: %w", abs, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return fmt.Errorf("mark %s: %w", abs, err)
+	}
+	ik := inodeKey{st.Dev, st.Ino}
 	g.mu.Lock()
-	done := g.marked[abs]
+	done := g.marked[abs] == ik
 	g.mu.Unlock()
 	if done {
 		return nil
 	}
-	err = unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR|unix.FAN_MARK_DONT_FOLLOW,
-		gateMask, unix.AT_FDCWD, abs)
+	err = g.fan(func(gfd int) error {
+		return unix.FanotifyMark(gfd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR, gateMask, fd, "")
+	})
 	if err != nil {
 		return fmt.Errorf("mark %s: %w", abs, err)
 	}
 	g.mu.Lock()
-	g.marked[abs] = true
+	g.marked[abs] = ik
 	g.mu.Unlock()
 	return nil
 }
@@ -272,11 +315,21 @@ func (g *Gate) Invalidate() error {
 	g.remarkLocked()
 	var errs []error
 	for dir := range g.marked {
-		err := unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR|unix.FAN_MARK_DONT_FOLLOW,
-			gateMask, unix.AT_FDCWD, dir)
+		fd, err := openDir(dir)
+		if err == nil {
+			var st unix.Stat_t
+			if err = unix.Fstat(fd, &st); err == nil {
+				g.marked[dir] = inodeKey{st.Dev, st.Ino}
+				err = unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR, gateMask, fd, "")
+			}
+			unix.Close(fd)
+		}
 		if err != nil {
 			delete(g.marked, dir)
-			errs = append(errs, fmt.Errorf("invalidate: mark %s: %w", dir, err))
+			// A directory removed, renamed or replaced since is no longer gated there.
+			if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) && !errors.Is(err, unix.ELOOP) {
+				errs = append(errs, fmt.Errorf("invalidate: mark %s: %w", dir, err))
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -351,6 +404,7 @@ func (g *Gate) Stats() GateStats {
 		Denied:       g.denied.Load(),
 		CacheHits:    g.hits.Load(),
 		Fallbacks:    g.fallbacks.Load(),
+		Writing:      g.writing.Load(),
 		FileMarks:    marks,
 		MarksEvicted: g.marksEvicted.Load(),
 	}
@@ -466,11 +520,27 @@ func (g *Gate) handle(ev permEvent) {
 		g.fallback(fd, "stat", err, true)
 		return
 	}
-	if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Size == 0 {
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
 		g.respond(fd, true) // no content to protect
 		return
 	}
 	key := cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}
+	if ev.mask&unix.FAN_OPEN_EXEC_PERM != 0 {
+		// An in-progress download is never executed, whoever asks and whatever was decided.
+		if path, err := fdPath(fd); err == nil && isTempName(path, g.cfg.TempSuffixes, g.cfg.TempPrefixes) {
+			g.respond(fd, false)
+			g.wg.Add(1)
+			go func() {
+				defer g.wg.Done()
+				g.tempExecRefused(key, path, &st, int(ev.pid))
+			}()
+			return
+		}
+	}
+	if st.Size == 0 {
+		g.respond(fd, true) // no content to protect
+		return
+	}
 	// An inode with a verdict refusing opens is answered by that verdict, whatever it is
 	// called now and wherever it is (its own mark brings its events here).
 	u, known := g.untrustedOf(key, start)
@@ -497,7 +567,7 @@ func (g *Gate) handle(ev permEvent) {
 			return
 		}
 	}
-	path, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	path, err := fdPath(fd)
 	if err != nil {
 		g.fallback(fd, "readlink", err, !known)
 		return
@@ -528,13 +598,6 @@ func (g *Gate) handle(ev permEvent) {
 		}()
 		return
 	}
-	// In-progress download names are reopened by their browser, and allowed; not so an
-	// inode that was decided untrusted and renamed to such a name, nor (should the Gate
-	// have lost its verdict) one whose record says it was.
-	if !known && isTempName(path, g.cfg.TempSuffixes, g.cfg.TempPrefixes) && !recordRefuses(fd) {
-		g.respond(fd, true)
-		return
-	}
 	select {
 	case g.sem <- struct{}{}:
 	default:
@@ -545,11 +608,147 @@ func (g *Gate) handle(ev permEvent) {
 	if known {
 		prev = &u
 	}
+	temp := !known && isTempName(path, g.cfg.TempSuffixes, g.cfg.TempPrefixes)
+	settling := g.settling(path, st.Mtim)
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
+		if temp || settling {
+			ws, ok := g.writeStateBy(fd, int(ev.pid), &st, start)
+			if !ok {
+				<-g.sem
+				g.fallback(fd, "writers", context.DeadlineExceeded, !known && !settling)
+				return
+			}
+			switch ws {
+			case openerHolds, openerOpensForWriting:
+				// A file being written is opened by its writer without a decision; an
+				// in-progress download also by a program opening it for writing (the
+				// browser resuming it). Not so a file decided untrusted (then it is
+				// known or, should the Gate have lost its verdict, its record says so).
+				if !known && !recordRefuses(fd) && (temp || ws == openerHolds) {
+					<-g.sem
+					g.respond(fd, true)
+					return
+				}
+			case otherWrites:
+				if settling {
+					// Still being written: the Watcher decides it once it is complete.
+					<-g.sem
+					g.writing.Add(1)
+					g.log.Debug("gate: open of a file being written refused", "path", path, "pid", ev.pid)
+					g.respond(fd, false)
+					return
+				}
+			}
+		}
 		g.decide(fd, key, fi, start, prev)
 	}()
+}
+
+// settling reports whether the file at path, with modification time mtim, is being
+// written as far as the Gate can tell: the Watcher handed its verdicts to this Gate
+// (WatcherConfig.Gate) and is waiting for it to stay unwritten or deciding it, or it was
+// written less than the settle interval ago (its events may not have reached the Watcher).
+func (g *Gate) settling(path string, mtim unix.Timespec) bool {
+	w := g.watcher.Load()
+	if w == nil {
+		return false
+	}
+	return time.Since(time.Unix(mtim.Unix())) < w.cfg.Settle || w.settling(path)
+}
+
+// fdPath returns the path of the file open as fd in this process.
+func fdPath(fd int) (string, error) {
+	return os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+}
+
+// writeState says who writes a file that is being opened.
+type writeState int
+
+const (
+	noWriter              writeState = iota // nobody has the file open for writing
+	openerHolds                             // the opening process holds it open for writing
+	openerOpensForWriting                   // the only write access is the open being asked about
+	otherWrites                             // another process holds it open for writing
+)
+
+// writeStateBy is writeState, given up at the deadline counted from start (it reads
+// /proc, which a hung file system could hold up): ok is false then.
+func (g *Gate) writeStateBy(fd, pid int, st *unix.Stat_t, start time.Time) (ws writeState, ok bool) {
+	// The check works on its own descriptor: fd is answered and closed at the deadline.
+	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return noWriter, false
+	}
+	c := make(chan writeState, 1)
+	g.wg.Add(1)
+	go func() {
+		defer g.wg.Done()
+		defer unix.Close(dup)
+		c <- g.writeState(dup, pid, st.Dev, st.Ino)
+	}()
+	t := time.NewTimer(time.Until(start.Add(g.cfg.Deadline)))
+	defer t.Stop()
+	select {
+	case ws := <-c:
+		return ws, true
+	case <-t.C:
+		return noWriter, false
+	}
+}
+
+// writeState tells who writes the file open as fd that process pid is opening: pid itself
+// (it holds the file open for writing), or pid's open, which is for writing (the kernel
+// counts the write access of an open before it asks about it, and fanotify does not say
+// what the open is for: this is told by a read lease that cannot be taken while nobody
+// else holds the file open for writing), or another process. Without leases (no
+// CAP_LEASE, or a file system without them) only processes' descriptors count.
+func (g *Gate) writeState(fd, pid int, dev, ino uint64) writeState {
+	if holdsForWriting(pid, dev, ino) {
+		return openerHolds
+	}
+	w, err := hasWriters(fd)
+	if err == nil && !w {
+		return noWriter
+	}
+	if otherWriter(pid, dev, ino) {
+		return otherWrites
+	}
+	if err != nil {
+		return noWriter
+	}
+	// A writer that closed the file during the scan leaves no write access now; the
+	// opener's own would still be counted.
+	if w, err := hasWriters(fd); err == nil && w {
+		return openerOpensForWriting
+	}
+	return noWriter
+}
+
+// tempExecRefused reports the refused execution of an in-progress download, at most once
+// per file version per IsolateInterval. It does not isolate anything: the download is
+// decided when it completes.
+func (g *Gate) tempExecRefused(key cacheKey, path string, st *unix.Stat_t, pid int) {
+	now := time.Now()
+	g.mu.Lock()
+	last, ok := g.execRefused[key]
+	if ok && now.Sub(last) < g.cfg.IsolateInterval {
+		g.mu.Unlock()
+		return
+	}
+	if len(g.execRefused) >= maxCacheEntries {
+		clear(g.execRefused)
+	}
+	g.execRefused[key] = now
+	g.mu.Unlock()
+	fi := FileInfo{Path: path, Trigger: TriggerExec, Dev: st.Dev, Ino: st.Ino, Size: st.Size,
+		Mode: fileMode(st.Mode), UID: st.Uid, Ctime: time.Unix(st.Ctim.Unix()), Mtime: time.Unix(st.Mtim.Unix()),
+		PID: pid, Program: exeOf(pid)}
+	v := Verdict{Action: ActionDeny, Reason: "an in-progress download is never executed"}
+	g.log.Info("gate: execution of an in-progress download refused", "path", path, "pid", pid, "program", fi.Program)
+	g.cfg.Sink.Notify(Event{Kind: EventDenied, Time: now, File: fi, Verdict: v,
+		Message: fmt.Sprintf("%s was not executed: it is an in-progress download", filepath.Base(path))})
 }
 
 // recordRefuses reports whether the file open as fd carries an Isolator record whose
@@ -595,8 +794,13 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 	type result struct {
 		v     Verdict
 		err   error
-		known bool // prev's verdict, for the same content
+		known bool     // prev's verdict, for the same content
+		key   cacheKey // the version answered: key, or the one the record written made
 	}
+	// answered is closed once fd is answered (and a trusted file given its ignore mark,
+	// which checks the version): a record written later changes the ctime.
+	answered := make(chan struct{})
+	defer close(answered)
 	// The Decider reads the file through its own duplicate of the event's descriptor:
 	// fd is answered and closed at the deadline, while a late decision may still read.
 	dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
@@ -622,7 +826,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			sum, err := hashFile(g.ctx, dfi.File)
 			if err == nil && sum == prev.sum && sameVersion(dup, key) {
 				g.recognised(key, fi.Path, prev.v)
-				done <- result{v: prev.v, known: true}
+				done <- result{v: prev.v, known: true, key: key}
 				return
 			}
 			if err == nil {
@@ -638,14 +842,32 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			v.Action = ActionDeny
 		}
 		g.store(key, v) // a late verdict still serves the next open
-		g.remember(dup, key, fi.Path, v, v.SHA256, o)
-		done <- result{v: v}
-		if v.Action != ActionTrust && v.SHA256 == "" {
-			// Keep the hash of the untrusted content, to recognise it under another name.
-			if sum, err := hashFile(g.ctx, dfi.File); err == nil && sameVersion(dup, key) {
-				g.setSum(key, sum)
+		// The hash of the content keeps an untrusted one recognised under another name,
+		// and goes into the record on the file. A small file is hashed before the answer.
+		sum := v.SHA256
+		if sum == "" && key.size <= inlineHashMax {
+			if s, err := hashFile(dctx, dfi.File); err == nil && sameVersion(dup, key) {
+				sum = s
 			}
 		}
+		g.remember(dup, key, fi.Path, v, sum, o)
+		rkey := key
+		if sum != "" {
+			rkey = g.record(dup, key, fi, v, sum)
+		}
+		done <- result{v: v, key: rkey}
+		if sum != "" {
+			return
+		}
+		s, err := hashFile(g.ctx, dfi.File)
+		if err != nil || !sameVersion(dup, key) {
+			return
+		}
+		if v.Action != ActionTrust {
+			g.setSum(key, s)
+		}
+		<-answered
+		g.record(dup, key, fi, v, s)
 	}()
 	timer := time.NewTimer(time.Until(start.Add(g.cfg.Deadline)))
 	defer timer.Stop()
@@ -656,7 +878,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			return
 		}
 		if r.v.Action == ActionTrust {
-			g.ignoreOpens(fd, key)
+			g.ignoreOpens(fd, r.key)
 			g.respond(fd, true)
 			return
 		}
@@ -664,7 +886,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			g.hits.Add(1)
 		}
 		g.respond(fd, false)
-		g.afterDeny(key, fi, r.v)
+		g.afterDeny(r.key, fi, r.v)
 	case <-timer.C:
 		g.fallback(fd, "decide", context.DeadlineExceeded, mayTrust())
 	}
@@ -708,10 +930,48 @@ func (g *Gate) lookup(key cacheKey, now time.Time) (Verdict, bool) {
 func (g *Gate) store(key cacheKey, v Verdict) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	g.storeLocked(key, v)
+}
+
+func (g *Gate) storeLocked(key cacheKey, v Verdict) {
 	if len(g.cache) >= maxCacheEntries {
 		clear(g.cache)
 	}
 	g.cache[key] = cacheEntry{v: v, expires: time.Now().Add(g.cfg.CacheTTL)}
+}
+
+// inlineHashMax is the largest file the Gate hashes before answering the open it decided,
+// to write the record with the answer; larger ones are hashed and recorded afterwards.
+const inlineHashMax = 4 << 20
+
+// record writes the verdict v decided for the version key of the file open as fd on the
+// file, as the Watcher does (see Record), so that a Watcher finds it decided after a
+// restart. The attributes change the ctime: the new version keeps the verdict, in the
+// cache and in an untrusted inode's state, and is returned (key when nothing was written).
+func (g *Gate) record(fd int, key cacheKey, fi FileInfo, v Verdict, sum string) cacheKey {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil || (cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}) != key {
+		return key
+	}
+	rec := Record{Origin: fi.Origin(), Verdict: v.Action, Rule: v.Rule, Time: time.Now(), SHA256: sum}
+	if err := writeRecordFd(fd, fi.Path, rec); err != nil {
+		if !g.recordWarned.Swap(true) {
+			g.log.Warn("gate: cannot record verdicts as extended attributes", "path", fi.Path, "err", err)
+		}
+		return key
+	}
+	var after unix.Stat_t
+	if unix.Fstat(fd, &after) != nil || after.Size != st.Size || after.Mtim != st.Mtim {
+		return key // written meanwhile: a new content, decided afresh
+	}
+	nk := cacheKey{dev: after.Dev, ino: after.Ino, ctime: after.Ctim.Nano(), size: after.Size}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.storeLocked(nk, v)
+	if u := g.files[inodeKey{key.dev, key.ino}]; u != nil && u.v == v && u.ctime == key.ctime && u.size == key.size {
+		u.ctime = nk.ctime
+	}
+	return nk
 }
 
 // fallback answers fd when no verdict could be had: with Fallback, or with a denial when
@@ -723,22 +983,30 @@ func (g *Gate) fallback(fd int, what string, err error, mayTrust bool) {
 	g.respond(fd, allow)
 }
 
+// response is the answer written for an allowed or denied event: a denial asks the kernel
+// to audit it (FAN_AUDIT) when the group was created with FAN_ENABLE_AUDIT; the kernel
+// refuses FAN_AUDIT otherwise.
+func (g *Gate) response(allow bool) uint32 {
+	switch {
+	case allow:
+		return unix.FAN_ALLOW
+	case g.audit:
+		return unix.FAN_DENY | unix.FAN_AUDIT
+	}
+	return unix.FAN_DENY
+}
+
 // respond answers the permission event of fd and closes fd.
 func (g *Gate) respond(fd int, allow bool) {
 	defer unix.Close(fd)
-	resp := uint32(unix.FAN_ALLOW)
 	if allow {
 		g.allowed.Add(1)
 	} else {
 		g.denied.Add(1)
-		resp = unix.FAN_DENY
-		if g.audit {
-			resp |= unix.FAN_AUDIT
-		}
 	}
 	var b [8]byte
 	binary.NativeEndian.PutUint32(b[0:4], uint32(int32(fd)))
-	binary.NativeEndian.PutUint32(b[4:8], resp)
+	binary.NativeEndian.PutUint32(b[4:8], g.response(allow))
 	if _, err := g.f.Write(b[:]); err != nil && !errors.Is(err, os.ErrClosed) {
 		g.log.Error("gate: answer fanotify event", "err", err)
 	}

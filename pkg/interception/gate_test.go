@@ -3,11 +3,17 @@ package interception
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -484,4 +490,302 @@ func TestGateInvalidate(t *testing.T) {
 	if out, err := catFile(filepath.Join(dir, "evil.pdf")); err == nil {
 		t.Errorf("cat of untrusted file after Invalidate = %q, want EPERM", out)
 	}
+}
+
+// TestGateTempNames has nobody write in-progress downloads: root cannot execute one (not
+// even the writer could), a program that does not write the file has its open decided
+// like any other (and refused), while the writer, a process holding the file open for
+// writing or opening it for writing (resuming the download), opens it without a decision.
+func TestGateTempNames(t *testing.T) {
+	requireFanotify(t)
+	dir := nobodyDir(t)
+	const script = "#!/bin/sh\necho evil ran\n"
+	for _, name := range []string{"evil.part", "read.crdownload", "writer.download", "resume.partial"} {
+		writeNobody(t, filepath.Join(dir, name), script, 0o755)
+	}
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: sink})
+	decisions := func(name string) int {
+		n := 0
+		for _, c := range dec.callsFor() {
+			if filepath.Base(c.Path) == name {
+				n++
+			}
+		}
+		return n
+	}
+
+	// Execution: refused at once, without a decision, for root and for the owner.
+	evil := filepath.Join(dir, "evil.part")
+	if out, err := execFile(evil); err == nil || strings.Contains(out, "evil ran") {
+		t.Errorf("root executed an in-progress download: %q, %v", out, err)
+	}
+	if out, err := asNobody("/bin/sh", "-c", `exec "$0"`, evil); err == nil || strings.Contains(out, "evil ran") {
+		t.Errorf("its owner executed an in-progress download: %q, %v", out, err)
+	}
+	if n := decisions("evil.part"); n != 0 {
+		t.Errorf("execution of an in-progress download decided %d times", n)
+	}
+	waitFor(t, 5*time.Second, "the refusal notice", func() bool { return sink.eventCount(EventDenied) >= 1 })
+
+	// Not the writer: decided like any other file, and refused.
+	read := filepath.Join(dir, "read.crdownload")
+	for _, run := range []func(string, ...string) (string, error){
+		func(name string, args ...string) (string, error) {
+			out, err := exec.Command(name, args...).CombinedOutput()
+			return string(out), err
+		},
+		asNobody,
+	} {
+		if out, err := run("cat", read); !refused(out, err, "evil ran") {
+			t.Errorf("cat of an in-progress download by a non-writer = %q, %v; want EPERM", out, err)
+		}
+	}
+	if n := decisions("read.crdownload"); n != 1 {
+		t.Errorf("opens of a non-writer decided %d times, want 1", n)
+	}
+	waitFor(t, 5*time.Second, "isolation", func() bool { return sink.isolations(read) == 1 })
+
+	// The writer: a shell holding the file open for appending, and cat that inherited the
+	// descriptor; then a shell opening it for writing again (a resumed download).
+	writer := filepath.Join(dir, "writer.download")
+	if out, err := asNobody("/bin/sh", "-c", `exec 3>>"$1" && echo more >&3 && cat "$1"`, "sh", writer); err != nil ||
+		out != script+"more\n" {
+		t.Errorf("the writer's cat = %q, %v; want the content", out, err)
+	}
+	resume := filepath.Join(dir, "resume.partial")
+	if out, err := asNobody("/bin/sh", "-c", `echo more >>"$1"`, "sh", resume); err != nil {
+		t.Errorf("resuming the download: %q, %v", out, err)
+	}
+	for _, name := range []string{"writer.download", "resume.partial"} {
+		if n := decisions(name); n != 0 {
+			t.Errorf("the writer's opens of %s decided %d times", name, n)
+		}
+	}
+	if b, err := os.ReadFile(resume); err != nil || string(b) != script+"more\n" {
+		t.Errorf("resumed download = %q, %v", b, err)
+	}
+	if st := g.Stats(); st.Denied < 4 {
+		t.Errorf("stats %+v, want at least 4 denials", st)
+	}
+}
+
+// TestGateWaitsForTheWatcher: a program opening a download that is still being written in
+// place (curl, wget) is refused without a decision, an isolation or a notice, while the
+// writer itself reads it; the Watcher decides the complete file once, and the Gate answers
+// later opens from that verdict.
+func TestGateWaitsForTheWatcher(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	requireUserXattr(t, dir)
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: sink})
+	startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec, Sink: sink, Gate: g,
+		OnDir: func(d string) {
+			if err := g.AddDir(d); err != nil {
+				t.Errorf("AddDir: %v", err)
+			}
+		}})
+	p := filepath.Join(dir, "tool.AppImage")
+	payload := bytes.Repeat([]byte("ELF-ish bytes\n"), 4096)
+	f, err := os.Create(p) // this process writes; it is the Gate's, so never gated itself
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.Write(payload[:len(payload)/2]); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if out, err := catFile(p); err == nil || !strings.Contains(out, "Operation not permitted") {
+			t.Errorf("cat of a file being written = %q, %v; want EPERM", out, err)
+		}
+	}
+	if n := len(dec.callsFor()); n != 0 || sink.eventCount(EventDenied) != 0 || sink.isolations(p) != 0 {
+		t.Errorf("opens of a file being written: %d decisions, %d notices, %d isolations; want none",
+			n, sink.eventCount(EventDenied), sink.isolations(p))
+	}
+	if st := g.Stats(); st.Writing != 2 {
+		t.Errorf("stats %+v, want 2 opens refused as being written", st)
+	}
+	if _, err := f.Write(payload[len(payload)/2:]); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the Watcher's decision", func() bool { return sink.isolations(p) == 1 })
+	if out, err := catFile(p); err == nil || !strings.Contains(out, "Operation not permitted") {
+		t.Errorf("cat of the decided download = %q, %v; want EPERM", out, err)
+	}
+	time.Sleep(3 * testSettle) // a second decision or isolation would show up
+	calls := dec.callsFor()
+	if len(calls) != 1 || calls[0].Trigger != TriggerDownload || calls[0].Size != int64(len(payload)) {
+		t.Errorf("decisions %+v; want one, by the Watcher, of the whole file", calls)
+	}
+	// The Watcher's isolation, and the Gate's at the refused open (the daemon starts one
+	// task per content): both of the whole file.
+	sink.mu.Lock()
+	for _, f := range sink.isolated {
+		if f.Size != int64(len(payload)) {
+			t.Errorf("isolated %+v; want the whole file", f)
+		}
+	}
+	sink.mu.Unlock()
+
+	// The writer reads what it writes: a shell creating a file and cat that inherited its
+	// descriptor.
+	own := filepath.Join(dir, "own.bin")
+	out, err := exec.Command("/bin/sh", "-c", `exec 3>"$1" && printf 'written' >&3 && cat "$1"`, "sh", own).CombinedOutput()
+	if err != nil || string(out) != "written" {
+		t.Errorf("the writer's cat = %q, %v; want its content", out, err)
+	}
+}
+
+// TestGateRecordsItsVerdicts: verdicts the Gate alone made are recorded on the files like
+// the Watcher's, so that a Watcher started afterwards (a restarted daemon) does not decide
+// them again; the record does not make the next open decided again either.
+func TestGateRecordsItsVerdicts(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	requireUserXattr(t, dir)
+	writeFiles(t, dir, "evil.pdf", "trusted.txt")
+	dec := &nameDecider{}
+	_, stop := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: &recordingSink{}, NoIgnoreMarks: true})
+	for range 2 {
+		if out, err := catFile(filepath.Join(dir, "evil.pdf")); err == nil {
+			t.Errorf("cat of an untrusted file = %q; want EPERM", out)
+		}
+		if out, err := catFile(filepath.Join(dir, "trusted.txt")); err != nil {
+			t.Errorf("cat of a trusted file: %q, %v", out, err)
+		}
+	}
+	if n := len(dec.callsFor()); n != 2 {
+		t.Errorf("%d decisions for two opens of two files, want 2", n)
+	}
+	stop()
+	for name, want := range map[string]Action{"evil.pdf": ActionIsolate, "trusted.txt": ActionTrust} {
+		p := filepath.Join(dir, name)
+		rec, err := ReadRecord(p)
+		sum := sha256.Sum256([]byte("content of " + name + "\n"))
+		if err != nil || rec.Verdict != want || rec.Rule == "" || rec.SHA256 != hex.EncodeToString(sum[:]) ||
+			rec.Origin != "dir:"+dir || time.Since(rec.Time) > time.Minute {
+			t.Errorf("record of %s = %+v, %v; want verdict %s with the content's hash", name, rec, err, want)
+		}
+	}
+
+	// A restarted daemon: a new Watcher decides the new file, not those the Gate recorded.
+	dec2 := &nameDecider{}
+	sink := &recordingSink{}
+	startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec2, Sink: sink})
+	writeFiles(t, dir, "new.bin")
+	waitFor(t, 10*time.Second, "decision of new.bin", func() bool { return sink.isolations(filepath.Join(dir, "new.bin")) == 1 })
+	time.Sleep(3 * testSettle) // decisions of the other files would show up
+	if calls := dec2.callsFor(); len(calls) != 1 {
+		t.Errorf("the new Watcher decided %d files (%+v), want only new.bin", len(calls), calls)
+	}
+}
+
+// TestGateAudit checks that denials reach the audit subsystem where the kernel allows it:
+// the Gate creates its group with FAN_ENABLE_AUDIT when this process may, and then answers
+// denials with FAN_AUDIT, which the kernel accepts only from such a group (shown first on
+// a group without it).
+func TestGateAudit(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, "evil.pdf")
+	p := filepath.Join(dir, "evil.pdf")
+
+	// A group without FAN_ENABLE_AUDIT: the kernel refuses FAN_AUDIT in its answers.
+	fd, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC, unix.O_RDONLY|unix.O_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.FanotifyMark(fd, unix.FAN_MARK_ADD, unix.FAN_OPEN_PERM|unix.FAN_EVENT_ON_CHILD, unix.AT_FDCWD, dir); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	cat := exec.Command("cat", p)
+	if err := cat.Start(); err != nil {
+		unix.Close(fd)
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, err := unix.Read(fd, buf)
+	evs, perr := parseEvents(buf[:max(n, 0)])
+	if err != nil || perr != nil || len(evs) != 1 {
+		unix.Close(fd) // lets cat go
+		cat.Wait()
+		t.Fatalf("event of the plain group: %d bytes, %v, %v", n, err, perr)
+	}
+	answer := func(resp uint32) error {
+		var b [8]byte
+		binary.NativeEndian.PutUint32(b[0:4], uint32(evs[0].fd))
+		binary.NativeEndian.PutUint32(b[4:8], resp)
+		_, err := unix.Write(fd, b[:])
+		return err
+	}
+	if err := answer(unix.FAN_DENY | unix.FAN_AUDIT); !errors.Is(err, unix.EINVAL) {
+		t.Errorf("FAN_AUDIT answer of a group without FAN_ENABLE_AUDIT: %v, want EINVAL", err)
+	}
+	if err := answer(unix.FAN_ALLOW); err != nil {
+		t.Error(err)
+	}
+	unix.Close(int(evs[0].fd))
+	unix.Close(fd)
+	if err := cat.Wait(); err != nil {
+		t.Errorf("cat allowed by the plain group: %v", err)
+	}
+
+	// Whether this process may create an auditing group at all (CAP_AUDIT_WRITE, kernel).
+	probe, err := unix.FanotifyInit(unix.FAN_CLASS_CONTENT|unix.FAN_CLOEXEC|unix.FAN_ENABLE_AUDIT, unix.O_RDONLY)
+	canAudit := err == nil
+	if canAudit {
+		unix.Close(probe)
+	}
+	var logs bytes.Buffer
+	var logMu sync.Mutex
+	g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: &nameDecider{}, Sink: &recordingSink{},
+		Logger: slog.New(slog.NewTextHandler(&lockedWriter{w: &logs, mu: &logMu}, nil))})
+	if g.Audit() != canAudit {
+		t.Fatalf("Audit() = %v, but FAN_ENABLE_AUDIT available: %v (%v)", g.Audit(), canAudit, err)
+	}
+	want := uint32(unix.FAN_DENY)
+	if canAudit {
+		want |= unix.FAN_AUDIT
+	}
+	if got := g.response(false); got != want {
+		t.Errorf("denial answered %#x, want %#x", got, want)
+	}
+	if got := g.response(true); got != unix.FAN_ALLOW {
+		t.Errorf("allowance answered %#x, want FAN_ALLOW", got)
+	}
+	// The kernel accepts the Gate's denial (an answer it refused would leave cat waiting
+	// until the group closes, and then let it read).
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, "cat", p).CombinedOutput(); err == nil || !strings.Contains(string(out), "Operation not permitted") {
+		t.Errorf("cat of an untrusted file = %q, %v; want EPERM", out, err)
+	}
+	logMu.Lock()
+	defer logMu.Unlock()
+	if strings.Contains(logs.String(), "answer fanotify event") {
+		t.Errorf("the kernel refused an answer:\n%s", logs.String())
+	}
+	if !canAudit {
+		t.Log("FAN_ENABLE_AUDIT is not available here; denials are not audited")
+	}
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	w  *bytes.Buffer
+	mu *sync.Mutex
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }

@@ -120,7 +120,8 @@ var _ Decider = DeciderFunc(nil)
 type Sink interface {
 	// Isolate starts the file's handler in a micro VM on behalf of the file's owner.
 	Isolate(ctx context.Context, f FileInfo, v Verdict)
-	// Notify tells the owner's session (isoctl watch, desktop notification) what happened.
+	// Notify tells the owner's session what happened (isolatord: the /v1/events stream that
+	// isoctl watch reads; it sends no desktop notification).
 	Notify(ev Event)
 }
 

@@ -5,9 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // ParseUserDirs parses an XDG user-dirs.dirs file (normally ~/.config/user-dirs.dirs) and
@@ -82,37 +85,121 @@ func unescapeShell(s string) string {
 	return b.String()
 }
 
-// DownloadDir returns the XDG download directory of the user whose home is home: the
-// XDG_DOWNLOAD_DIR of home/.config/user-dirs.dirs, else home/Downloads.
-func DownloadDir(home string) (string, error) {
-	f, err := os.Open(filepath.Join(home, ".config", "user-dirs.dirs"))
-	if errors.Is(err, os.ErrNotExist) {
-		return filepath.Join(home, "Downloads"), nil
-	}
+// ErrNotUserDir is wrapped by the error DownloadDir returns for a download directory it
+// refuses: one that is not the user's own.
+var ErrNotUserDir = errors.New("not a download directory of the user")
+
+// maxUserDirsSize bounds what is read of a user-dirs.dirs file.
+const maxUserDirsSize = 64 << 10
+
+// DownloadDir returns the XDG download directory of the user uid whose home is home: the
+// XDG_DOWNLOAD_DIR of home/.config/user-dirs.dirs, else home/Downloads, with symbolic links
+// resolved. The user controls both that file and the home, and the daemon watches and
+// gates the directory as root, so it is accepted only if, resolved, it is a directory
+// strictly inside the resolved home, owned by uid, and not a system directory (see
+// IsSystemDir); otherwise the error wraps ErrNotUserDir and says why. A directory that does
+// not exist gives an error wrapping fs.ErrNotExist.
+func DownloadDir(home string, uid uint32) (string, error) {
+	realHome, err := filepath.EvalSymlinks(home)
 	if err != nil {
-		return "", fmt.Errorf("download dir of %s: %w", home, err)
+		return "", fmt.Errorf("download dir: home: %w", err)
 	}
-	defer f.Close()
-	vars, err := ParseUserDirs(f, home)
+	dir := filepath.Join(home, "Downloads")
+	vars, err := readUserDirs(filepath.Join(realHome, ".config", "user-dirs.dirs"), home)
 	if err != nil {
 		return "", fmt.Errorf("download dir of %s: %w", home, err)
 	}
 	if d, ok := vars["XDG_DOWNLOAD_DIR"]; ok {
-		return d, nil
+		dir = d
 	}
-	return filepath.Join(home, "Downloads"), nil
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", fmt.Errorf("download dir: %w", err)
+	}
+	what := dir
+	if real != dir {
+		what = fmt.Sprintf("%s (resolved: %s)", dir, real)
+	}
+	if real == realHome {
+		return "", fmt.Errorf("%w: %s is the home itself", ErrNotUserDir, what)
+	}
+	if !strings.HasPrefix(real, realHome+string(filepath.Separator)) || realHome == "/" {
+		return "", fmt.Errorf("%w: %s is not inside the home %s", ErrNotUserDir, what, realHome)
+	}
+	var st unix.Stat_t
+	if err := unix.Lstat(real, &st); err != nil {
+		return "", fmt.Errorf("download dir: %w", err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return "", fmt.Errorf("%w: %s is not a directory", ErrNotUserDir, what)
+	}
+	if st.Uid != uid {
+		return "", fmt.Errorf("%w: %s is owned by uid %d, not by the user (uid %d)", ErrNotUserDir, what, st.Uid, uid)
+	}
+	if IsSystemDir(real) {
+		return "", fmt.Errorf("%w: %s is a system directory", ErrNotUserDir, what)
+	}
+	return real, nil
 }
 
-// DefaultDownloadDirs returns the existing download directories of the users listed in
-// passwdPath (normally /etc/passwd) whose home directory exists, in file order. Users with
-// uid below minUID (system accounts) are skipped, except root when includeRoot is set.
-func DefaultDownloadDirs(passwdPath string, minUID uint32, includeRoot bool) ([]string, error) {
+// readUserDirs reads the user-dirs.dirs file at path, if there is one. It must be a regular
+// file (a FIFO would block); only its first 64 KiB are read.
+func readUserDirs(path, home string) (map[string]string, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s is not a regular file", ErrNotUserDir, path)
+	}
+	return ParseUserDirs(io.LimitReader(f, maxUserDirsSize), home)
+}
+
+// systemDirs are the trees of the system's own files. None is ever a download directory:
+// gating them would make every program on the machine wait for the daemon.
+var systemDirs = []string{"/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32",
+	"/opt", "/proc", "/sbin", "/snap", "/sys", "/usr", "/var/cache", "/var/lib", "/var/log", "/var/spool"}
+
+// IsSystemDir reports whether the clean absolute path p is the root directory or inside
+// one of the system's trees (/usr, /etc, /bin, /lib, /boot, /dev, /proc, /sys, /opt, /var/lib
+// and the like). The Watcher and the Gate refuse such directories.
+func IsSystemDir(p string) bool {
+	if p == "/" {
+		return true
+	}
+	for _, d := range systemDirs {
+		if p == d || strings.HasPrefix(p, d+"/") {
+			return true
+		}
+	}
+	return false
+}
+
+// A UserDir is a user's download directory as UserDownloadDirs found it.
+type UserDir struct {
+	User string // login name
+	UID  uint32
+	Home string
+	Dir  string // the download directory, resolved; "" if refused
+	Err  error  // why Dir was refused (wraps ErrNotUserDir or the I/O error); nil if accepted
+}
+
+// UserDownloadDirs returns the download directories (see DownloadDir) of the users listed in
+// passwdPath (normally /etc/passwd) whose home directory exists, in file order, each
+// once. Users with uid below minUID (system accounts) are skipped, except root when
+// includeRoot is set, and so is nobody (65534). Users without a download directory are
+// left out; refused directories are listed with Err set.
+func UserDownloadDirs(passwdPath string, minUID uint32, includeRoot bool) ([]UserDir, error) {
 	f, err := os.Open(passwdPath)
 	if err != nil {
 		return nil, fmt.Errorf("default download dirs: %w", err)
 	}
 	defer f.Close()
-	var dirs []string
+	var dirs []UserDir
 	seen := make(map[string]bool)
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
@@ -134,18 +221,38 @@ func DefaultDownloadDirs(passwdPath string, minUID uint32, includeRoot bool) ([]
 		if st, err := os.Stat(home); err != nil || !st.IsDir() {
 			continue
 		}
-		d, err := DownloadDir(home)
-		if err != nil {
+		u := UserDir{User: fields[0], UID: uid, Home: home}
+		d, err := DownloadDir(home, uid)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
 			continue
-		}
-		if st, err := os.Stat(d); err != nil || !st.IsDir() || seen[d] {
+		case err != nil:
+			u.Err = err
+		case seen[d]:
 			continue
+		default:
+			seen[d] = true
+			u.Dir = d
 		}
-		seen[d] = true
-		dirs = append(dirs, d)
+		dirs = append(dirs, u)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("default download dirs: %w", err)
+	}
+	return dirs, nil
+}
+
+// DefaultDownloadDirs returns the accepted directories of UserDownloadDirs.
+func DefaultDownloadDirs(passwdPath string, minUID uint32, includeRoot bool) ([]string, error) {
+	users, err := UserDownloadDirs(passwdPath, minUID, includeRoot)
+	if err != nil {
+		return nil, err
+	}
+	var dirs []string
+	for _, u := range users {
+		if u.Err == nil {
+			dirs = append(dirs, u.Dir)
+		}
 	}
 	return dirs, nil
 }

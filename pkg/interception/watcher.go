@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -22,6 +23,7 @@ import (
 // Defaults of WatcherConfig.
 const (
 	DefaultSettle        = 2 * time.Second
+	DefaultTempIdle      = 5 * time.Minute
 	DefaultDecideTimeout = 30 * time.Second
 	defaultWorkers       = 2
 	maxRemembered        = 1 << 16
@@ -40,8 +42,10 @@ var ErrWatchLimit = errors.New("inotify watch limit reached (raise fs.inotify.ma
 
 // WatcherConfig configures a Watcher.
 type WatcherConfig struct {
-	// Dirs are the download directories, watched recursively. Required; see
-	// DefaultDownloadDirs for the per-user XDG defaults.
+	// Dirs are the download directories, watched recursively; see DefaultDownloadDirs
+	// for the per-user XDG defaults. Symbolic links are resolved; a system directory
+	// (IsSystemDir) is refused, and so is a directory that cannot be watched. It may be
+	// empty, to watch nothing (the owner logs so).
 	Dirs    []string
 	Decider Decider // evaluates the policy; required
 	Sink    Sink    // receives isolation requests and events; required
@@ -52,10 +56,15 @@ type WatcherConfig struct {
 	Settle time.Duration
 	// DecideTimeout bounds one Decider call. Zero selects DefaultDecideTimeout.
 	DecideTimeout time.Duration
-	// TempSuffixes and TempPrefixes name in-progress downloads, which are never acted on.
-	// Nil selects DefaultTempSuffixes and DefaultTempPrefixes.
+	// TempSuffixes and TempPrefixes name in-progress downloads. They are decided only
+	// when they stay unwritten for TempIdle (an abandoned or stalled download), once;
+	// normally the browser renames them first and the final name is decided. Nil selects
+	// DefaultTempSuffixes and DefaultTempPrefixes.
 	TempSuffixes []string
 	TempPrefixes []string
+	// TempIdle is how long a file with a temporary name must stay unwritten before it is
+	// decided. Zero selects DefaultTempIdle.
+	TempIdle time.Duration
 	// Workers is how many files are hashed and decided at once. Zero selects 2.
 	Workers int
 	// SkipExisting leaves files that are already in the directories when Run starts
@@ -84,9 +93,12 @@ type Watcher struct {
 	log  *slog.Logger
 
 	mu        sync.Mutex
+	roots     []string               // guarded by mu; the download directories, resolved
 	pending   map[string]*time.Timer // guarded by mu; settle timers by path
+	queued    map[string]int         // guarded by mu; paths whose timer fired, waiting for a worker
 	inflight  map[string]bool        // guarded by mu; paths being processed
 	again     map[string]bool        // guarded by mu; paths that changed while in flight
+	watched   map[string]bool        // guarded by mu; directories watched, by the path they were watched under
 	writers   map[string]writer      // guarded by mu; writer seen when the path was created
 	decided   map[fileID]decided     // guarded by mu; what was decided in this run
 	warnLimit bool                   // guarded by mu; the watch-limit event was sent
@@ -110,9 +122,6 @@ type decided struct {
 // NewWatcher validates cfg and starts watching its directories. Events are only processed
 // once Run is called; call Close if Run is never called.
 func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
-	if len(cfg.Dirs) == 0 {
-		return nil, errors.New("new watcher: no directories")
-	}
 	if cfg.Decider == nil || cfg.Sink == nil {
 		return nil, errors.New("new watcher: Decider and Sink are required")
 	}
@@ -128,6 +137,9 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if cfg.TempPrefixes == nil {
 		cfg.TempPrefixes = DefaultTempPrefixes
 	}
+	if cfg.TempIdle <= 0 {
+		cfg.TempIdle = DefaultTempIdle
+	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = defaultWorkers
 	}
@@ -137,33 +149,32 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	}
 	dirs := make([]string, 0, len(cfg.Dirs))
 	for _, d := range cfg.Dirs {
-		abs, err := filepath.Abs(d)
+		root, err := resolveRoot(d)
 		if err != nil {
 			return nil, fmt.Errorf("new watcher: %w", err)
 		}
-		st, err := os.Stat(abs)
-		if err != nil {
-			return nil, fmt.Errorf("new watcher: %w", err)
+		if root != filepath.Clean(d) {
+			log.Info("download directory resolved", "dir", d, "resolved", root)
 		}
-		if !st.IsDir() {
-			return nil, fmt.Errorf("new watcher: %s is not a directory", abs)
-		}
-		dirs = append(dirs, abs)
+		dirs = append(dirs, root)
 	}
-	cfg.Dirs = dirs
+	cfg.Dirs = nil // the roots are w.roots, which AddDir extends
 	fsw, err := fsnotify.NewWatcher()
 	if err != nil {
 		return nil, fmt.Errorf("new watcher: %w", err)
 	}
 	w := &Watcher{
 		cfg:      cfg,
+		roots:    dirs,
 		fsw:      fsw,
 		work:     make(chan string, 1024),
 		done:     make(chan struct{}),
 		log:      log,
 		pending:  make(map[string]*time.Timer),
+		queued:   make(map[string]int),
 		inflight: make(map[string]bool),
 		again:    make(map[string]bool),
+		watched:  make(map[string]bool),
 		writers:  make(map[string]writer),
 		decided:  make(map[fileID]decided),
 	}
@@ -173,14 +184,58 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 			return nil, fmt.Errorf("new watcher: %w", err)
 		}
 	}
+	if cfg.Gate != nil {
+		cfg.Gate.watcher.Store(w)
+	}
 	return w, nil
 }
 
 // Dirs returns the absolute directories the Watcher was configured with.
-func (w *Watcher) Dirs() []string { return append([]string(nil), w.cfg.Dirs...) }
+func (w *Watcher) Dirs() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]string(nil), w.roots...)
+}
+
+// AddDir adds a download directory while the Watcher runs (a user's directory that
+// appeared later), as NewWatcher does with WatcherConfig.Dirs: symbolic links are resolved,
+// a system directory is refused, its tree is watched (through OnDir, marked), and its files
+// are scheduled unless SkipExisting. A directory watched already is left alone; one that
+// was removed and made again is watched again.
+func (w *Watcher) AddDir(dir string) error {
+	root, err := resolveRoot(dir)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", dir, err)
+	}
+	w.mu.Lock()
+	watching := w.watched[root]
+	w.mu.Unlock()
+	if watching {
+		return nil
+	}
+	if err := w.addTree(root, !w.cfg.SkipExisting); err != nil {
+		return err
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !slices.Contains(w.roots, root) {
+		w.roots = append(w.roots, root)
+	}
+	return nil
+}
+
+// Watching reports whether the directory dir (resolved, as Dirs returns it) is watched.
+func (w *Watcher) Watching(dir string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.watched[dir]
+}
 
 // Close releases the inotify instance. It is called by Run on return.
 func (w *Watcher) Close() error {
+	if w.cfg.Gate != nil {
+		w.cfg.Gate.watcher.CompareAndSwap(w, nil)
+	}
 	w.mu.Lock()
 	for p, t := range w.pending {
 		t.Stop()
@@ -234,7 +289,7 @@ func (w *Watcher) loop(ctx context.Context) error {
 				return errors.New("watcher: inotify closed")
 			}
 			if errors.Is(err, fsnotify.ErrEventOverflow) {
-				w.log.Warn("inotify queue overflow; rescanning", "dirs", w.cfg.Dirs)
+				w.log.Warn("inotify queue overflow; rescanning", "dirs", w.Dirs())
 				w.cfg.Sink.Notify(Event{Kind: EventOverflow, Time: time.Now(),
 					Message: "inotify queue overflowed; download directories rescanned"})
 				w.rescan()
@@ -249,7 +304,7 @@ func (w *Watcher) loop(ctx context.Context) error {
 // rescan walks every directory again, adding missing watches and scheduling every file;
 // files with an up-to-date record are skipped cheaply by process.
 func (w *Watcher) rescan() {
-	for _, d := range w.cfg.Dirs {
+	for _, d := range w.Dirs() {
 		if err := w.addTree(d, true); err != nil {
 			w.log.Error("rescan", "dir", d, "err", err)
 		}
@@ -270,7 +325,7 @@ func (w *Watcher) handle(ev fsnotify.Event) {
 			}
 			return
 		}
-		if !st.Mode().IsRegular() || w.isTemp(p) {
+		if !st.Mode().IsRegular() {
 			return
 		}
 		if w.lookupAllowed() {
@@ -285,9 +340,7 @@ func (w *Watcher) handle(ev fsnotify.Event) {
 		}
 		w.schedule(p)
 	case ev.Has(fsnotify.Write):
-		if !w.isTemp(p) {
-			w.schedule(p)
-		}
+		w.schedule(p)
 	case ev.Has(fsnotify.Remove), ev.Has(fsnotify.Rename):
 		w.mu.Lock()
 		if t, ok := w.pending[p]; ok {
@@ -296,8 +349,39 @@ func (w *Watcher) handle(ev fsnotify.Event) {
 		}
 		delete(w.writers, p)
 		w.mu.Unlock()
+		w.unwatchTree(p)
 	}
 	// Chmod (IN_ATTRIB) is ignored: it is what our own attribute writes produce.
+}
+
+// unwatchTree drops the watches of dir and of the directories below it, if dir was
+// watched, after it was renamed, moved or removed. fsnotify keeps naming the events of a
+// moved directory by its old path, and removes its watch when it reads the kernel's
+// IN_MOVE_SELF, even when the directory was watched again under its new name meanwhile
+// (inotify gives the same inode the same watch): files written there would never be seen.
+// Removing the watches here, before the Create event of the new name is handled, makes
+// that event watch the directory and its subdirectories afresh, under their new paths,
+// and schedule the files already in them; the stale IN_MOVE_SELF then names no watch.
+func (w *Watcher) unwatchTree(dir string) {
+	w.mu.Lock()
+	if !w.watched[dir] {
+		w.mu.Unlock()
+		return
+	}
+	var gone []string
+	for p := range w.watched {
+		if p == dir || strings.HasPrefix(p, dir+string(filepath.Separator)) {
+			gone = append(gone, p)
+			delete(w.watched, p)
+		}
+	}
+	w.mu.Unlock()
+	for _, p := range gone {
+		// The kernel removed the watch of a deleted directory already.
+		if err := w.fsw.Remove(p); err != nil && !errors.Is(err, fsnotify.ErrNonExistentWatch) {
+			w.log.Debug("unwatch moved directory", "dir", p, "err", err)
+		}
+	}
 }
 
 // maxLookupsPerSecond bounds the /proc scans for writers, so that a burst of new files
@@ -333,28 +417,57 @@ func (w *Watcher) isTemp(p string) bool {
 	return false
 }
 
-// schedule (re)starts the settle timer of p.
+// schedule (re)starts the settle timer of p: Settle, or TempIdle for a temporary name.
 func (w *Watcher) schedule(p string) {
+	d := w.cfg.Settle
+	if w.isTemp(p) {
+		d = w.cfg.TempIdle
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if t, ok := w.pending[p]; ok {
-		t.Reset(w.cfg.Settle)
+	if t, ok := w.pending[p]; ok && t.Stop() {
+		t.Reset(d)
 		return
 	}
-	w.pending[p] = time.AfterFunc(w.cfg.Settle, func() {
+	// A new timer, or the old one fired meanwhile: its callback hands p to a worker.
+	var t *time.Timer
+	t = time.AfterFunc(d, func() {
 		w.mu.Lock()
-		delete(w.pending, p)
+		if w.pending[p] == t {
+			delete(w.pending, p)
+		}
+		w.queued[p]++
 		w.mu.Unlock()
 		select {
 		case w.work <- p:
 		case <-w.done:
+			w.dequeue(p)
 		}
 	})
+	w.pending[p] = t
 }
 
-// addTree watches dir and its subdirectories and, if scanFiles, schedules their files.
+func (w *Watcher) dequeue(p string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.queued[p]--; w.queued[p] <= 0 {
+		delete(w.queued, p)
+	}
+}
+
+// settling reports whether the Watcher is waiting for the file at p to stay unwritten, or
+// deciding it: an open of it meanwhile is not decided by the Gate (see Gate.busy).
+func (w *Watcher) settling(p string) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.pending[p]
+	return ok || w.queued[p] > 0 || w.inflight[p]
+}
+
+// addTree watches dir and its subdirectories and, if scanFiles, schedules their files. It
+// fails unless dir itself ends up watched.
 func (w *Watcher) addTree(dir string, scanFiles bool) error {
-	return filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			if p == dir {
 				return err
@@ -366,6 +479,9 @@ func (w *Watcher) addTree(dir string, scanFiles bool) error {
 			if err := w.fsw.Add(p); err != nil {
 				if errors.Is(err, unix.ENOSPC) {
 					w.watchLimit(p, err)
+					if p == dir {
+						return fmt.Errorf("watch %s: %w: %w", p, ErrWatchLimit, err)
+					}
 					return filepath.SkipAll
 				}
 				if p == dir {
@@ -373,14 +489,39 @@ func (w *Watcher) addTree(dir string, scanFiles bool) error {
 				}
 				return nil
 			}
+			// inotify followed any symbolic link on the way: a directory swapped for one
+			// since it was seen must not stay watched where it points.
+			fd, err := openDir(p)
+			if err != nil {
+				w.fsw.Remove(p)
+				if p == dir {
+					return fmt.Errorf("watch %s: %w", p, err)
+				}
+				w.log.Warn("directory not watched", "dir", p, "err", err)
+				return filepath.SkipDir
+			}
+			unix.Close(fd)
+			w.mu.Lock()
+			w.watched[p] = true
+			w.mu.Unlock()
 			if w.cfg.OnDir != nil {
 				w.cfg.OnDir(p)
 			}
-		case d.Type().IsRegular() && scanFiles && !w.isTemp(p):
+		case d.Type().IsRegular() && scanFiles:
 			w.schedule(p)
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
+	w.mu.Lock()
+	ok := w.watched[dir]
+	w.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("watch %s: not watched (replaced meanwhile?)", dir)
+	}
+	return nil
 }
 
 func (w *Watcher) watchLimit(dir string, err error) {
@@ -408,6 +549,9 @@ func (w *Watcher) watchLimit(dir string, err error) {
 // process decides p if it is a complete regular file without an up-to-date decision.
 func (w *Watcher) process(ctx context.Context, p string) {
 	w.mu.Lock()
+	if w.queued[p]--; w.queued[p] <= 0 {
+		delete(w.queued, p)
+	}
 	if w.inflight[p] {
 		w.again[p] = true
 		w.mu.Unlock()
@@ -417,13 +561,16 @@ func (w *Watcher) process(ctx context.Context, p string) {
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
-		delete(w.inflight, p)
 		again := w.again[p]
 		delete(w.again, p)
 		w.mu.Unlock()
 		if again {
 			w.schedule(p)
 		}
+		// Only now: the Gate sees p settling throughout (see settling).
+		w.mu.Lock()
+		delete(w.inflight, p)
+		w.mu.Unlock()
 	}()
 	if err := w.decide(ctx, p); err != nil && !errors.Is(err, context.Canceled) {
 		w.log.Error("decide download", "path", p, "err", err)
@@ -433,12 +580,12 @@ func (w *Watcher) process(ctx context.Context, p string) {
 }
 
 func (w *Watcher) decide(ctx context.Context, p string) error {
-	fd, err := unix.Open(p, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	fd, err := openNoSymlinks(p, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
 	if err != nil {
-		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) {
-			return nil // renamed away or a symlink: not ours to decide
+		if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+			return nil // renamed away, or a symlink (here or on the way): not ours to decide
 		}
-		return fmt.Errorf("open %s: %w", p, err)
+		return err
 	}
 	f := os.NewFile(uintptr(fd), p)
 	defer f.Close()

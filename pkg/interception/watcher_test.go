@@ -263,7 +263,6 @@ func TestNewWatcherErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, cfg := range []WatcherConfig{
-		{Decider: &nameDecider{}, Sink: &recordingSink{}},
 		{Dirs: []string{dir}},
 		{Dirs: []string{filepath.Join(dir, "missing")}, Decider: &nameDecider{}, Sink: &recordingSink{}},
 		{Dirs: []string{file}, Decider: &nameDecider{}, Sink: &recordingSink{}},
@@ -378,5 +377,134 @@ func TestWatcherObservedWriter(t *testing.T) {
 	}
 	if rec, err := ReadRecord(p); err != nil || rec.Origin != want {
 		t.Errorf("record %+v, %v; want origin %q", rec, err, want)
+	}
+}
+
+// waitScheduled waits until the Watcher has a settle timer for p: every event queued
+// before p's creation has been handled by then.
+func waitScheduled(t *testing.T, w *Watcher, p string) {
+	t.Helper()
+	waitFor(t, 5*time.Second, "the Watcher to see "+p, func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		_, ok := w.pending[p]
+		return ok || w.inflight[p]
+	})
+}
+
+// TestWatcherFollowsRenamedDirectories renames a watched folder (with a subfolder) inside
+// the download directory, then creates a folder in it and writes a script there: the
+// script and a file in the old subfolder are decided once, under their new paths, and the
+// Gate refuses to open or execute the script (the new folder was marked through OnDir).
+func TestWatcherFollowsRenamedDirectories(t *testing.T) {
+	requireFanotify(t)
+	dir := t.TempDir()
+	requireUserXattr(t, dir)
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	g, _ := startGate(t, GateConfig{Dirs: []string{dir}, Decider: dec, Sink: sink})
+	w := startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec, Sink: sink, Gate: g,
+		OnDir: func(d string) {
+			if err := g.AddDir(d); err != nil {
+				t.Errorf("AddDir: %v", err)
+			}
+		}})
+	x := filepath.Join(dir, "x")
+	if err := os.MkdirAll(filepath.Join(x, "old"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// Both folders are watched before the rename (else the rename is a plain new folder).
+	waitFor(t, 5*time.Second, "x/old watched", func() bool {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		return w.watched[filepath.Join(x, "old")]
+	})
+	y := filepath.Join(dir, "y")
+	if err := os.Rename(x, y); err != nil {
+		t.Fatal(err)
+	}
+	// The kernel's IN_MOVE_SELF for x comes after the rename events: once a file created
+	// after the rename is seen, the Watcher has handled it.
+	marker := filepath.Join(dir, "marker")
+	if err := os.WriteFile(marker, []byte("marker"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitScheduled(t, w, marker)
+	z := filepath.Join(y, "z")
+	if err := os.Mkdir(z, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	evil := filepath.Join(z, "evil.sh")
+	writeChunks(t, evil, []byte("#!/bin/sh\necho evil ran\n"), 2, 10*time.Millisecond)
+	if err := os.Chmod(evil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := filepath.Join(y, "old", "a.bin")
+	if err := os.WriteFile(old, []byte("in the old subfolder"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{evil, old} {
+		waitFor(t, 10*time.Second, "decision of "+p, func() bool { return sink.isolations(p) == 1 })
+	}
+	time.Sleep(3 * testSettle) // give duplicate decisions a chance to show up
+	n := map[string]int{}
+	for _, c := range dec.callsFor() {
+		n[c.Path]++
+	}
+	for _, p := range []string{evil, old} {
+		if n[p] != 1 {
+			t.Errorf("%s decided %d times, want once (decisions %v)", p, n[p], n)
+		}
+	}
+	for p := range n {
+		if strings.HasPrefix(p, x+"/") {
+			t.Errorf("decided under the old path %s", p)
+		}
+	}
+	if out, err := catFile(evil); err == nil || !strings.Contains(out, "Operation not permitted") {
+		t.Errorf("cat of the script in the new folder = %q, %v; want EPERM", out, err)
+	}
+	if out, err := execFile(evil); err == nil || strings.Contains(out, "evil ran") {
+		t.Errorf("exec of the script in the new folder = %q, %v; want EPERM", out, err)
+	}
+}
+
+// TestWatcherDecidesIdleTempFiles writes a file with a temporary download name in chunks,
+// with pauses longer than the settle interval but shorter than TempIdle: it is decided
+// once, with its whole content, only after it stayed unwritten for TempIdle.
+func TestWatcherDecidesIdleTempFiles(t *testing.T) {
+	dir := t.TempDir()
+	requireUserXattr(t, dir)
+	sink := &recordingSink{}
+	dec := &nameDecider{}
+	const idle = 8 * testSettle
+	startWatcher(t, WatcherConfig{Dirs: []string{dir}, Decider: dec, Sink: sink, TempIdle: idle})
+	payload := bytes.Repeat([]byte("stalled download\n"), 1000)
+	part := filepath.Join(dir, "evil.part")
+	chrome := filepath.Join(dir, ".com.google.Chrome.Xy12Ab")
+	if err := os.WriteFile(chrome, payload, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// Decided after the settle interval, it would be decided on a part of the content,
+	// and again later.
+	writeChunks(t, part, payload, 4, 2*testSettle)
+	for _, p := range []string{part, chrome} {
+		waitFor(t, 10*time.Second, "decision of "+p, func() bool { return sink.isolations(p) == 1 })
+	}
+	time.Sleep(idle) // a second decision would show up
+	sum := sha256.Sum256(payload)
+	for _, p := range []string{part, chrome} {
+		var calls []FileInfo
+		for _, c := range dec.callsFor() {
+			if c.Path == p {
+				calls = append(calls, c)
+			}
+		}
+		if len(calls) != 1 || calls[0].SHA256 != hex.EncodeToString(sum[:]) {
+			t.Errorf("%s: %d decisions (%+v), want one of the whole content", p, len(calls), calls)
+		}
+		if rec, err := ReadRecord(p); err != nil || rec.Verdict != ActionIsolate {
+			t.Errorf("%s: record %+v, %v", p, rec, err)
+		}
 	}
 }

@@ -3,6 +3,8 @@ package interception
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -41,6 +43,27 @@ type Record struct {
 func ReadRecord(path string) (Record, error) {
 	get := func(name string) (string, error) { return lgetxattr(path, name) }
 	return readRecord(get)
+}
+
+// ReadRecordFile reads the Isolator record of the open file f. f may be open with O_PATH
+// only: reading the attributes (through /proc/self/fd) does not open the file's content,
+// so no fanotify permission event is sent and the Gate is not asked.
+func ReadRecordFile(f *os.File) (Record, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return Record{}, err
+	}
+	var rec Record
+	var rerr error
+	if err := rc.Control(func(fd uintptr) {
+		p := "/proc/self/fd/" + strconv.Itoa(int(fd))
+		rec, rerr = readRecord(func(name string) (string, error) {
+			return getxattr(name, func(buf []byte) (int, error) { return unix.Getxattr(p, name, buf) })
+		})
+	}); err != nil {
+		return Record{}, err
+	}
+	return rec, rerr
 }
 
 func readRecord(get func(string) (string, error)) (Record, error) {

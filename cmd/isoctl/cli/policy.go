@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
+	"github.com/isolator-dev/isolator/pkg/interception"
 	"github.com/isolator-dev/isolator/pkg/policy"
 	"github.com/isolator-dev/isolator/policies"
 )
@@ -194,7 +196,13 @@ func newPolicyExplainCmd() *cobra.Command {
 		Short: "Show what the policy decides for a file, and why",
 		Long: `Decide for FILE as isolatord would and print the decision, the handler and the
 explanation. The requester defaults to the current user; the origin and referrer default to
-the file's user.xdg.origin.url / user.xdg.referrer.url (or user.isolator.*) xattrs.`,
+the file's user.xdg.origin.url / user.xdg.referrer.url (or user.isolator.*) xattrs.
+
+The verdict isolatord recorded on the file (the user.isolator.* xattrs) is shown as
+"recorded:". Those attributes are read without opening the file. When the record refuses
+opens (isolate, deny, ask), the file's content is not opened at all: an open would be
+refused by isolatord's gate and start an isolation. Rules that need the content (type,
+hash) then cannot decide, which is said.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.explicit = cmd.Flags().Changed("policy-dir")
@@ -292,16 +300,42 @@ func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) 
 	if err := o.requester(req); err != nil {
 		return err
 	}
-	// Like isolatord, decide on the open file (opened here as the current user) when it can
-	// be opened, else by the path: rules that need no content still decide.
-	var origin, referrer string
-	if f, ferr := openRegular(abs); ferr == nil {
+	// The file is reached once without opening its content (O_PATH: no permission event,
+	// so isolatord's gate is not asked), for its attributes and isolatord's record.
+	pf, err := openPath(abs)
+	if err != nil {
+		return fileError(file, abs, err)
+	}
+	defer pf.Close()
+	byFD := "/proc/self/fd/" + strconv.Itoa(int(pf.Fd()))
+	var recorded *interception.Record
+	if rec, err := interception.ReadRecordFile(pf); err == nil {
+		recorded = &rec
+	}
+	// Like isolatord, decide on the open file (opened here as the current user), unless
+	// its record refuses opens: it is not opened then, and rules that need its content
+	// cannot decide. The policy never opens the path itself.
+	content := ""
+	if recorded != nil && recorded.Verdict.Valid() && recorded.Verdict != interception.ActionTrust {
+		content = fmt.Sprintf("not read: the file's record says %s, so isolatord would refuse to open it "+
+			"(and isolate it); the decision uses what needs no content", recorded.Verdict)
+	} else if f, ferr := openRegular(byFD); ferr != nil {
+		content = fmt.Sprintf("not read: %v; the decision uses what needs no content", unwrapPath(ferr))
+	} else if same, serr := sameFile(f, pf); serr != nil || !same {
+		f.Close()
+		content = "not read: the file was replaced while it was being opened; the decision uses what needs no content"
+	} else {
 		defer f.Close()
 		req.File = f
-		origin, referrer, err = policy.ReadOriginFile(f)
-	} else {
-		origin, referrer, err = policy.ReadOrigin(abs)
 	}
+	if req.File == nil {
+		fi, err := pf.Stat()
+		if err != nil {
+			return fileError(file, abs, err)
+		}
+		req.File = unreadFile{fi: fi, err: errors.New("the content was not read")}
+	}
+	origin, referrer, err := policy.ReadOrigin(byFD)
 	if err != nil {
 		return err
 	}
@@ -322,20 +356,118 @@ func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) 
 		return err
 	}
 	d, err := p.Decide(req)
-	if err != nil {
+	var undecided error // the policy needed the content, which was not read
+	if err != nil && content != "" {
+		undecided = fmt.Errorf("%s: no decision: the policy needs the file's content, which was not read (%w)", file, err)
+	} else if err != nil {
 		return err
 	}
 	if o.json {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		enc.SetEscapeHTML(false) // "<shipped>/…", not "\u003cshipped\u003e/…"
-		return enc.Encode(struct {
+		out := struct {
 			Request  *policy.Request  `json:"request"`
+			Recorded *recordJSON      `json:"recorded,omitempty"`
+			Content  string           `json:"content,omitempty"`
 			Decision *policy.Decision `json:"decision"`
-		}{req, d})
+			Error    string           `json:"error,omitempty"`
+		}{Request: req, Recorded: newRecordJSON(recorded), Content: content, Decision: d}
+		if undecided != nil {
+			out.Error = undecided.Error()
+		}
+		if err := enc.Encode(out); err != nil {
+			return err
+		}
+		return undecided
+	}
+	printRequest(stdout, req)
+	printFacts(stdout, recorded, content)
+	if undecided != nil {
+		fmt.Fprintf(stdout, "decision:  none: the policy needs the file's content, which was not read\n")
+		return undecided
 	}
 	printDecision(stdout, req, d)
 	return nil
+}
+
+// recordJSON is isolatord's record on a file, for --json.
+type recordJSON struct {
+	Verdict string    `json:"verdict"`
+	Rule    string    `json:"rule,omitempty"`
+	Time    time.Time `json:"time,omitzero"`
+	SHA256  string    `json:"sha256,omitempty"`
+	Origin  string    `json:"origin,omitempty"`
+}
+
+func newRecordJSON(r *interception.Record) *recordJSON {
+	if r == nil {
+		return nil
+	}
+	return &recordJSON{Verdict: string(r.Verdict), Rule: r.Rule, Time: r.Time, SHA256: r.SHA256, Origin: r.Origin}
+}
+
+// openPath opens path with O_PATH, without following a final symbolic link: the content
+// is not opened, so no fanotify permission event is sent.
+func openPath(path string) (*os.File, error) {
+	fd, err := unix.Open(path, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	return os.NewFile(uintptr(fd), path), nil
+}
+
+// sameFile reports whether f and g are the same inode.
+func sameFile(f, g *os.File) (bool, error) {
+	fi, err := f.Stat()
+	if err != nil {
+		return false, err
+	}
+	gi, err := g.Stat()
+	if err != nil {
+		return false, err
+	}
+	return os.SameFile(fi, gi), nil
+}
+
+// unwrapPath drops the path of a *fs.PathError (a /proc/self/fd name here).
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// unreadFile stands for a file whose content was not read: its size and mode are known,
+// reading fails with err.
+type unreadFile struct {
+	fi  fs.FileInfo
+	err error
+}
+
+func (u unreadFile) ReadAt([]byte, int64) (int, error) { return 0, u.err }
+func (u unreadFile) Stat() (fs.FileInfo, error)        { return u.fi, nil }
+
+// printFacts prints what explain found on the file besides the request: the record
+// isolatord wrote on it, and why its content was not read.
+func printFacts(w io.Writer, rec *interception.Record, content string) {
+	if rec != nil {
+		line := string(rec.Verdict)
+		if rec.Rule != "" {
+			line += " (rule " + rec.Rule + ")"
+		}
+		if !rec.Time.IsZero() {
+			line += " at " + rec.Time.Local().Format(time.RFC3339)
+		}
+		if rec.SHA256 != "" {
+			line += ", sha256 " + rec.SHA256
+		}
+		fmt.Fprintf(w, "recorded:  %s\n", line)
+	}
+	if content != "" {
+		fmt.Fprintf(w, "content:   %s\n", content)
+	}
 }
 
 // fileError says why the file named name (at abs) cannot be decided on: the name first,
@@ -366,7 +498,8 @@ func openRegular(path string) (*os.File, error) {
 	return f, nil
 }
 
-func printDecision(w io.Writer, req *policy.Request, d *policy.Decision) {
+// printRequest prints what the decision is about.
+func printRequest(w io.Writer, req *policy.Request) {
 	fmt.Fprintf(w, "file:      %s\n", req.Path)
 	fmt.Fprintf(w, "requester: %s (uid %d), home %s\n", req.User, req.UID, req.Home)
 	if req.Opener != "" {
@@ -378,6 +511,10 @@ func printDecision(w io.Writer, req *policy.Request, d *policy.Decision) {
 	if req.Referrer != "" {
 		fmt.Fprintf(w, "referrer:  %s\n", req.Referrer)
 	}
+}
+
+// printDecision prints the decision d about req, after printRequest.
+func printDecision(w io.Writer, req *policy.Request, d *policy.Decision) {
 	fmt.Fprintf(w, "decision:  %s\n", d.Action)
 	where := ""
 	if d.File != "" {
