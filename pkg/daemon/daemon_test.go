@@ -463,13 +463,19 @@ func TestKillAndEvents(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	states := make(chan api.State, 16)
+	subscribed := make(chan struct{})
 	go in.c.Events(ctx, func(ev api.Event) error {
-		if ev.Type == api.EventState {
+		switch ev.Type {
+		case api.EventNotice:
+			if ev.Message == "subscribed" {
+				close(subscribed)
+			}
+		case api.EventState:
 			states <- ev.Task.State
 		}
 		return nil
 	})
-	time.Sleep(50 * time.Millisecond) // subscription registered
+	<-subscribed // the daemon registers the subscriber before it says so
 	ids := make(chan string, 1)
 	openDone := make(chan []api.Event)
 	go func() {
