@@ -259,9 +259,9 @@ func TestInterceptor(t *testing.T) {
 		if len(tasks) != 1 {
 			t.Fatalf("tasks %+v, want 1", tasks)
 		}
-		res, err := in.d.Results(&daemon.Peer{UID: 65534}, tasks[0].ID)
-		if want := fmt.Sprintf("%d\n", len(first+second)); err != nil || len(res.Files) != 1 || string(res.Files[0].Data) != want {
-			t.Errorf("results %+v, %v; want the whole file's size %q", res, err, want)
+		res, files, err := resultFiles(in.c, tasks[0].ID)
+		if want := fmt.Sprintf("%d\n", len(first+second)); err != nil || len(res.Files) != 1 || files["count.txt"] != want {
+			t.Errorf("results %+v %q, %v; want the whole file's size %q", res, files, err, want)
 		}
 		for _, ev := range log.about(p) {
 			if ev.Type == api.EventDenied && ev.Time.Before(tasks[0].Created) {
