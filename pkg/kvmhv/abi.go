@@ -16,8 +16,10 @@ const (
 	kvmSetRegs             = 0x4090AE82 // _IOW(KVMIO, 0x82, struct kvm_regs)
 	kvmGetSregs            = 0x8138AE83 // _IOR(KVMIO, 0x83, struct kvm_sregs)
 	kvmSetSregs            = 0x4138AE84 // _IOW(KVMIO, 0x84, struct kvm_sregs)
+	kvmGetMSRs             = 0xC008AE88 // _IOWR(KVMIO, 0x88, struct kvm_msrs)
 	kvmSetMSRs             = 0x4008AE89 // _IOW(KVMIO, 0x89, struct kvm_msrs)
 	kvmSetCPUID2           = 0x4008AE90 // _IOW(KVMIO, 0x90, struct kvm_cpuid2)
+	kvmGetTSCKHz           = 0xAEA3     // _IO(KVMIO, 0xa3): the vCPU's TSC frequency in kHz
 	kvmSetXCRS             = 0x4188AEA7 // _IOW(KVMIO, 0xa7, struct kvm_xcrs)
 )
 
@@ -30,6 +32,7 @@ const (
 	capImmediateExit = 136 // KVM_CAP_IMMEDIATE_EXIT
 	capXCRS          = 56  // KVM_CAP_XCRS
 	capSyncRegs      = 74  // KVM_CAP_SYNC_REGS: answers the KVM_SYNC_X86_* fields it supports
+	capGetTSCKHz     = 61  // KVM_CAP_GET_TSC_KHZ
 )
 
 // Fields of kvm_run.kvm_valid_regs and kvm_dirty_regs (KVM_SYNC_X86_*).
@@ -197,6 +200,7 @@ type runFailEntry struct {
 
 // Model-specific registers.
 const (
+	msrTSC          = 0x00000010 // IA32_TIME_STAMP_COUNTER: what rdtsc reads
 	msrEFER         = 0xC0000080
 	msrSTAR         = 0xC0000081
 	msrLSTAR        = 0xC0000082

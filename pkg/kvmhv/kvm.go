@@ -44,6 +44,7 @@ type System struct {
 	hasXCRS   bool
 	syncRegs  bool // KVM_CAP_SYNC_REGS covers regs and sregs
 	mode      SyscallMode
+	tscWhy    string // why the guest TSC cannot serve as a clock; "" if it can
 	closeOnce sync.Once
 }
 
@@ -98,11 +99,14 @@ func (s *System) init() error {
 		return fmt.Errorf("KVM_GET_SUPPORTED_CPUID: %w", err)
 	}
 	s.cpuid = c
-	mode, err := s.probeSyscall()
+	mode, tscWhy, err := s.probeSyscall()
 	if err != nil {
 		return fmt.Errorf("probe syscall delivery: %w", err)
 	}
 	s.mode = mode
+	if s.tscWhy = s.hostTSCReason(); s.tscWhy == "" {
+		s.tscWhy = tscWhy
+	}
 	return nil
 }
 

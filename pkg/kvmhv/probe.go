@@ -10,23 +10,28 @@ import (
 // mapped for CPL0 only. On VT-x/AMD-V `syscall` enters CPL0 at MSR_LSTAR and the syscall
 // stub's hypercall exits to the VMM. On kvm_pvm it jumps to MSR_LSTAR but stays at CPL3, so
 // fetching the stub faults with a user-mode page fault at exactly that address.
-func (s *System) probeSyscall() (SyscallMode, error) {
+//
+// The guest reads its time-stamp counter with `rdtsc` first, and the VMM reads the vCPU's
+// IA32_TIME_STAMP_COUNTER before and after the run: tscWhy is "" when the guest's value lies
+// between the two, and says what went wrong otherwise (see GuestTSC).
+func (s *System) probeSyscall() (mode SyscallMode, tscWhy string, err error) {
 	vm, err := s.NewVM(Config{Memory: 1 << 20, MaxVCPUs: 1})
 	if err != nil {
-		return 0, err
+		return 0, "", err
 	}
 	defer vm.Close()
 	const code = 0x10000
 	if err := vm.Map(code, pageSize, ProtRead|ProtExec); err != nil {
-		return 0, err
+		return 0, "", err
 	}
-	// syscall ; ud2
-	if err := vm.Poke([]byte{0x0f, 0x05, 0x0f, 0x0b}, code); err != nil {
-		return 0, err
+	// rdtsc ; syscall ; ud2
+	if err := vm.Poke([]byte{0x0f, 0x31, 0x0f, 0x05, 0x0f, 0x0b}, code); err != nil {
+		return 0, "", err
 	}
 	type result struct {
-		mode SyscallMode
-		err  error
+		mode   SyscallMode
+		tscWhy string
+		err    error
 	}
 	ch := make(chan result, 1)
 	go func() {
@@ -37,16 +42,27 @@ func (s *System) probeSyscall() (SyscallMode, error) {
 			ch <- result{err: err}
 			return
 		}
+		before, berr := v.readTSC()
 		exit, err := v.Run()
 		if err != nil {
 			ch <- result{err: err}
 			return
 		}
+		after, aerr := v.readTSC()
 		mode, err := modeFromExit(exit, v.Regs)
-		ch <- result{mode, err}
+		var why string
+		switch {
+		case berr != nil:
+			why = berr.Error()
+		case aerr != nil:
+			why = aerr.Error()
+		default:
+			why = probeTSCReason(before, v.Regs.RDX<<32|v.Regs.RAX&0xffffffff, after)
+		}
+		ch <- result{mode, why, err}
 	}()
 	r := <-ch
-	return r.mode, r.err
+	return r.mode, r.tscWhy, r.err
 }
 
 // modeFromExit interprets the exit of the probe guest and its registers.

@@ -180,6 +180,11 @@ func (vm *VM) load() (kvmhv.Regs, error) {
 	if err := vm.mm.mapAnon(stackTop-stackSize, stackSize, kvmhv.ProtRead|kvmhv.ProtWrite); err != nil {
 		return kvmhv.Regs{}, fmt.Errorf("map stack: %w", err)
 	}
+	vdso, err := vm.mapVDSO()
+	if err != nil {
+		return kvmhv.Regs{}, fmt.Errorf("map vDSO: %w", err)
+	}
+	vm.vdso = vdso
 	sp, err := vm.buildStack(e, bias, interpBase)
 	if err != nil {
 		return kvmhv.Regs{}, err
@@ -230,8 +235,12 @@ func (vm *VM) buildStack(e *elfFile, bias, interpBase uint64) (uint64, error) {
 		atPagesz, pageSize, atBase, interpBase, atFlags, 0, atEntry, bias + e.Entry,
 		atUID, guestUID, atEUID, guestUID, atGID, guestGID, atEGID, guestGID, atSecure, 0,
 		atRandom, at(randOff), atHwcap, 0x178bfbff, atHwcap2, 0, atClktck, 100,
-		atPlatform, at(platform), atExecfn, at(execfn), atMinSigStkSz, 2048, atNull, 0,
+		atPlatform, at(platform), atExecfn, at(execfn), atMinSigStkSz, 2048,
 	}
+	if vm.vdso {
+		aux = append(aux, atSysinfoEhdr, vdsoAddr)
+	}
+	aux = append(aux, atNull, 0)
 	var words []uint64
 	words = append(words, uint64(len(vm.cfg.Args)))
 	for _, o := range argOff {

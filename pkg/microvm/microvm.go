@@ -48,6 +48,11 @@ type Config struct {
 	ScratchBytes   int64 // bound on /tmp, /work and /output together; default 64 MiB
 	MaxOutputBytes int64 // bound on the files returned from /output; default 64 MiB
 	MaxOutputFiles int   // bound on the number of files returned; default 256
+
+	// NoVDSO leaves the vDSO out of the guest: every time call is then a system call
+	// served by the VMM. By default the guest gets one where the host's TSC can serve as
+	// a clock (kvmhv.System.GuestTSC; see vdso.go).
+	NoVDSO bool
 }
 
 // Output is a regular file the guest wrote under /output.
@@ -91,4 +96,8 @@ type Stats struct {
 	BytesCopiedIn  int64             `json:"bytes_copied_in"` // bytes copied from the VMM into guest memory
 	BytesCopiedOut int64             `json:"bytes_copied_out"`
 	Pooled         bool              `json:"pooled,omitempty"` // the VM was made ahead of need by a Pool
+	// GuestClock says the guest's vDSO told the time itself, without a system call, for
+	// CLOCK_REALTIME, CLOCK_MONOTONIC(_RAW, _COARSE), CLOCK_REALTIME_COARSE and
+	// CLOCK_BOOTTIME; false when it had no vDSO or its clock could not be started.
+	GuestClock bool `json:"guest_clock"`
 }

@@ -24,7 +24,8 @@ type statsCounter struct {
 	copiedOut  atomic.Int64
 	dropped    atomic.Int64
 	nextIno    atomic.Int64
-	pooled     bool // set by New, before any thread runs
+	pooled     bool        // set by New, before any thread runs
+	guestClock atomic.Bool // the vDSO's clock was started
 }
 
 func (s *statsCounter) init() {
@@ -107,6 +108,7 @@ func (vm *VM) snapshotStats() Stats {
 		BytesCopiedOut: s.copiedOut.Load(),
 		SignalsDropped: s.dropped.Load(),
 		Pooled:         s.pooled,
+		GuestClock:     s.guestClock.Load(),
 	}
 	s.mu.Lock()
 	for k, v := range s.exits {

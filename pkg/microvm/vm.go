@@ -41,6 +41,7 @@ type VM struct {
 	shell  *shell // made ahead of need by cfg.Pool, until the first thread starts on it
 	fs     *guestfs.FS
 	mm     *memory
+	vdso   bool // the guest has the vDSO (set by load)
 	fds    *fdTable
 	stdin  *stdinReader
 	start  time.Time
@@ -189,7 +190,11 @@ func (vm *VM) Run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := vm.startThread(entry, nil); err != nil {
+	var first func(*thread, *kvmhv.VCPU)
+	if vm.vdso {
+		first = func(_ *thread, v *kvmhv.VCPU) { vm.startClock(v) }
+	}
+	if _, err := vm.startThread(entry, first); err != nil {
 		return nil, err
 	}
 	var timeout <-chan time.Time
