@@ -70,8 +70,8 @@ type bench struct {
 func main() {
 	b := &bench{}
 	flag.IntVar(&b.n, "n", 20, "runs per spawn-to-exit measurement")
-	flag.IntVar(&b.calls, "syscalls", 20000, "getpid calls per run in the system call measurement")
-	flag.IntVar(&b.reps, "reps", 3, "runs per point of the system call measurement")
+	flag.IntVar(&b.calls, "syscalls", 20000, "getpid calls (and time reads) per run in the system call and time read measurements")
+	flag.IntVar(&b.reps, "reps", 3, "runs per point of the system call and time read measurements")
 	flag.IntVar(&b.vms, "k", 16, "concurrent micro VMs in the memory measurement")
 	flag.IntVar(&b.workers, "workers", 2, "concurrent workers in the VMs-per-second measurement")
 	flag.DurationVar(&b.rateFor, "rate-duration", 5*time.Second, "length of the VMs-per-second measurement")
@@ -99,6 +99,7 @@ func (b *bench) run(ctx context.Context) error {
 	b.header(start)
 	b.withPool(func() { b.spawn(ctx) })
 	b.syscallCost(ctx)
+	b.timeCost(ctx)
 	b.memoryOverhead(ctx)
 	b.withPool(func() { b.rate(ctx) })
 	b.printf("Whole run: %.0f s; load average after it: %s.\n", time.Since(start).Seconds(), loadAverage())
