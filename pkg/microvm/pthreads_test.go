@@ -41,6 +41,10 @@ func buildPthreads(t *testing.T) map[string]string {
 // and compares each output with the host's. pthread_join once hung when a thread ended
 // before clone stored its ID (CLONE_PARENT_SETTID) in the word the join waits on: the
 // store came after the thread had cleared it.
+//
+// A VM has at most DefaultMaxVCPUs vCPUs in all (KVM cannot destroy one), so the vCPUs of
+// threads that have exited are reused: the short-lived threads were once limited to 15 in
+// all, the 16th failing with EAGAIN.
 func TestPthreads(t *testing.T) {
 	sys := requireKVM(t)
 	bins := buildPthreads(t)
@@ -48,6 +52,7 @@ func TestPthreads(t *testing.T) {
 	if testing.Short() {
 		runs = 3
 	}
+	const producers, consumers = 4, 3 // as in testdata/pthreads.c
 	for _, link := range []string{"static", "dynamic"} {
 		bin := bins[link]
 		// The program is packed as a program, for its libraries, at its host path, which
@@ -55,13 +60,16 @@ func TestPthreads(t *testing.T) {
 		im := buildImage(t, "pthreads-"+link, image.BuildConfig{Programs: []string{bin},
 			Files: []image.FileSpec{{HostPath: bin, GuestPath: "/bin/pthreads"}}})
 		for _, c := range []struct {
-			name string
-			args []string
-			runs int
+			name    string
+			args    []string
+			runs    int
+			threads int // guest threads started, the main thread included; 0: not checked
 		}{
-			{"short", []string{"short", "1", "12"}, runs},
-			{"busy", []string{"busy"}, 3},
-			{"clone", []string{"clone"}, 3},
+			// 8 rounds of 15 threads at once, with the main thread as many as the VM's
+			// vCPUs (DefaultMaxVCPUs): the vCPUs of joined threads are reused.
+			{"short", []string{"short", "8", "15"}, runs, 1 + 8*15},
+			{"busy", []string{"busy"}, 3, 1 + producers + consumers},
+			{"clone", []string{"clone"}, 3, 1 + 200 + 2},
 		} {
 			t.Run(link+"/"+c.name, func(t *testing.T) {
 				want, code := hostRun(t, os.TempDir(), nil, append([]string{bin}, c.args...)...)
@@ -73,6 +81,9 @@ func TestPthreads(t *testing.T) {
 					if res.ExitCode != 0 || out != want {
 						t.Fatalf("run %d: exit %d (%s), output:\n%s\nstderr: %s\nwant (as on the host):\n%s\ndenied: %v",
 							i, res.ExitCode, res.Reason, out, stderr, want, res.Stats.Denied)
+					}
+					if res.Stats.Threads != c.threads {
+						t.Fatalf("run %d: %d guest threads, want %d", i, res.Stats.Threads, c.threads)
 					}
 				}
 			})

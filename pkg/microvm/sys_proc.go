@@ -132,16 +132,20 @@ func (t *thread) clone(v *kvmhv.VCPU, flags, stack, ptid, ctid, tls uint64) (uin
 	return uint64(child.tid), 0
 }
 
-// exitThread ends the calling thread; the last thread's exit ends the program.
-func (t *thread) exitThread(code int) {
-	t.exited.Store(true)
+// exitThread finishes the exit(2) of a thread, on its OS thread after its loop has ended.
+// The last thread's exit ends the program. Otherwise park offers the thread's vCPU to the
+// next thread before the exit shows at the thread's CLONE_CHILD_CLEARTID word, so that a
+// program that joins a thread and then starts another finds a vCPU.
+func (t *thread) exitThread(park func()) {
+	t.vm.stats.retire(t)
+	if t.vm.removeThread(t) {
+		t.vm.terminate(exitStatus{code: t.exitCode})
+		return
+	}
+	park()
 	if t.clearTID != 0 {
 		t.writeU32(t.clearTID, 0)
 		t.vm.futex.wake(t.clearTID, 1, ^uint32(0))
-	}
-	t.vm.stats.retire(t)
-	if t.vm.removeThread(t) {
-		t.vm.terminate(exitStatus{code: code})
 	}
 }
 

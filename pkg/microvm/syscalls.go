@@ -276,7 +276,9 @@ func (t *thread) dispatch(v *kvmhv.VCPU, nr uint64, a args) (res uint64, handled
 	case unix.SYS_SCHED_GETAFFINITY:
 		return ret(t.schedGetaffinity(a[1], a[2])), true
 	case unix.SYS_EXIT:
-		t.exitThread(int(a[0] & 0xff))
+		// The loop ends, then its caller finishes the exit (exitThread).
+		t.exitCode, t.exitCalled = int(a[0]&0xff), true
+		t.exited.Store(true)
 		return 0, true
 	case unix.SYS_EXIT_GROUP:
 		t.exited.Store(true)

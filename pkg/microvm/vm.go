@@ -51,8 +51,9 @@ type VM struct {
 	futex futexTable
 	poll  pollHub
 
-	threadMu sync.Mutex      // guards threads, nextTID and cwd
-	threads  map[int]*thread // live guest threads by TID
+	threadMu sync.Mutex       // guards threads, nextTID and cwd
+	threads  map[int]*thread  // live guest threads by TID
+	idle     []chan<- runFunc // vCPUs of exited threads, waiting for threads to run (serve)
 	nextTID  int
 	cwd      string
 	wg       sync.WaitGroup // thread goroutines
@@ -328,26 +329,29 @@ func (vm *VM) takeShell() *shell {
 	return sh
 }
 
-// startThread starts a guest thread on its own locked OS thread with a new vCPU.
-// init runs on that thread before the first instruction (to copy registers for clone).
+// startThread starts a guest thread: on the vCPU of a thread that has exited when one is
+// idle, else on a new vCPU on its own locked OS thread. init runs on that thread before
+// the first instruction (to copy registers for clone).
 func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU)) (*thread, error) {
 	vm.threadMu.Lock()
 	if vm.stopping() {
 		vm.threadMu.Unlock()
-		return nil, errors.New("micro VM is stopping")
+		return nil, errStopping
 	}
 	tid := vm.nextTID
 	vm.nextTID++
 	t := &thread{vm: vm, tid: tid}
 	vm.threads[tid] = t
+	var idle chan<- runFunc
+	if n := len(vm.idle); n > 0 {
+		idle = vm.idle[n-1]
+		vm.idle = vm.idle[:n-1]
+	}
 	vm.threadMu.Unlock()
 	vm.stats.threads.Add(1)
 
 	ready := make(chan error, 1)
-	// run runs the thread on v, on the locked OS thread v belongs to. The thread is never
-	// unlocked: it exits with its goroutine, taking any state KVM attached to it along.
-	run := func(v *kvmhv.VCPU) {
-		defer vm.wg.Done()
+	run := func(v *kvmhv.VCPU, park func()) {
 		t.hostTID = unix.Gettid()
 		t.cpuBase = threadCPU(t.hostTID)
 		v.Regs = regs
@@ -357,27 +361,77 @@ func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU)) 
 		}
 		ready <- nil
 		t.loop()
+		if t.exitCalled {
+			t.exitThread(park)
+		}
 	}
-	vm.wg.Add(1)
-	if sh := vm.takeShell(); sh != nil {
-		sh.start <- run // the first thread, on the vCPU made ahead of need
-	} else {
+	switch sh := vm.takeShell(); {
+	case idle != nil:
+		idle <- run // buffered: the parked vCPU takes it, or leaves when the VM stops
+	case sh != nil:
+		vm.wg.Add(1)
+		sh.start <- func(v *kvmhv.VCPU) { vm.serve(v, run) } // the first thread, on the vCPU made ahead of need
+	default:
+		vm.wg.Add(1)
 		go func() {
 			runtime.LockOSThread()
 			v, err := vm.hv.NewVCPU(regs.RIP, regs.RSP)
 			if err != nil {
-				vm.removeThread(t)
 				vm.wg.Done()
 				ready <- err
 				return
 			}
-			run(v)
+			vm.serve(v, run)
 		}()
 	}
-	if err := <-ready; err != nil {
+	var err error
+	if idle == nil {
+		err = <-ready
+	} else {
+		select {
+		case err = <-ready:
+		case <-vm.done:
+			// The parked vCPU may have left without taking the thread.
+			err = errStopping
+		}
+	}
+	if err != nil {
+		vm.removeThread(t)
 		return nil, err
 	}
 	return t, nil
+}
+
+var errStopping = errors.New("micro VM is stopping")
+
+// runFunc runs a guest thread on v, on v's OS thread, until the thread exits (then it
+// calls park before the exit is visible to other threads) or the VM stops.
+type runFunc func(v *kvmhv.VCPU, park func())
+
+// serve runs guest threads on v, on its locked OS thread, which it never unlocks (it exits
+// with the goroutine, taking any state KVM attached to it along): first run, then, while
+// the VM runs, each thread startThread hands it after a thread on it exited and parked it.
+// KVM cannot destroy a single vCPU, and a VM has at most Config.MaxVCPUs, so a program
+// that starts and joins threads, more than that in all, needs its threads' vCPUs reused.
+func (vm *VM) serve(v *kvmhv.VCPU, run runFunc) {
+	defer vm.wg.Done()
+	next := make(chan runFunc, 1)
+	park := func() {
+		vm.threadMu.Lock()
+		if !vm.stopping() {
+			vm.idle = append(vm.idle, next)
+		}
+		vm.threadMu.Unlock()
+	}
+	for {
+		run(v, park)
+		select {
+		case run = <-next:
+			v.ReturnToUser() // from wherever the last thread left it, to user mode at run's registers
+		case <-vm.done:
+			return
+		}
+	}
 }
 
 func (vm *VM) removeThread(t *thread) (last bool) {

@@ -209,7 +209,7 @@ static int cloneCases(void) {
 	int *bad = (int *)8;
 
 	// glibc's pthread_create: both IDs and the clear-on-exit in one word.
-	for (int i = 0; i < 10; i++) {
+	for (int i = 0; i < 200; i++) {
 		word = -1;
 		childWord = -1;
 		long tid = rawClone(threadFlags | CLONE_PARENT_SETTID | CLONE_CHILD_SETTID | CLONE_CHILD_CLEARTID, top(0),
