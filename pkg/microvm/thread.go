@@ -28,8 +28,8 @@ type thread struct {
 	exitCalled bool
 	exitCode   int
 	retired    atomic.Bool   // CPU time added to the VM's total
-	hostTID    int           // OS thread running the vCPU
-	cpuBase    time.Duration // CPU time of that OS thread before the guest thread started
+	hostTID    int           // OS thread running the vCPU, 0 until it starts; written under vm.threadMu
+	cpuBase    time.Duration // CPU time of that OS thread before the guest thread started; likewise
 }
 
 func (t *thread) setVCPU(v *kvmhv.VCPU) {

@@ -352,8 +352,11 @@ func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU)) 
 
 	ready := make(chan error, 1)
 	run := func(v *kvmhv.VCPU, park func()) {
-		t.hostTID = unix.Gettid()
-		t.cpuBase = threadCPU(t.hostTID)
+		hostTID := unix.Gettid()
+		cpuBase := threadCPU(hostTID)
+		vm.threadMu.Lock() // cpuTime reads them
+		t.hostTID, t.cpuBase = hostTID, cpuBase
+		vm.threadMu.Unlock()
 		v.Regs = regs
 		t.setVCPU(v)
 		if init != nil {
