@@ -22,6 +22,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/isolator-dev/isolator/pkg/guestfs"
 	"github.com/isolator-dev/isolator/pkg/image"
 	"github.com/isolator-dev/isolator/pkg/kvmhv"
 )
@@ -286,6 +287,86 @@ func TestBusyboxMatchesHost(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCoreutilsMatchesHost runs GNU coreutils (dynamically linked) in micro VMs and on the
+// host and compares their output where it is comparable: ls -l asks for extended
+// attributes (security.selinux, system.posix_acl_access) of every file, which failed with
+// ENOSYS ("Function not implemented", exit 1). Cases with dir "tree" list a host directory
+// packed into the image, as in TestBusyboxMatchesHost. stat -f and df describe the guest's
+// own file systems, which the host does not have: their fields are checked against the
+// image and the VM's scratch limits.
+func TestCoreutilsMatchesHost(t *testing.T) {
+	sys := requireKVM(t)
+	for _, p := range []string{"/usr/bin/ls", "/usr/bin/stat", "/usr/bin/df"} {
+		requireFile(t, p)
+	}
+	treeRoot, treeSkip := makeHostTree(t)
+	im := buildImage(t, "coreutils", image.BuildConfig{
+		Programs: []string{"/usr/bin/ls", "/usr/bin/stat", "/usr/bin/df"},
+		Files: []image.FileSpec{{HostPath: "/etc/services", GuestPath: "/etc/services"},
+			{HostPath: "/etc/passwd", GuestPath: "/etc/passwd"}, {HostPath: "/etc/group", GuestPath: "/etc/group"},
+			{HostPath: treeRoot, GuestPath: "/srv/t"}},
+	})
+	for _, c := range []struct {
+		name string
+		args []string
+		dir  string // "tree": run in the packed host directory
+	}{
+		{"ls -l image files", []string{"ls", "-l", "/etc/services", "/etc/passwd", "/etc/group"}, ""},
+		{"ls -ln image files", []string{"ls", "-ln", "/etc/services"}, ""},
+		{"stat image file", []string{"stat", "-c", "%n %s %a %U %G %F %h %Y", "/etc/services"}, ""},
+		{"ls -la image dir", []string{"ls", "-la", "tree"}, "tree"},
+		{"ls -lR image dir", []string{"ls", "-lR", "tree"}, "tree"},
+		{"ls -ld image dirs", []string{"ls", "-ld", "tree", "tree/sub", "tree/empty"}, "tree"},
+		{"ls -l symlinks", []string{"ls", "-l", "tree/link", "tree/longlink"}, "tree"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			gdir, hdir := "/", "/"
+			if c.dir == "tree" {
+				if treeSkip != "" {
+					t.Skip(treeSkip)
+				}
+				gdir, hdir = "/srv/t", treeRoot
+			}
+			args := append([]string{"/usr/bin/" + c.args[0]}, c.args[1:]...)
+			gout, gerr, res := runGuestIn(t, sys, im, gdir, nil, nil, args...)
+			hout, hcode := hostRun(t, hdir, nil, args...)
+			if gout != hout || res.ExitCode != hcode || gerr != "" {
+				t.Errorf("guest exit %d (%s) stdout:\n%s\nstderr: %s\nhost exit %d stdout:\n%s\ndenied: %v",
+					res.ExitCode, res.Reason, gout, gerr, hcode, hout, res.Stats.Denied)
+			}
+		})
+	}
+
+	imgBlocks := (im.Size() + 4095) / 4096
+	scratch := int64(DefaultScratchBytes)
+	t.Run("stat -f", func(t *testing.T) {
+		out, stderr, res := runGuest(t, sys, im, nil, nil, "/usr/bin/stat", "-f", "-c", "%n %T %s %S %l %b %f %a %c %d",
+			"/usr/bin/ls", "/etc", "/tmp", "/work", "/proc/self")
+		want := fmt.Sprintf("/usr/bin/ls ext2/ext3 4096 4096 255 %[1]d 0 0 %[2]d 0\n/etc ext2/ext3 4096 4096 255 %[1]d 0 0 %[2]d 0\n", imgBlocks, im.Len()) +
+			fmt.Sprintf("/tmp tmpfs 4096 4096 255 %[1]d %[1]d %[1]d %[2]d %[2]d\n/work tmpfs 4096 4096 255 %[1]d %[1]d %[1]d %[2]d %[2]d\n", scratch/4096, guestfs.DefaultMaxFiles) +
+			"/proc/self proc 4096 4096 255 0 0 0 0 0\n"
+		if res.ExitCode != 0 || out != want {
+			t.Errorf("exit %d (%s), stderr %q, output:\n%s\nwant:\n%s", res.ExitCode, res.Reason, stderr, out, want)
+		}
+	})
+	t.Run("df", func(t *testing.T) {
+		out, stderr, res := runGuest(t, sys, im, nil, nil, "/usr/bin/df", "-T", "/usr/bin/ls", "/work")
+		kb := imgBlocks * 4
+		want := [][]string{
+			{"Filesystem", "Type", "1K-blocks", "Used", "Available", "Use%", "Mounted", "on"},
+			{"isolator-image", "ext4", itoa(int(kb)), itoa(int(kb)), "0", "100%", "/"},
+			{"tmpfs", "tmpfs", itoa(int(scratch / 1024)), "0", itoa(int(scratch / 1024)), "0%", "/work"},
+		}
+		var got [][]string
+		for line := range strings.Lines(out) {
+			got = append(got, strings.Fields(line))
+		}
+		if res.ExitCode != 0 || fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("exit %d (%s), stderr %q, output:\n%s\nwant the fields %v", res.ExitCode, res.Reason, stderr, out, want)
+		}
+	})
 }
 
 // sortLines returns the lines of s sorted.
