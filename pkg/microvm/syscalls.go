@@ -226,7 +226,11 @@ func (t *thread) dispatch(v *kvmhv.VCPU, nr uint64, a args) (res uint64, handled
 	case unix.SYS_FCHDIR:
 		return ret(0, t.fchdir(int(a[0]))), true
 	case unix.SYS_UMASK:
-		return 0o022, true
+		vm.threadMu.Lock()
+		old := vm.umask
+		vm.umask = uint32(a[0]) & 0o777
+		vm.threadMu.Unlock()
+		return uint64(old), true
 	case unix.SYS_FSYNC, unix.SYS_FDATASYNC, unix.SYS_SYNCFS, unix.SYS_FADVISE64, unix.SYS_FLOCK:
 		if _, e := t.file(int(a[0])); e != 0 {
 			return errnoResult(e), true

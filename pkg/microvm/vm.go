@@ -51,11 +51,12 @@ type VM struct {
 	futex futexTable
 	poll  pollHub
 
-	threadMu sync.Mutex       // guards threads, nextTID and cwd
+	threadMu sync.Mutex       // guards threads, nextTID, cwd and umask
 	threads  map[int]*thread  // live guest threads by TID
 	idle     []chan<- runFunc // vCPUs of exited threads, waiting for threads to run (serve)
 	nextTID  int
 	cwd      string
+	umask    uint32         // applied to the mode of files and directories the program makes
 	wg       sync.WaitGroup // thread goroutines
 
 	exitOnce sync.Once
@@ -77,7 +78,7 @@ func New(cfg Config) (*VM, error) {
 	if err := cfg.normalize(); err != nil {
 		return nil, err
 	}
-	vm := &VM{cfg: cfg, threads: map[int]*thread{}, nextTID: guestPID, cwd: cfg.Dir, done: make(chan struct{})}
+	vm := &VM{cfg: cfg, threads: map[int]*thread{}, nextTID: guestPID, cwd: cfg.Dir, umask: 0o022, done: make(chan struct{})}
 	vm.start = time.Now()
 	vm.stats.init()
 	if err := vm.init(); err != nil {
