@@ -26,6 +26,17 @@ const (
 	DefaultDir            = "/work"
 )
 
+// Bounds of Config.Memory.
+const (
+	// MinMemory is the smallest guest memory budget: memory is charged when it is mapped,
+	// and the program's 8 MiB stack is mapped before it starts.
+	MinMemory = 16 << 20
+	// MaxMemory is the largest guest memory budget. Guest memory is reserved, not
+	// committed, but KVM keeps metadata for every page of the VM's memory slot, allocated
+	// when the VM is made, which takes the longer the larger the slot (see MICROVM.md).
+	MaxMemory = 64 << 30
+)
+
 // ErrInvalidConfig is wrapped by errors for a Config that cannot describe a micro VM.
 var ErrInvalidConfig = errors.New("invalid micro VM config")
 
@@ -104,8 +115,8 @@ func (c *Config) normalize() error {
 	if c.Memory == 0 {
 		c.Memory = DefaultMemory
 	}
-	if c.Memory < 4<<20 {
-		return fmt.Errorf("%w: memory %d bytes is below 4 MiB", ErrInvalidConfig, c.Memory)
+	if c.Memory < MinMemory || c.Memory > MaxMemory {
+		return fmt.Errorf("%w: memory %d bytes is not between %d MiB and %d GiB", ErrInvalidConfig, c.Memory, MinMemory>>20, MaxMemory>>30)
 	}
 	if c.MaxVCPUs == 0 {
 		c.MaxVCPUs = DefaultMaxVCPUs
