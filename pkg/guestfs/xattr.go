@@ -15,7 +15,8 @@ import (
 //     user, trusted or security namespace, or of a POSIX ACL, fails with ENODATA;
 //     listxattr lists nothing; setxattr and removexattr fail with EROFS.
 //   - /tmp, /work and /output are like tmpfs: they hold user.* attributes of regular files
-//     and directories, in memory and charged to the scratch bytes. Setting a trusted.* or
+//     and directories, in memory and charged to the scratch bytes (name, value and
+//     xattrOverhead each), as many as fit in a listxattr buffer per file. Setting a trusted.* or
 //     security.* attribute needs privileges (EPERM); POSIX ACLs are not supported
 //     (EOPNOTSUPP to set one).
 //   - /dev is like devtmpfs (nothing in it can be given attributes) and /proc like procfs,
@@ -187,10 +188,13 @@ func (f *FS) setxattr(n node, name string, value []byte, flags int) error {
 	}
 	var delta int64
 	if exists {
-		delta -= int64(len(name) + len(old))
+		delta -= xattrCost(name, old)
 	}
 	if value != nil {
-		delta += int64(len(name) + len(value))
+		delta += xattrCost(name, value)
+		if !exists && m.xattrListLen()+len(name)+1 > XattrListMax {
+			return unix.ENOSPC // the names must fit in a listxattr buffer
+		}
 	}
 	if err := f.charge(delta); err != nil {
 		return err
@@ -207,11 +211,30 @@ func (f *FS) setxattr(n node, name string, value []byte, flags int) error {
 	return nil
 }
 
-// xattrBytes is what n's attributes are charged.
+// xattrOverhead is charged for each attribute besides its name and value: about what it
+// costs the host to keep one, so that the scratch limit bounds the host memory that many
+// small attributes take.
+const xattrOverhead = 128
+
+// xattrCost is what an attribute is charged.
+func xattrCost(name string, value []byte) int64 {
+	return int64(len(name) + len(value) + xattrOverhead)
+}
+
+// xattrBytes is what m's attributes are charged.
 func (m *memNode) xattrBytes() int64 {
 	var n int64
 	for name, v := range m.xattrs {
-		n += int64(len(name) + len(v))
+		n += xattrCost(name, v)
+	}
+	return n
+}
+
+// xattrListLen is the size of m's listxattr result: the names, each NUL-terminated.
+func (m *memNode) xattrListLen() int {
+	n := 0
+	for name := range m.xattrs {
+		n += len(name) + 1
 	}
 	return n
 }
