@@ -37,7 +37,8 @@ func buildPthreads(t *testing.T) map[string]string {
 
 // TestPthreads runs a glibc program that starts and joins many short-lived threads, one
 // whose threads work together through a mutex, condition variables, a barrier and a
-// read-write lock, and one that calls clone(2) directly, statically and dynamically linked,
+// read-write lock, one that calls clone(2) directly, and one whose threads report the x87
+// and SSE control state they start with (their creator's), statically and dynamically linked,
 // and compares each output with the host's. pthread_join once hung when a thread ended
 // before clone stored its ID (CLONE_PARENT_SETTID) in the word the join waits on: the
 // store came after the thread had cleared it.
@@ -70,6 +71,7 @@ func TestPthreads(t *testing.T) {
 			{"short", []string{"short", "8", "15"}, runs, 1 + 8*15},
 			{"busy", []string{"busy"}, 3, 1 + producers + consumers},
 			{"clone", []string{"clone"}, 3, 1 + 200 + 2},
+			{"fpu", []string{"fpu"}, 3, 1 + 3},
 		} {
 			t.Run(link+"/"+c.name, func(t *testing.T) {
 				want, code := hostRun(t, os.TempDir(), nil, append([]string{bin}, c.args...)...)

@@ -111,9 +111,18 @@ func (t *thread) clone(v *kvmhv.VCPU, flags, stack, ptid, ctid, tls uint64) (uin
 	if stack != 0 {
 		regs.RSP = stack
 	}
+	// The new thread starts with the x87 and SSE state of its parent, as on Linux, not
+	// with that of a thread that ran on its vCPU before.
+	fpu, err := v.FPUState()
+	if err != nil {
+		return 0, unix.EAGAIN
+	}
 	sigmask := t.sigmask
-	child, err := t.vm.startThread(regs, func(c *thread, cv *kvmhv.VCPU) {
+	child, err := t.vm.startThread(regs, func(c *thread, cv *kvmhv.VCPU) error {
 		// This runs before the child's first KVM_RUN, and clone returns after it.
+		if err := cv.SetFPUState(fpu); err != nil {
+			return err
+		}
 		cv.SetFSBase(fs)
 		c.sigmask = sigmask
 		if flags&unix.CLONE_PARENT_SETTID != 0 {
@@ -125,6 +134,7 @@ func (t *thread) clone(v *kvmhv.VCPU, flags, stack, ptid, ctid, tls uint64) (uin
 		if flags&unix.CLONE_CHILD_CLEARTID != 0 {
 			c.clearTID = ctid
 		}
+		return nil
 	})
 	if err != nil {
 		return 0, unix.EAGAIN

@@ -343,8 +343,9 @@ func (vm *VM) takeShell() *shell {
 
 // startThread starts a guest thread: on the vCPU of a thread that has exited when one is
 // idle, else on a new vCPU on its own locked OS thread. init runs on that thread before
-// the first instruction (to copy registers for clone).
-func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU)) (*thread, error) {
+// the first instruction (to copy registers for clone); if it fails, the thread does not
+// start.
+func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU) error) (*thread, error) {
 	vm.threadMu.Lock()
 	if vm.stopping() {
 		vm.threadMu.Unlock()
@@ -372,7 +373,11 @@ func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU)) 
 		v.Regs = regs
 		t.setVCPU(v)
 		if init != nil {
-			init(t, v)
+			if err := init(t, v); err != nil {
+				ready <- err
+				park() // the vCPU is free for another thread
+				return
+			}
 		}
 		ready <- nil
 		t.loop()

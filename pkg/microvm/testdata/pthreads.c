@@ -6,6 +6,7 @@
 //	                         a barrier and a read-write lock
 //	pthreads clone           raw clone(2): where and when the thread ID is stored, bad
 //	                         pointers, a TLS base out of range
+//	pthreads fpu             a new thread's x87 control word and MXCSR are its creator's
 #define _GNU_SOURCE
 #include <errno.h>
 #include <linux/futex.h>
@@ -256,6 +257,46 @@ static int cloneCases(void) {
 	return 0;
 }
 
+static unsigned short getCW(void) {
+	unsigned short cw;
+	__asm__ volatile("fnstcw %0" : "=m"(cw));
+	return cw;
+}
+static void setCW(unsigned short cw) { __asm__ volatile("fldcw %0" ::"m"(cw)); }
+static unsigned getMXCSR(void) {
+	unsigned m;
+	__asm__ volatile("stmxcsr %0" : "=m"(m));
+	return m;
+}
+static void setMXCSR(unsigned m) { __asm__ volatile("ldmxcsr %0" ::"m"(m)); }
+
+// fpuReport prints the caller's control state; with arg, it then changes it, as a thread
+// that sets its rounding mode and ends.
+static void *fpuReport(void *arg) {
+	printf("  thread: cw %#x mxcsr %#x\n", getCW(), getMXCSR() & 0xffc0); // without the exception flags
+	if (arg) {
+		setCW(0x0f7f);
+		setMXCSR(0x7f80);
+	}
+	return NULL;
+}
+
+static int fpu(void) {
+	pthread_t t;
+	unsigned short cws[] = {0x037f, 0x0b7f, 0x077f};
+	unsigned mxcsrs[] = {0x1f80, 0x5f80, 0x9f80};
+	for (int i = 0; i < 3; i++) {
+		setCW(cws[i]);
+		setMXCSR(mxcsrs[i]);
+		printf("main: cw %#x mxcsr %#x\n", getCW(), getMXCSR() & 0xffc0);
+		// The thread changes its state before it ends: the next one, maybe on the same
+		// vCPU, must still start with main's.
+		pthread_create(&t, NULL, fpuReport, (void *)1);
+		pthread_join(t, NULL);
+	}
+	return 0;
+}
+
 int main(int argc, char **argv) {
 	setvbuf(stdout, NULL, _IONBF, 0);
 	if (argc == 4 && strcmp(argv[1], "short") == 0)
@@ -264,6 +305,8 @@ int main(int argc, char **argv) {
 		return busy();
 	if (argc == 2 && strcmp(argv[1], "clone") == 0)
 		return cloneCases();
-	fprintf(stderr, "usage: pthreads short ROUNDS N | busy | clone\n");
+	if (argc == 2 && strcmp(argv[1], "fpu") == 0)
+		return fpu();
+	fprintf(stderr, "usage: pthreads short ROUNDS N | busy | clone | fpu\n");
 	return 2;
 }
