@@ -37,6 +37,13 @@ type File interface {
 	Flags() int
 	// SetFlags changes O_APPEND, O_NONBLOCK, O_ASYNC, O_DIRECT and O_NOATIME (F_SETFL).
 	SetFlags(flags int)
+	// Getxattr, Listxattr and Setxattr are FS.Getxattr, FS.Listxattr and FS.Setxattr
+	// for the open file (fgetxattr and the like); they fail with EBADF for an O_PATH file.
+	Getxattr(name string) ([]byte, error)
+	Listxattr() ([]string, error)
+	Setxattr(name string, value []byte, flags int) error
+	// StatFS is FS.StatFS for the open file (fstatfs).
+	StatFS() (FSStat, error)
 	Close() error
 }
 

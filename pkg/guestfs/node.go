@@ -87,6 +87,9 @@ const (
 	inoDevFull
 	inoDevRandom
 	inoDevURandom
+	inoMountinfo
+	inoMounts
+	inoProcMounts
 	inoFirstInput   = 1 << 10
 	inoFirstProc    = 1 << 20
 	inoFirstFD      = 1 << 30

@@ -24,6 +24,7 @@ type memNode struct {
 	parent *memNode            // directory holding a directory; nil for a tree root
 	data   []byte              // regular file contents
 	link   string              // symlink target
+	xattrs map[string][]byte   // user.* extended attributes, charged like data
 }
 
 func (m *memNode) treeOf() treeID { return m.tr }
@@ -154,9 +155,10 @@ func (f *FS) maybeFree(n *memNode) {
 	if n.nlink > 0 || n.opens > 0 {
 		return
 	}
-	f.usedBytes -= int64(len(n.data)) + int64(len(n.link))
+	f.usedBytes -= int64(len(n.data)) + int64(len(n.link)) + n.xattrBytes()
 	n.data = nil
 	n.link = ""
+	n.xattrs = nil
 }
 
 // resize sets the size of a regular scratch file, charging or releasing bytes.

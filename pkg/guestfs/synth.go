@@ -214,6 +214,17 @@ func (f *FS) buildProc(cfg Config, pid int) (*synthDir, error) {
 	}
 	pidDir.add("cmdline", &procFile{ino: inoCmdline, born: born, gen: func() []byte { return cmdline }})
 	pidDir.add("fd", &fdDir{born: born})
+	// Generated at open, without FS.mu held.
+	locked := func(gen func() []byte) func() []byte {
+		return func() []byte {
+			f.mu.RLock()
+			defer f.mu.RUnlock()
+			return gen()
+		}
+	}
+	pidDir.add("mountinfo", &procFile{ino: inoMountinfo, born: born, gen: locked(f.mountinfo)})
+	pidDir.add("mounts", &procFile{ino: inoMounts, born: born, gen: locked(f.mounts)})
+	proc.add("mounts", &synthLink{tr: treeProc, ino: inoProcMounts, perm: 0o777, born: born, dest: "self/mounts"})
 
 	keys := make([]string, 0, len(cfg.ProcFiles))
 	for k := range cfg.ProcFiles {

@@ -228,8 +228,24 @@ func TestProc(t *testing.T) {
 	d, _ = f.Open("/", "/proc", unix.O_RDONLY|unix.O_DIRECTORY, 0)
 	ents, _ = d.ReadDir(0)
 	d.Close()
-	if names := direntNames(ents); !slices.Equal(names, []string{".", "..", "42", "meminfo", "self", "sys"}) {
+	if names := direntNames(ents); !slices.Equal(names, []string{".", "..", "42", "meminfo", "mounts", "self", "sys"}) {
 		t.Errorf("ls /proc = %v", names)
+	}
+	// The mounts, as df reads them.
+	wantMounts := "isolator-image / ext4 ro,nosuid,nodev,relatime 0 0\n" +
+		"isolator-input /input ext4 ro,nosuid,nodev,relatime 0 0\n" +
+		"tmpfs /tmp tmpfs rw,nosuid,nodev,relatime 0 0\n" +
+		"tmpfs /work tmpfs rw,nosuid,nodev,relatime 0 0\n" +
+		"tmpfs /output tmpfs rw,nosuid,nodev,relatime 0 0\n" +
+		"udev /dev devtmpfs rw,nosuid,relatime 0 0\n" +
+		"proc /proc proc rw,nosuid,nodev,noexec,relatime 0 0\n"
+	if got, err := readAll(t, f, "/proc/mounts"); err != nil || got != wantMounts {
+		t.Errorf("/proc/mounts = %q, %v; want %q", got, err, wantMounts)
+	}
+	if got, err := readAll(t, f, "/proc/self/mountinfo"); err != nil ||
+		!strings.HasPrefix(got, "1 0 0:32 / / ro,nosuid,nodev,relatime - ext4 isolator-image ro\n2 1 0:33 / /input ") ||
+		!strings.Contains(got, "\n7 1 0:38 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n") {
+		t.Errorf("/proc/self/mountinfo = %q, %v", got, err)
 	}
 
 	for _, bad := range []map[string]func() []byte{

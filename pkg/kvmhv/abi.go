@@ -18,6 +18,10 @@ const (
 	kvmSetSregs            = 0x4138AE84 // _IOW(KVMIO, 0x84, struct kvm_sregs)
 	kvmGetMSRs             = 0xC008AE88 // _IOWR(KVMIO, 0x88, struct kvm_msrs)
 	kvmSetMSRs             = 0x4008AE89 // _IOW(KVMIO, 0x89, struct kvm_msrs)
+	kvmGetFPU              = 0x81A0AE8C // _IOR(KVMIO, 0x8c, struct kvm_fpu)
+	kvmSetFPU              = 0x41A0AE8D // _IOW(KVMIO, 0x8d, struct kvm_fpu)
+	kvmGetXSave            = 0x9000AEA4 // _IOR(KVMIO, 0xa4, struct kvm_xsave)
+	kvmSetXSave            = 0x5000AEA5 // _IOW(KVMIO, 0xa5, struct kvm_xsave)
 	kvmSetCPUID2           = 0x4008AE90 // _IOW(KVMIO, 0x90, struct kvm_cpuid2)
 	kvmGetTSCKHz           = 0xAEA3     // _IO(KVMIO, 0xa3): the vCPU's TSC frequency in kHz
 	kvmSetXCRS             = 0x4188AEA7 // _IOW(KVMIO, 0xa7, struct kvm_xcrs)
@@ -30,6 +34,7 @@ const kvmAPIVersion = 12
 const (
 	capUserMemory    = 3   // KVM_CAP_USER_MEMORY
 	capImmediateExit = 136 // KVM_CAP_IMMEDIATE_EXIT
+	capXSave         = 55  // KVM_CAP_XSAVE
 	capXCRS          = 56  // KVM_CAP_XCRS
 	capSyncRegs      = 74  // KVM_CAP_SYNC_REGS: answers the KVM_SYNC_X86_* fields it supports
 	capGetTSCKHz     = 61  // KVM_CAP_GET_TSC_KHZ
@@ -137,6 +142,27 @@ type xcr struct {
 	XCR      uint32
 	Reserved uint32
 	Value    uint64
+}
+
+// fpuRegs mirrors struct kvm_fpu: the x87 and SSE registers in the layout of fxsave,
+// without MXCSR, which KVM_GET_FPU and KVM_SET_FPU leave out.
+type fpuRegs struct {
+	FPR        [8][16]byte // x87 registers ST0-ST7
+	FCW, FSW   uint16      // x87 control and status words
+	FTWX       uint8       // abridged x87 tag word
+	_          uint8
+	LastOpcode uint16
+	LastIP     uint64
+	LastDP     uint64
+	XMM        [16][16]byte
+	MXCSR      uint32
+	_          uint32
+}
+
+// xsaveArea mirrors struct kvm_xsave: the guest's XSAVE area (x87, SSE with MXCSR, AVX
+// and the rest the guest's XCR0 enables, but no dynamically enabled state such as AMX).
+type xsaveArea struct {
+	Region [1024]uint32
 }
 
 // xcrs mirrors struct kvm_xcrs.

@@ -21,6 +21,8 @@ func TestABISizes(t *testing.T) {
 		{"kvm_msr_entry", unsafe.Sizeof(msrEntry{}), 16},
 		{"kvm_cpuid_entry2", unsafe.Sizeof(cpuidEntry2{}), 40},
 		{"kvm_xcrs", unsafe.Sizeof(xcrs{}), 392},
+		{"kvm_fpu", unsafe.Sizeof(fpuRegs{}), 416},
+		{"kvm_xsave", unsafe.Sizeof(xsaveArea{}), 4096},
 		{"kvm_run header", unsafe.Sizeof(runHeader{}), 32},
 		{"kvm_run io", unsafe.Sizeof(runIO{}), 16},
 		{"offsetof kvm_run s.regs.regs - kvm_valid_regs", unsafe.Offsetof(runSync{}.Regs), 304 - runSyncOffset},
@@ -39,6 +41,10 @@ func TestABISizes(t *testing.T) {
 		{"KVM_SET_SREGS", kvmSetSregs, unsafe.Sizeof(sregs{})},
 		{"KVM_SET_USER_MEMORY_REGION", kvmSetUserMemoryRegion, unsafe.Sizeof(userspaceMemoryRegion{})},
 		{"KVM_SET_XCRS", kvmSetXCRS, unsafe.Sizeof(xcrs{})},
+		{"KVM_GET_FPU", kvmGetFPU, unsafe.Sizeof(fpuRegs{})},
+		{"KVM_SET_FPU", kvmSetFPU, unsafe.Sizeof(fpuRegs{})},
+		{"KVM_GET_XSAVE", kvmGetXSave, unsafe.Sizeof(xsaveArea{})},
+		{"KVM_SET_XSAVE", kvmSetXSave, unsafe.Sizeof(xsaveArea{})},
 	} {
 		if got := (c.req >> 16) & 0x3fff; got != c.size {
 			t.Errorf("%s encodes size %d, struct is %d", c.name, got, c.size)

@@ -42,6 +42,7 @@ type System struct {
 	vcpuMmap  int
 	cpuid     *cpuid2 // KVM_GET_SUPPORTED_CPUID, given to every vCPU
 	hasXCRS   bool
+	hasXSave  bool // KVM_GET_XSAVE and KVM_SET_XSAVE
 	syncRegs  bool // KVM_CAP_SYNC_REGS covers regs and sregs
 	mode      SyscallMode
 	tscWhy    string // why the guest TSC cannot serve as a clock; "" if it can
@@ -85,6 +86,9 @@ func (s *System) init() error {
 	}
 	if ok, _ := ioctl(s.fd, kvmCheckExtension, capXCRS); ok != 0 {
 		s.hasXCRS = true
+	}
+	if ok, _ := ioctl(s.fd, kvmCheckExtension, capXSave); ok != 0 {
+		s.hasXSave = true
 	}
 	if m, _ := ioctl(s.fd, kvmCheckExtension, capSyncRegs); m&(syncX86Regs|syncX86Sregs) == syncX86Regs|syncX86Sregs {
 		s.syncRegs = true

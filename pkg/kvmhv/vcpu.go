@@ -198,6 +198,50 @@ func (v *VCPU) SetFSBase(base uint64) {
 // FSBase returns the FS segment base.
 func (v *VCPU) FSBase() uint64 { return v.sregs.FS.Base }
 
+// FPUState is the floating-point and vector register state of a vCPU: x87, SSE with
+// MXCSR, AVX and what else the guest's XCR0 enables, from KVM_GET_XSAVE; where the host
+// lacks KVM_CAP_XSAVE (a processor without XSAVE), the x87 and SSE registers of
+// KVM_GET_FPU, without MXCSR. (KVM_SET_FPU is no use where KVM keeps an XSAVE area: it
+// does not mark the x87 and SSE state in use, which then load as initial values.)
+type FPUState struct {
+	xsave *xsaveArea
+	fpu   *fpuRegs
+}
+
+// FPUState returns the vCPU's floating-point and vector registers.
+func (v *VCPU) FPUState() (FPUState, error) {
+	if v.vm.sys.hasXSave {
+		x := new(xsaveArea)
+		if err := ioctlPtr(v.fd, kvmGetXSave, x); err != nil {
+			return FPUState{}, fmt.Errorf("KVM_GET_XSAVE: %w", err)
+		}
+		return FPUState{xsave: x}, nil
+	}
+	f := new(fpuRegs)
+	if err := ioctlPtr(v.fd, kvmGetFPU, f); err != nil {
+		return FPUState{}, fmt.Errorf("KVM_GET_FPU: %w", err)
+	}
+	return FPUState{fpu: f}, nil
+}
+
+// SetFPUState sets the vCPU's floating-point and vector registers to st, which FPUState
+// returned for a vCPU of the same System.
+func (v *VCPU) SetFPUState(st FPUState) error {
+	switch {
+	case st.xsave != nil:
+		if err := ioctlPtr(v.fd, kvmSetXSave, st.xsave); err != nil {
+			return fmt.Errorf("KVM_SET_XSAVE: %w", err)
+		}
+	case st.fpu != nil:
+		if err := ioctlPtr(v.fd, kvmSetFPU, st.fpu); err != nil {
+			return fmt.Errorf("KVM_SET_FPU: %w", err)
+		}
+	default:
+		return errors.New("set FPU state: no state")
+	}
+	return nil
+}
+
 // CompleteSyscall finishes the system call Run returned with result in RAX.
 func (v *VCPU) CompleteSyscall(result uint64) {
 	v.Regs.RAX = result

@@ -383,3 +383,82 @@ func TestLimitMemory(t *testing.T) {
 		t.Errorf("limiting below the memory in use: %v, want ErrNoMemory", err)
 	}
 }
+
+// TestFPUState copies the floating-point state of one vCPU to another: a guest sets MXCSR,
+// the x87 control word and XMM0 on the first, the second stores what it starts with. With
+// KVM_GET_XSAVE/KVM_SET_XSAVE all three travel; with the KVM_GET_FPU/KVM_SET_FPU fallback
+// of hosts without KVM_CAP_XSAVE, MXCSR does not (KVM leaves it out of struct kvm_fpu).
+// The fallback runs only on such hosts: where the guest state is an XSAVE area (here),
+// KVM_SET_FPU writes its legacy region without marking x87 and SSE state in use, and the
+// vCPU starts with their initial values instead.
+func TestFPUState(t *testing.T) {
+	abs := func(op []byte, addr uint32) []byte { // op with a [disp32] operand (ModRM mod 00, r/m SIB, SIB 0x25)
+		b := binary.LittleEndian.AppendUint32(append([]byte(nil), op...), addr)
+		return b
+	}
+	const mxcsr, cw = 0x5f80, 0x0b7f
+	set := cat(
+		abs([]byte{0x0f, 0xae, 0x14, 0x25}, testData),          // ldmxcsr [testData]
+		abs([]byte{0xd9, 0x2c, 0x25}, testData+4),              // fldcw [testData+4]
+		abs([]byte{0xf3, 0x0f, 0x6f, 0x04, 0x25}, testData+16), // movdqu xmm0, [testData+16]
+		[]byte{0x0f, 0x05}) // syscall
+	get := cat(
+		abs([]byte{0x0f, 0xae, 0x1c, 0x25}, testData+0x100),       // stmxcsr [testData+0x100]
+		abs([]byte{0xd9, 0x3c, 0x25}, testData+0x104),             // fnstcw [testData+0x104]
+		abs([]byte{0xf3, 0x0f, 0x7f, 0x04, 0x25}, testData+0x110), // movdqu [testData+0x110], xmm0
+		[]byte{0x0f, 0x05})
+	xmm := []byte("0123456789abcdef")
+	for _, xsave := range []bool{true, false} {
+		t.Run(map[bool]string{true: "xsave", false: "fpu"}[xsave], func(t *testing.T) {
+			s := requireKVM(t)
+			if xsave != s.hasXSave {
+				t.Skipf("skipping: this host has KVM_CAP_XSAVE %v", s.hasXSave)
+			}
+			vm := newTestVMOn(t, s, cat(set, get))
+			init := binary.LittleEndian.AppendUint32(nil, mxcsr)
+			init = binary.LittleEndian.AppendUint16(init, cw)
+			must(t, vm.Poke(append(append(init, make([]byte, 10)...), xmm...), testData))
+			var st FPUState
+			var err error
+			run := func(rip uint64, before func(v *VCPU) error, after func(v *VCPU) error) {
+				onThread(func() {
+					var v *VCPU
+					if v, err = vm.NewVCPU(rip, testStack+pageSize); err != nil {
+						return
+					}
+					if before != nil {
+						if err = before(v); err != nil {
+							return
+						}
+					}
+					var exit Exit
+					if exit, err = v.Run(); err == nil && exit.Kind != ExitSyscall {
+						err = errors.New("exit " + exit.Kind.String())
+					}
+					if err == nil && after != nil {
+						err = after(v)
+					}
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			run(testCode, nil, func(v *VCPU) (err error) { st, err = v.FPUState(); return err })
+			run(testCode+uint64(len(set)), func(v *VCPU) error { return v.SetFPUState(st) }, nil)
+			got := readGuest(t, vm, testData+0x100, 0x20)
+			wantMXCSR := uint32(mxcsr)
+			if !xsave {
+				wantMXCSR = 0x1f80 // the second vCPU's own, from reset
+			}
+			if m := binary.LittleEndian.Uint32(got); m != wantMXCSR {
+				t.Errorf("MXCSR %#x, want %#x", m, wantMXCSR)
+			}
+			if c := binary.LittleEndian.Uint16(got[4:]); c != cw {
+				t.Errorf("x87 control word %#x, want %#x", c, cw)
+			}
+			if x := got[0x10:0x20]; string(x) != string(xmm) {
+				t.Errorf("XMM0 %q, want %q", x, xmm)
+			}
+		})
+	}
+}

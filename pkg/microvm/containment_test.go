@@ -59,6 +59,19 @@ var (
 	codeExitNegRAX = join([]byte{0x48, 0xf7, 0xd8, 0x48, 0x89, 0xc7}, movEAXImm(60), codeSyscall) // exit(-rax)
 )
 
+// codeMmapAnon maps size bytes of anonymous read-write memory and exits with 0, or with
+// the errno when mmap fails.
+func codeMmapAnon(size uint32) []byte {
+	return join(
+		[]byte{0x31, 0xff}, movESIImm(size), movEDXImm(unix.PROT_READ|unix.PROT_WRITE), // addr 0, length, prot
+		[]byte{0x41, 0xba}, le32(unix.MAP_PRIVATE|unix.MAP_ANONYMOUS), // mov r10d, flags
+		[]byte{0x49, 0xc7, 0xc0, 0xff, 0xff, 0xff, 0xff, 0x45, 0x31, 0xc9}, // mov r8, -1; xor r9d, r9d
+		movEAXImm(unix.SYS_MMAP), codeSyscall,
+		[]byte{0x48, 0x85, 0xc0, 0x78, 0x0c},                // test rax, rax; js the error exit (12 bytes on)
+		movEDIImm(0), movEAXImm(unix.SYS_EXIT), codeSyscall, // exit(0)
+		codeExitNegRAX)
+}
+
 func movEAXImm(n uint32) []byte { return append([]byte{0xb8}, le32(n)...) }
 func movEDIImm(n uint32) []byte { return append([]byte{0xbf}, le32(n)...) }
 func movESIImm(n uint32) []byte { return append([]byte{0xbe}, le32(n)...) }
@@ -81,6 +94,8 @@ func TestContainment(t *testing.T) {
 		signal   int
 		timedOut bool
 		denied   string
+		reason   string        // Result.Reason, when not ""
+		maxWall  time.Duration // an upper bound of Stats.Wall, when not 0
 	}{
 		{name: "unmapped read", code: []byte{0x48, 0x8b, 0x04, 0x25, 0x00, 0x10, 0x00, 0x00}, exit: 139, signal: 11},
 		{name: "write to code", code: []byte{0xc6, 0x04, 0x25, 0x00, 0x00, 0x40, 0x00, 0x00}, exit: 139, signal: 11},
@@ -92,17 +107,23 @@ func TestContainment(t *testing.T) {
 		{name: "divide by zero", code: []byte{0x31, 0xc9, 0xf7, 0xf1}, exit: 136, signal: 8},
 		{name: "fall off the code", code: []byte{0x90}, exit: 139, signal: 11},
 		{name: "bad pointer in write", code: join(movEDIImm(1), movESIImm(0x1000), movEDXImm(10), movEAXImm(1), codeSyscall, codeExitNegRAX), exit: 14},
-		{name: "over memory cap", memory: 16 << 20, code: join(
-			[]byte{0x31, 0xff}, movESIImm(1<<30), movEDXImm(3), []byte{0x41, 0xba, 0x22, 0, 0, 0},
-			[]byte{0x49, 0xc7, 0xc0, 0xff, 0xff, 0xff, 0xff, 0x45, 0x31, 0xc9}, movEAXImm(9), codeSyscall, codeExitNegRAX), exit: 12},
+		// The cap, not the default budget (256 MiB), refuses 32 MiB; 4 MiB fit under it
+		// (the 8 MiB main stack is charged from the start: memory is populated eagerly).
+		{name: "over memory cap", memory: 16 << 20, code: codeMmapAnon(32 << 20), exit: 12},
+		{name: "under memory cap", memory: 16 << 20, code: codeMmapAnon(4 << 20), exit: 0},
+		{name: "no cap but the default", code: codeMmapAnon(32 << 20), exit: 0},
 		{name: "fork denied", code: join(movEAXImm(57), codeSyscall, codeExitNegRAX), exit: 38, denied: "fork"},
 		// clone as fork calls it (SIGCHLD) and as posix_spawn does (CLONE_VM|CLONE_VFORK|SIGCHLD).
 		{name: "process clone denied", code: join(movEDIImm(uint32(unix.SIGCHLD)), []byte{0x31, 0xf6}, movEAXImm(56), codeSyscall, codeExitNegRAX), exit: 38, denied: "clone"},
 		{name: "vfork clone denied", code: join(movEDIImm(unix.CLONE_VM|unix.CLONE_VFORK|uint32(unix.SIGCHLD)), []byte{0x31, 0xf6}, movEAXImm(56), codeSyscall, codeExitNegRAX), exit: 38, denied: "clone"},
 		{name: "socket refused", code: join(movEDIImm(2), movESIImm(1), movEDXImm(0), movEAXImm(41), codeSyscall, codeExitNegRAX), exit: 13, denied: "socket"},
 		{name: "unknown syscall", code: join(movEAXImm(999), codeSyscall, codeExitNegRAX), exit: 38, denied: "syscall_999"},
-		{name: "wall clock timeout", code: []byte{0xeb, 0xfe}, timeout: 300 * time.Millisecond, exit: 137, signal: 9, timedOut: true},
-		{name: "cpu limit", code: []byte{0xeb, 0xfe}, timeout: 20 * time.Second, cpu: 200 * time.Millisecond, exit: 137, signal: 9, timedOut: true},
+		{name: "wall clock timeout", code: []byte{0xeb, 0xfe}, timeout: 300 * time.Millisecond, exit: 137, signal: 9, timedOut: true,
+			reason: "wall-clock limit 300ms reached"},
+		// The wall-clock limit would give the same exit: the reason and the time say which
+		// limit acted.
+		{name: "cpu limit", code: []byte{0xeb, 0xfe}, timeout: 20 * time.Second, cpu: 200 * time.Millisecond, exit: 137, signal: 9, timedOut: true,
+			reason: "CPU time limit 200ms reached", maxWall: 10 * time.Second},
 	}
 	dir := t.TempDir()
 	for _, c := range cases {
@@ -132,6 +153,12 @@ func TestContainment(t *testing.T) {
 			if res.ExitCode != c.exit || res.Signal != c.signal || res.TimedOut != c.timedOut {
 				t.Errorf("exit %d signal %d timed out %v (%s), want exit %d signal %d timed out %v",
 					res.ExitCode, res.Signal, res.TimedOut, res.Reason, c.exit, c.signal, c.timedOut)
+			}
+			if c.reason != "" && res.Reason != c.reason {
+				t.Errorf("reason %q, want %q", res.Reason, c.reason)
+			}
+			if c.maxWall != 0 && res.Stats.Wall > c.maxWall {
+				t.Errorf("ended after %v (CPU %v), want well before the wall-clock limit %v", res.Stats.Wall, res.Stats.CPU, timeout)
 			}
 			if c.denied != "" && (res.Stats.Denied[c.denied] != 1 || res.Stats.Syscalls[c.denied] != 0 || res.Stats.DeniedCount != 1) {
 				t.Errorf("denied %v, served %v: want %s counted once, as denied only", res.Stats.Denied, res.Stats.Syscalls, c.denied)
@@ -298,4 +325,94 @@ func procMemory(t *testing.T) (rss int64, maps int) {
 		t.Fatal(err)
 	}
 	return rss, strings.Count(string(m), "\n")
+}
+
+// TestKill kills running micro VMs with VM.Kill from another goroutine: one spinning in
+// user mode, one blocked in a system call (a sleep of an hour), and one with several
+// threads spinning. Each must end at once with exit 137, SIGKILL, Killed and the reason
+// "killed", and leave no goroutine or descriptor behind.
+func TestKill(t *testing.T) {
+	sys := requireKVM(t)
+	dir := t.TempDir()
+	prog := func(name string, code []byte) *image.Image {
+		host := filepath.Join(dir, name)
+		if err := os.WriteFile(host, tinyELF(code), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return buildImage(t, "kill-"+name, image.BuildConfig{Files: []image.FileSpec{{HostPath: host, GuestPath: "/prog"}}})
+	}
+	// nanosleep({3600, 0}): the timespec is pushed on the stack.
+	sleep := join([]byte{0x6a, 0x00, 0x68}, le32(3600), []byte{0x48, 0x89, 0xe7, 0x31, 0xf6}, // push 0; push 3600; mov rdi, rsp; xor esi, esi
+		movEAXImm(unix.SYS_NANOSLEEP), codeSyscall, codeExitNegRAX)
+	spin := prog("spin", []byte{0xeb, 0xfe})
+	sleeper := prog("sleep", sleep)
+	threaded := buildTestProg(t, "mmapstress")
+	baseGoroutines := runtime.NumGoroutine() // the images stay open, in buildImage's cache
+	baseFDs := countFDs(t)
+	for _, c := range []struct {
+		name    string
+		cfg     Config
+		threads int64 // guest threads to wait for before Kill
+		call    bool  // wait for a system call, not for CPU time
+	}{
+		{"spinning", Config{Image: spin, Program: "/prog"}, 1, false},
+		{"sleeping", Config{Image: sleeper, Program: "/prog"}, 1, true},
+		// mmapstress 8 workers, a million rounds each: far longer than the test waits.
+		{"threads", Config{Image: threaded, Program: "/bin/mmapstress", Args: []string{"/bin/mmapstress", "8", "1000000"},
+			Env: []string{"GOMAXPROCS=4"}}, 5, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			cfg := c.cfg
+			cfg.KVM, cfg.Timeout = sys, time.Minute
+			vm, err := New(cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer vm.Close()
+			type ran struct {
+				res *Result
+				err error
+			}
+			done := make(chan ran, 1)
+			go func() {
+				res, err := vm.Run(t.Context())
+				done <- ran{res, err}
+			}()
+			// Let it get going: its threads have started and used some CPU, or, for the
+			// sleeper, made its call.
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatal("the program did not start within 10s")
+				}
+				if c.call && vm.snapshotStats().Exits[kvmhv.ExitSyscall.String()] > 0 ||
+					!c.call && vm.stats.threads.Load() >= c.threads && vm.cpuTime() > 20*time.Millisecond {
+					break
+				}
+			}
+			killed := time.Now()
+			vm.Kill()
+			var r ran
+			select {
+			case r = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Run did not return within 10s of Kill")
+			}
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			res := r.res
+			if res.ExitCode != 137 || res.Signal != int(unix.SIGKILL) || !res.Killed || res.TimedOut || res.Reason != "killed" {
+				t.Errorf("exit %d signal %d killed %v timed out %v reason %q, want exit 137 signal 9 killed, reason \"killed\"",
+					res.ExitCode, res.Signal, res.Killed, res.TimedOut, res.Reason)
+			}
+			if int64(res.Stats.Threads) < c.threads {
+				t.Errorf("%d guest threads, want at least %d", res.Stats.Threads, c.threads)
+			}
+			t.Logf("Run returned %v after Kill; %d threads", time.Since(killed), res.Stats.Threads)
+			if err := vm.Close(); err != nil {
+				t.Errorf("close: %v", err)
+			}
+		})
+	}
+	checkNothingLeft(t, baseGoroutines, baseFDs)
 }

@@ -43,7 +43,7 @@ type Config struct {
 	Memory   int64         // hard cap on guest memory in bytes; default 256 MiB
 	Timeout  time.Duration // wall-clock limit; 0 means none
 	CPUTime  time.Duration // limit on guest CPU time summed over threads; 0 means none
-	MaxVCPUs int           // threads the guest may run at once; default 4
+	MaxVCPUs int           // threads the guest may run at once (each has a vCPU; an exited thread's is reused); default DefaultMaxVCPUs
 
 	ScratchBytes   int64 // bound on /tmp, /work and /output together; default 64 MiB
 	MaxOutputBytes int64 // bound on the files returned from /output; default 64 MiB

@@ -10,8 +10,10 @@ import (
 	goimage "image"
 	"image/color"
 	"image/png"
+	"maps"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,6 +24,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/isolator-dev/isolator/pkg/guestfs"
 	"github.com/isolator-dev/isolator/pkg/image"
 	"github.com/isolator-dev/isolator/pkg/kvmhv"
 )
@@ -93,17 +96,122 @@ func runGuest(t *testing.T, sys *kvmhv.System, im *image.Image, inputs []Input, 
 // runGuestIn is runGuest with the working directory dir.
 func runGuestIn(t *testing.T, sys *kvmhv.System, im *image.Image, dir string, inputs []Input, stdin []byte, args ...string) (string, string, *Result) {
 	t.Helper()
+	return runGuestThen(t, sys, im, dir, inputs, stdin, nil, args...)
+}
+
+// runGuestThen is runGuestIn that calls after, when not nil, with the VM once the program
+// has ended and before the VM is destroyed, to look at its files.
+func runGuestThen(t *testing.T, sys *kvmhv.System, im *image.Image, dir string, inputs []Input, stdin []byte, after func(*VM), args ...string) (string, string, *Result) {
+	t.Helper()
 	var stdout, stderr bytes.Buffer
 	cfg := Config{KVM: sys, Image: im, Program: args[0], Args: args, Inputs: inputs, Dir: dir,
 		Env: []string{"PATH=/usr/bin:/bin", "LANG=C"}, Stdout: &stdout, Stderr: &stderr, Timeout: 60 * time.Second}
 	if stdin != nil {
 		cfg.Stdin = bytes.NewReader(stdin)
 	}
-	res, err := Run(context.Background(), cfg)
+	vm, err := New(cfg)
+	if err != nil {
+		t.Fatalf("new VM for %v: %v", args, err)
+	}
+	defer vm.Close()
+	res, err := vm.Run(context.Background())
 	if err != nil {
 		t.Fatalf("run %v: %v", args, err)
 	}
+	if after != nil {
+		after(vm)
+	}
 	return stdout.String(), stderr.String(), res
+}
+
+// guestTree describes the files under the guest directory root of vm, by path relative to
+// root, as hostTree does for a host directory: type and permissions, size, modification
+// time and the contents or the symlink's target.
+func guestTree(t *testing.T, vm *VM, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	var walk func(rel string)
+	walk = func(rel string) {
+		p := path.Join(root, rel)
+		st, err := vm.fs.Stat("/", p, false)
+		if err != nil {
+			t.Fatalf("guest stat %s: %v", p, err)
+		}
+		var what string
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			f, err := vm.fs.Open("/", p, unix.O_RDONLY|unix.O_DIRECTORY, 0)
+			if err != nil {
+				t.Fatalf("guest open %s: %v", p, err)
+			}
+			ents, err := f.ReadDir(0)
+			f.Close()
+			if err != nil {
+				t.Fatalf("guest readdir %s: %v", p, err)
+			}
+			for _, e := range ents {
+				if e.Name != "." && e.Name != ".." {
+					walk(path.Join(rel, e.Name))
+				}
+			}
+			st.Size = 0 // directory sizes are the file system's
+		case unix.S_IFREG:
+			f, err := vm.fs.Open("/", p, unix.O_RDONLY, 0)
+			if err != nil {
+				t.Fatalf("guest open %s: %v", p, err)
+			}
+			b := make([]byte, st.Size+1)
+			n, _ := f.ReadAt(b, 0)
+			f.Close()
+			what = fmt.Sprintf("%q", b[:n])
+		case unix.S_IFLNK:
+			if what, err = vm.fs.Readlink("/", p); err != nil {
+				t.Fatalf("guest readlink %s: %v", p, err)
+			}
+		}
+		if rel != "" {
+			out[rel] = fmt.Sprintf("mode %o size %d mtime %d %s", st.Mode, st.Size, st.Mtime.Unix(), what)
+		}
+	}
+	walk("")
+	return out
+}
+
+// hostTree is guestTree for the host directory root.
+func hostTree(t *testing.T, root string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err != nil || p == root {
+			return err
+		}
+		var st unix.Stat_t
+		if err := unix.Lstat(p, &st); err != nil {
+			return err
+		}
+		var what string
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFDIR:
+			st.Size = 0
+		case unix.S_IFREG:
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			what = fmt.Sprintf("%q", b)
+		case unix.S_IFLNK:
+			if what, err = os.Readlink(p); err != nil {
+				return err
+			}
+		}
+		rel, _ := filepath.Rel(root, p)
+		out[rel] = fmt.Sprintf("mode %o size %d mtime %d %s", st.Mode, st.Size, st.Mtim.Sec, what)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 // hostRun runs the same command on the host, in dir.
@@ -181,7 +289,30 @@ func TestBusyboxMatchesHost(t *testing.T) {
 		t.Fatal(err)
 	}
 	zf.Close()
-	for _, n := range []string{"a.tar", "a.zip", "words.txt.gz"} {
+	// A tar of a small tree, for tar -x into /tmp.
+	src := t.TempDir()
+	mustOK := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustOK(os.MkdirAll(filepath.Join(src, "d", "e"), 0o755))
+	mustOK(os.WriteFile(filepath.Join(src, "top.txt"), []byte(text), 0o644))
+	mustOK(os.WriteFile(filepath.Join(src, "d", "f.txt"), []byte("f\n"), 0o640))
+	mustOK(os.WriteFile(filepath.Join(src, "d", "e", "g.bin"), blob[:5000], 0o600))
+	mustOK(os.Symlink("d/f.txt", filepath.Join(src, "link")))
+	mustOK(os.Chmod(filepath.Join(src, "d", "e"), 0o700))
+	for i, n := range []string{"top.txt", "d/f.txt", "d/e/g.bin", "d/e", "d"} {
+		mt := time.Date(2025, 3, 4, 5, 6, i, 0, time.UTC)
+		mustOK(os.Chtimes(filepath.Join(src, n), mt, mt))
+	}
+	tarCmd := exec.Command("/usr/bin/busybox", "tar", "-cf", filepath.Join(host, "tree.tar"), "top.txt", "d", "link")
+	tarCmd.Dir = src
+	if out, err := tarCmd.CombinedOutput(); err != nil {
+		t.Fatalf("tar -c: %v\n%s", err, out)
+	}
+	for _, n := range []string{"a.tar", "a.zip", "words.txt.gz", "tree.tar"} {
 		os.Chmod(filepath.Join(host, n), 0o444)
 	}
 	var inputs []Input
@@ -196,7 +327,7 @@ func TestBusyboxMatchesHost(t *testing.T) {
 		name  string
 		guest []string
 		stdin string
-		dir   string // "tree": run in the packed host directory, not in /input
+		dir   string // "tree": run in the packed host directory, not in /input; "extract": also compare what it writes to /tmp
 		sort  bool   // compare the lines sorted: the host lists directories in ext4's hash order
 	}{
 		{"echo", []string{"echo", "hello", "world"}, "", "", false},
@@ -262,6 +393,11 @@ func TestBusyboxMatchesHost(t *testing.T) {
 		{"find image dir", []string{"find", "tree"}, "", "tree", true},
 		{"find image dirs", []string{"find", "tree", "-type", "d"}, "", "tree", true},
 		{"du image dir", []string{"du", "-a", "tree"}, "", "tree", true},
+		// Unpacked into /tmp (on the host into a directory of its own): the output, and
+		// then the files, their modes, times and contents.
+		{"tar -x into /tmp", []string{"tar", "-xvf", in("tree.tar"), "-C", "/tmp"}, "", "extract", false},
+		{"tar -x two files into /tmp", []string{"tar", "-xf", in("a.tar"), "-C", "/tmp"}, "", "extract", false},
+		{"unzip into /tmp", []string{"unzip", in("a.zip"), "-d", "/tmp"}, "", "extract", false},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var stdin []byte
@@ -275,8 +411,28 @@ func TestBusyboxMatchesHost(t *testing.T) {
 				}
 				gdir, hdir = "/srv/t", treeRoot
 			}
-			gout, gerr, res := runGuestIn(t, sys, im, gdir, inputs, stdin, append([]string{bb}, c.guest...)...)
-			hout, hcode := hostRun(t, hdir, stdin, append([]string{bb}, c.guest...)...)
+			var gtree map[string]string
+			var after func(*VM)
+			hargs := c.guest
+			hostTmp := ""
+			if c.dir == "extract" {
+				after = func(vm *VM) { gtree = guestTree(t, vm, "/tmp") }
+				hostTmp = t.TempDir()
+				hargs = slices.Clone(c.guest)
+				for i, a := range hargs {
+					if a == "/tmp" {
+						hargs[i] = hostTmp
+					}
+				}
+			}
+			gout, gerr, res := runGuestThen(t, sys, im, gdir, inputs, stdin, after, append([]string{bb}, c.guest...)...)
+			hout, hcode := hostRun(t, hdir, stdin, append([]string{bb}, hargs...)...)
+			if hostTmp != "" {
+				hout = strings.ReplaceAll(hout, hostTmp, "/tmp")
+				if htree := hostTree(t, hostTmp); len(htree) == 0 || fmt.Sprint(gtree) != fmt.Sprint(htree) {
+					t.Errorf("guest /tmp:\n%s\nhost:\n%s", fmtTree(gtree), fmtTree(htree))
+				}
+			}
 			if c.sort {
 				gout, hout = sortLines(gout), sortLines(hout)
 			}
@@ -286,6 +442,95 @@ func TestBusyboxMatchesHost(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestCoreutilsMatchesHost runs GNU coreutils (dynamically linked) in micro VMs and on the
+// host and compares their output where it is comparable: ls -l asks for extended
+// attributes (security.selinux, system.posix_acl_access) of every file, which failed with
+// ENOSYS ("Function not implemented", exit 1). Cases with dir "tree" list a host directory
+// packed into the image, as in TestBusyboxMatchesHost. stat -f and df describe the guest's
+// own file systems, which the host does not have: their fields are checked against the
+// image and the VM's scratch limits.
+func TestCoreutilsMatchesHost(t *testing.T) {
+	sys := requireKVM(t)
+	for _, p := range []string{"/usr/bin/ls", "/usr/bin/stat", "/usr/bin/df"} {
+		requireFile(t, p)
+	}
+	treeRoot, treeSkip := makeHostTree(t)
+	im := buildImage(t, "coreutils", image.BuildConfig{
+		Programs: []string{"/usr/bin/ls", "/usr/bin/stat", "/usr/bin/df"},
+		Files: []image.FileSpec{{HostPath: "/etc/services", GuestPath: "/etc/services"},
+			{HostPath: "/etc/passwd", GuestPath: "/etc/passwd"}, {HostPath: "/etc/group", GuestPath: "/etc/group"},
+			{HostPath: treeRoot, GuestPath: "/srv/t"}},
+	})
+	for _, c := range []struct {
+		name string
+		args []string
+		dir  string // "tree": run in the packed host directory
+	}{
+		{"ls -l image files", []string{"ls", "-l", "/etc/services", "/etc/passwd", "/etc/group"}, ""},
+		{"ls -ln image files", []string{"ls", "-ln", "/etc/services"}, ""},
+		{"stat image file", []string{"stat", "-c", "%n %s %a %U %G %F %h %Y", "/etc/services"}, ""},
+		{"ls -la image dir", []string{"ls", "-la", "tree"}, "tree"},
+		{"ls -lR image dir", []string{"ls", "-lR", "tree"}, "tree"},
+		{"ls -ld image dirs", []string{"ls", "-ld", "tree", "tree/sub", "tree/empty"}, "tree"},
+		{"ls -l symlinks", []string{"ls", "-l", "tree/link", "tree/longlink"}, "tree"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			gdir, hdir := "/", "/"
+			if c.dir == "tree" {
+				if treeSkip != "" {
+					t.Skip(treeSkip)
+				}
+				gdir, hdir = "/srv/t", treeRoot
+			}
+			args := append([]string{"/usr/bin/" + c.args[0]}, c.args[1:]...)
+			gout, gerr, res := runGuestIn(t, sys, im, gdir, nil, nil, args...)
+			hout, hcode := hostRun(t, hdir, nil, args...)
+			if gout != hout || res.ExitCode != hcode || gerr != "" {
+				t.Errorf("guest exit %d (%s) stdout:\n%s\nstderr: %s\nhost exit %d stdout:\n%s\ndenied: %v",
+					res.ExitCode, res.Reason, gout, gerr, hcode, hout, res.Stats.Denied)
+			}
+		})
+	}
+
+	imgBlocks := (im.Size() + 4095) / 4096
+	scratch := int64(DefaultScratchBytes)
+	t.Run("stat -f", func(t *testing.T) {
+		out, stderr, res := runGuest(t, sys, im, nil, nil, "/usr/bin/stat", "-f", "-c", "%n %T %s %S %l %b %f %a %c %d",
+			"/usr/bin/ls", "/etc", "/tmp", "/work", "/proc/self")
+		want := fmt.Sprintf("/usr/bin/ls ext2/ext3 4096 4096 255 %[1]d 0 0 %[2]d 0\n/etc ext2/ext3 4096 4096 255 %[1]d 0 0 %[2]d 0\n", imgBlocks, im.Len()) +
+			fmt.Sprintf("/tmp tmpfs 4096 4096 255 %[1]d %[1]d %[1]d %[2]d %[2]d\n/work tmpfs 4096 4096 255 %[1]d %[1]d %[1]d %[2]d %[2]d\n", scratch/4096, guestfs.DefaultMaxFiles) +
+			"/proc/self proc 4096 4096 255 0 0 0 0 0\n"
+		if res.ExitCode != 0 || out != want {
+			t.Errorf("exit %d (%s), stderr %q, output:\n%s\nwant:\n%s", res.ExitCode, res.Reason, stderr, out, want)
+		}
+	})
+	t.Run("df", func(t *testing.T) {
+		out, stderr, res := runGuest(t, sys, im, nil, nil, "/usr/bin/df", "-T", "/usr/bin/ls", "/work")
+		kb := imgBlocks * 4
+		want := [][]string{
+			{"Filesystem", "Type", "1K-blocks", "Used", "Available", "Use%", "Mounted", "on"},
+			{"isolator-image", "ext4", itoa(int(kb)), itoa(int(kb)), "0", "100%", "/"},
+			{"tmpfs", "tmpfs", itoa(int(scratch / 1024)), "0", itoa(int(scratch / 1024)), "0%", "/work"},
+		}
+		var got [][]string
+		for line := range strings.Lines(out) {
+			got = append(got, strings.Fields(line))
+		}
+		if res.ExitCode != 0 || fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("exit %d (%s), stderr %q, output:\n%s\nwant the fields %v", res.ExitCode, res.Reason, stderr, out, want)
+		}
+	})
+}
+
+// fmtTree lists a guestTree or hostTree, one file a line.
+func fmtTree(tree map[string]string) string {
+	var b strings.Builder
+	for _, k := range slices.Sorted(maps.Keys(tree)) {
+		fmt.Fprintf(&b, "\t%s: %s\n", k, tree[k])
+	}
+	return b.String()
 }
 
 // sortLines returns the lines of s sorted.
@@ -502,8 +747,23 @@ func TestDynamicPrograms(t *testing.T) {
 	if res.ExitCode != 0 {
 		t.Fatalf("pdftotext: exit %d (%s) stderr %q denied %v", res.ExitCode, res.Reason, stderr, res.Stats.Denied)
 	}
-	if len(res.Outputs) != 1 || !strings.Contains(string(res.Outputs[0].Data), "Isolated hello from a micro VM") {
-		t.Errorf("pdftotext outputs %+v, stdout %q", res.Outputs, out)
+	hostTxt := filepath.Join(dir, "doc.txt")
+	if _, code := hostRun(t, dir, nil, "/usr/bin/pdftotext", pdf, hostTxt); code != 0 {
+		t.Fatalf("pdftotext on the host: exit %d", code)
+	}
+	want, err := os.ReadFile(hostTxt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(want), "Isolated hello from a micro VM") {
+		t.Fatalf("pdftotext on the host wrote %q: not the text of the PDF", want)
+	}
+	if len(res.Outputs) != 1 || res.Outputs[0].Name != "doc.txt" || !bytes.Equal(res.Outputs[0].Data, want) {
+		var got []string
+		for _, o := range res.Outputs {
+			got = append(got, fmt.Sprintf("%s: %q", o.Name, o.Data))
+		}
+		t.Errorf("pdftotext outputs %v, stdout %q; want doc.txt of %q, as on the host", got, out, want)
 	}
 }
 

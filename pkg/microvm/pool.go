@@ -66,7 +66,7 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	if cfg.MaxVCPUs == 0 {
 		cfg.MaxVCPUs = DefaultMaxVCPUs
 	}
-	if cfg.Size < 1 || cfg.Memory < 4<<20 || cfg.MaxVCPUs < 1 || cfg.MaxVCPUs > kvmhv.MaxVCPUs {
+	if cfg.Size < 1 || cfg.Memory < MinMemory || cfg.Memory > MaxMemory || cfg.MaxVCPUs < 1 || cfg.MaxVCPUs > kvmhv.MaxVCPUs {
 		return nil, fmt.Errorf("%w: pool size %d, memory %d, max vCPUs %d", ErrInvalidConfig, cfg.Size, cfg.Memory, cfg.MaxVCPUs)
 	}
 	p := &Pool{cfg: cfg, ready: make(chan *shell, cfg.Size)}

@@ -2,6 +2,7 @@ package microvm
 
 import (
 	"bytes"
+	"errors"
 	"runtime"
 	"strings"
 	"testing"
@@ -126,10 +127,34 @@ func TestPoolConfig(t *testing.T) {
 		t.Error("NewPool without a KVM system succeeded")
 	}
 	sys := requireKVM(t)
-	for _, c := range []PoolConfig{{KVM: sys, Size: -1}, {KVM: sys, Memory: 1 << 20}, {KVM: sys, MaxVCPUs: kvmhv.MaxVCPUs + 1}} {
+	for _, c := range []PoolConfig{{KVM: sys, Size: -1}, {KVM: sys, Memory: 1 << 20}, {KVM: sys, Memory: MaxMemory + 1},
+		{KVM: sys, MaxVCPUs: kvmhv.MaxVCPUs + 1}} {
 		if p, err := NewPool(c); err == nil {
 			p.Close()
 			t.Errorf("NewPool(%+v) succeeded", c)
+		}
+	}
+}
+
+// TestMemoryBounds: Config.Memory must lie between MinMemory and MaxMemory; both bounds
+// themselves work.
+func TestMemoryBounds(t *testing.T) {
+	sys := requireKVM(t)
+	im := busyboxImage(t)
+	for _, m := range []int64{MinMemory - 1, MaxMemory + 1, -1} {
+		vm, err := New(Config{KVM: sys, Image: im, Program: "/usr/bin/busybox", Memory: m})
+		if err == nil {
+			vm.Close()
+		}
+		if !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("memory %d: %v, want ErrInvalidConfig", m, err)
+		}
+	}
+	for _, m := range []int64{MinMemory, MaxMemory} {
+		res, err := Run(t.Context(), Config{KVM: sys, Image: im, Program: "/usr/bin/busybox", Args: []string{"busybox", "true"},
+			Memory: m, Timeout: 30 * time.Second})
+		if err != nil || res.ExitCode != 0 {
+			t.Errorf("memory %d: %v %+v", m, err, res)
 		}
 	}
 }

@@ -85,7 +85,8 @@ func (vm *VM) cpuTime() time.Duration {
 	vm.threadMu.Lock()
 	var live time.Duration
 	for _, t := range vm.threads {
-		if !t.retired.Load() {
+		// A thread not started yet has no OS thread (and tid 0 would be the caller's).
+		if t.hostTID != 0 && !t.retired.Load() {
 			live += threadCPU(t.hostTID) - t.cpuBase
 		}
 	}

@@ -303,7 +303,7 @@ func (t *thread) openat(dirfd int32, addr uint64, flags int, mode uint32) (uint6
 	if e != 0 {
 		return 0, e
 	}
-	f, err := t.vm.fs.Open(dir, p, flags, mode&0o7777)
+	f, err := t.vm.fs.Open(dir, p, flags, mode&0o7777&^t.umask())
 	if err != nil {
 		return 0, toErrno(err)
 	}
@@ -737,7 +737,14 @@ func (t *thread) mkdirat(dirfd int32, addr uint64, mode uint32) unix.Errno {
 	if e != 0 {
 		return e
 	}
-	return toErrno(t.vm.fs.Mkdir(dir, p, mode&0o7777))
+	return toErrno(t.vm.fs.Mkdir(dir, p, mode&0o1777&^t.umask())) // as Linux, no set-user-ID or set-group-ID bit
+}
+
+// umask returns the file mode creation mask (umask(2)).
+func (t *thread) umask() uint32 {
+	t.vm.threadMu.Lock()
+	defer t.vm.threadMu.Unlock()
+	return t.vm.umask
 }
 
 func (t *thread) unlinkat(dirfd int32, addr uint64, flags int) unix.Errno {

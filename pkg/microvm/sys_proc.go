@@ -54,6 +54,10 @@ func (t *thread) mmap(addr, length, protBits uint64, flags, fd int, off uint64) 
 	return t.vm.mm.mmap(addr, length, prot, flags, src)
 }
 
+// taskSizeMax is Linux's TASK_SIZE_MAX on x86-64 (4-level paging): an FS base must be
+// below it.
+const taskSizeMax = kvmhv.UserLimit - pageSize
+
 const (
 	archSetGS = 0x1001
 	archSetFS = 0x1002
@@ -64,7 +68,7 @@ const (
 func (t *thread) archPrctl(v *kvmhv.VCPU, code, addr uint64) (uint64, unix.Errno) {
 	switch code {
 	case archSetFS:
-		if addr >= kvmhv.UserLimit {
+		if addr >= taskSizeMax {
 			return 0, unix.EPERM
 		}
 		v.SetFSBase(addr)
@@ -81,11 +85,24 @@ func (t *thread) archPrctl(v *kvmhv.VCPU, code, addr uint64) (uint64, unix.Errno
 const threadFlags = unix.CLONE_VM | unix.CLONE_FS | unix.CLONE_FILES | unix.CLONE_SIGHAND | unix.CLONE_THREAD
 
 // clone starts a thread; flags has every bit of threadFlags.
+//
+// As Linux does, the new thread's ID is stored at ptid (CLONE_PARENT_SETTID) and then at
+// ctid (CLONE_CHILD_SETTID) before the new thread runs its first instruction, and a bad
+// pointer there is ignored, not an error: glibc points both and CLONE_CHILD_CLEARTID at
+// the same word, which pthread_join waits on, so a thread that ended before a late store
+// would leave its ID there for ever.
 func (t *thread) clone(v *kvmhv.VCPU, flags, stack, ptid, ctid, tls uint64) (uint64, unix.Errno) {
 	const known = threadFlags | unix.CLONE_SYSVSEM | unix.CLONE_SETTLS | unix.CLONE_PARENT_SETTID |
 		unix.CLONE_CHILD_SETTID | unix.CLONE_CHILD_CLEARTID | unix.CLONE_DETACHED
 	if flags&^known != 0 {
 		return 0, unix.EINVAL
+	}
+	fs := v.FSBase()
+	if flags&unix.CLONE_SETTLS != 0 {
+		if tls >= taskSizeMax {
+			return 0, unix.EPERM // as arch_prctl(ARCH_SET_FS)
+		}
+		fs = tls
 	}
 	regs := v.Regs
 	regs.RAX = 0
@@ -94,39 +111,51 @@ func (t *thread) clone(v *kvmhv.VCPU, flags, stack, ptid, ctid, tls uint64) (uin
 	if stack != 0 {
 		regs.RSP = stack
 	}
-	child, err := t.vm.startThread(regs, func(c *thread, cv *kvmhv.VCPU) {
-		fs := v.FSBase()
-		if flags&unix.CLONE_SETTLS != 0 {
-			fs = tls
+	// The new thread starts with the x87 and SSE state of its parent, as on Linux, not
+	// with that of a thread that ran on its vCPU before.
+	fpu, err := v.FPUState()
+	if err != nil {
+		return 0, unix.EAGAIN
+	}
+	sigmask := t.sigmask
+	child, err := t.vm.startThread(regs, func(c *thread, cv *kvmhv.VCPU) error {
+		// This runs before the child's first KVM_RUN, and clone returns after it.
+		if err := cv.SetFPUState(fpu); err != nil {
+			return err
 		}
 		cv.SetFSBase(fs)
-		c.sigmask = t.sigmask
-		if flags&unix.CLONE_CHILD_CLEARTID != 0 {
-			c.clearTID = ctid
+		c.sigmask = sigmask
+		if flags&unix.CLONE_PARENT_SETTID != 0 {
+			c.writeU32(ptid, uint32(c.tid))
 		}
 		if flags&unix.CLONE_CHILD_SETTID != 0 {
 			c.writeU32(ctid, uint32(c.tid))
 		}
+		if flags&unix.CLONE_CHILD_CLEARTID != 0 {
+			c.clearTID = ctid
+		}
+		return nil
 	})
 	if err != nil {
 		return 0, unix.EAGAIN
 	}
-	if flags&unix.CLONE_PARENT_SETTID != 0 {
-		t.writeU32(ptid, uint32(child.tid))
-	}
 	return uint64(child.tid), 0
 }
 
-// exitThread ends the calling thread; the last thread's exit ends the program.
-func (t *thread) exitThread(code int) {
-	t.exited.Store(true)
+// exitThread finishes the exit(2) of a thread, on its OS thread after its loop has ended.
+// The last thread's exit ends the program. Otherwise park offers the thread's vCPU to the
+// next thread before the exit shows at the thread's CLONE_CHILD_CLEARTID word, so that a
+// program that joins a thread and then starts another finds a vCPU.
+func (t *thread) exitThread(park func()) {
+	t.vm.stats.retire(t)
+	if t.vm.removeThread(t) {
+		t.vm.terminate(exitStatus{code: t.exitCode})
+		return
+	}
+	park()
 	if t.clearTID != 0 {
 		t.writeU32(t.clearTID, 0)
 		t.vm.futex.wake(t.clearTID, 1, ^uint32(0))
-	}
-	t.vm.stats.retire(t)
-	if t.vm.removeThread(t) {
-		t.vm.terminate(exitStatus{code: code})
 	}
 }
 

@@ -252,3 +252,31 @@ func TestEpollWatchEndsWithTheFile(t *testing.T) {
 	}.encode(), *mem)
 	wantResults(t, o, 3, 4, 0, 0, 4, 0, 0, 0)
 }
+
+// TestUmask: the file mode creation mask was never applied (files and directories got the
+// mode the program asked for, 0666 for unzip's files where Linux gives 0644), and umask(2)
+// always returned 022 without changing it. TestBusyboxMatchesHost (unzip into /tmp) found
+// it.
+func TestUmask(t *testing.T) {
+	h := newFuzzHarness(t)
+	o := h.runOne(t, fzCalls{
+		call(unix.SYS_UMASK, num(0o027)),
+		call(unix.SYS_OPENAT, num(unix.AT_FDCWD), str(strTmpA), num(unix.O_CREAT|unix.O_WRONLY), num(0o4666)),
+		call(unix.SYS_FSTAT, num(3), ptr(0x1000)),
+		call(unix.SYS_MKDIR, str(strTmpD), num(0o7777)),
+		call(unix.SYS_STAT, str(strTmpD), ptr(0x1100)),
+		call(unix.SYS_UMASK, num(0o1777)),
+		call(unix.SYS_UMASK, num(0)),
+	}.encode(), nil)
+	wantResults(t, o, 0o022, 3, 0, 0, 0, 0o027, 0o777)
+	if o.region == nil {
+		t.Fatal("guest memory unreadable")
+	}
+	// st_mode is at offset 24 of struct stat.
+	if m := binary.LittleEndian.Uint32(o.region[0x1000+24:]); m != unix.S_IFREG|0o4640 {
+		t.Errorf("file made with 04666 under umask 027: mode %o, want %o", m, unix.S_IFREG|0o4640)
+	}
+	if m := binary.LittleEndian.Uint32(o.region[0x1100+24:]); m != unix.S_IFDIR|0o1750 {
+		t.Errorf("directory made with 07777 under umask 027: mode %o, want %o", m, unix.S_IFDIR|0o1750)
+	}
+}

@@ -226,7 +226,11 @@ func (t *thread) dispatch(v *kvmhv.VCPU, nr uint64, a args) (res uint64, handled
 	case unix.SYS_FCHDIR:
 		return ret(0, t.fchdir(int(a[0]))), true
 	case unix.SYS_UMASK:
-		return 0o022, true
+		vm.threadMu.Lock()
+		old := vm.umask
+		vm.umask = uint32(a[0]) & 0o777
+		vm.threadMu.Unlock()
+		return uint64(old), true
 	case unix.SYS_FSYNC, unix.SYS_FDATASYNC, unix.SYS_SYNCFS, unix.SYS_FADVISE64, unix.SYS_FLOCK:
 		if _, e := t.file(int(a[0])); e != 0 {
 			return errnoResult(e), true
@@ -234,6 +238,26 @@ func (t *thread) dispatch(v *kvmhv.VCPU, nr uint64, a args) (res uint64, handled
 		return 0, true
 	case unix.SYS_SYNC:
 		return 0, true
+	case unix.SYS_GETXATTR, unix.SYS_LGETXATTR:
+		return ret(t.getxattr(pathCall, a[0], nr == unix.SYS_GETXATTR, a[1], a[2], a[3])), true
+	case unix.SYS_FGETXATTR:
+		return ret(t.getxattr(int(int32(a[0])), 0, false, a[1], a[2], a[3])), true
+	case unix.SYS_LISTXATTR, unix.SYS_LLISTXATTR:
+		return ret(t.listxattr(pathCall, a[0], nr == unix.SYS_LISTXATTR, a[1], a[2])), true
+	case unix.SYS_FLISTXATTR:
+		return ret(t.listxattr(int(int32(a[0])), 0, false, a[1], a[2])), true
+	case unix.SYS_SETXATTR, unix.SYS_LSETXATTR:
+		return ret(0, t.setxattr(pathCall, a[0], nr == unix.SYS_SETXATTR, a[1], a[2], a[3], int(int32(a[4])), false)), true
+	case unix.SYS_FSETXATTR:
+		return ret(0, t.setxattr(int(int32(a[0])), 0, false, a[1], a[2], a[3], int(int32(a[4])), false)), true
+	case unix.SYS_REMOVEXATTR, unix.SYS_LREMOVEXATTR:
+		return ret(0, t.setxattr(pathCall, a[0], nr == unix.SYS_REMOVEXATTR, a[1], 0, 0, 0, true)), true
+	case unix.SYS_FREMOVEXATTR:
+		return ret(0, t.setxattr(int(int32(a[0])), 0, false, a[1], 0, 0, 0, true)), true
+	case unix.SYS_STATFS:
+		return ret(0, t.statfs(a[0], a[1])), true
+	case unix.SYS_FSTATFS:
+		return ret(0, t.fstatfs(int(int32(a[0])), a[1])), true
 
 	// Memory.
 	case unix.SYS_BRK:
@@ -276,7 +300,9 @@ func (t *thread) dispatch(v *kvmhv.VCPU, nr uint64, a args) (res uint64, handled
 	case unix.SYS_SCHED_GETAFFINITY:
 		return ret(t.schedGetaffinity(a[1], a[2])), true
 	case unix.SYS_EXIT:
-		t.exitThread(int(a[0] & 0xff))
+		// The loop ends, then its caller finishes the exit (exitThread).
+		t.exitCode, t.exitCalled = int(a[0]&0xff), true
+		t.exited.Store(true)
 		return 0, true
 	case unix.SYS_EXIT_GROUP:
 		t.exited.Store(true)

@@ -23,9 +23,13 @@ type thread struct {
 	sigmask  uint64 // blocked signals; owned by the thread
 	altstack [3]uint64
 	exited   atomic.Bool
-	retired  atomic.Bool   // CPU time added to the VM's total
-	hostTID  int           // OS thread running the vCPU
-	cpuBase  time.Duration // CPU time of that OS thread before the guest thread started
+	// exitCalled and exitCode record an exit(2), which exitThread finishes; owned by
+	// the thread.
+	exitCalled bool
+	exitCode   int
+	retired    atomic.Bool   // CPU time added to the VM's total
+	hostTID    int           // OS thread running the vCPU, 0 until it starts; written under vm.threadMu
+	cpuBase    time.Duration // CPU time of that OS thread before the guest thread started; likewise
 }
 
 func (t *thread) setVCPU(v *kvmhv.VCPU) {

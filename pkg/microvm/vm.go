@@ -26,6 +26,17 @@ const (
 	DefaultDir            = "/work"
 )
 
+// Bounds of Config.Memory.
+const (
+	// MinMemory is the smallest guest memory budget: memory is charged when it is mapped,
+	// and the program's 8 MiB stack is mapped before it starts.
+	MinMemory = 16 << 20
+	// MaxMemory is the largest guest memory budget. Guest memory is reserved, not
+	// committed, but KVM keeps metadata for every page of the VM's memory slot, allocated
+	// when the VM is made, which takes the longer the larger the slot (see MICROVM.md).
+	MaxMemory = 64 << 30
+)
+
 // ErrInvalidConfig is wrapped by errors for a Config that cannot describe a micro VM.
 var ErrInvalidConfig = errors.New("invalid micro VM config")
 
@@ -52,10 +63,12 @@ type VM struct {
 	futex futexTable
 	poll  pollHub
 
-	threadMu sync.Mutex      // guards threads, nextTID and cwd
-	threads  map[int]*thread // live guest threads by TID
+	threadMu sync.Mutex       // guards threads, nextTID, cwd and umask
+	threads  map[int]*thread  // live guest threads by TID
+	idle     []chan<- runFunc // vCPUs of exited threads, waiting for threads to run (serve)
 	nextTID  int
 	cwd      string
+	umask    uint32         // applied to the mode of files and directories the program makes
 	wg       sync.WaitGroup // thread goroutines
 
 	exitOnce sync.Once
@@ -77,7 +90,7 @@ func New(cfg Config) (*VM, error) {
 	if err := cfg.normalize(); err != nil {
 		return nil, err
 	}
-	vm := &VM{cfg: cfg, threads: map[int]*thread{}, nextTID: guestPID, cwd: cfg.Dir, done: make(chan struct{})}
+	vm := &VM{cfg: cfg, threads: map[int]*thread{}, nextTID: guestPID, cwd: cfg.Dir, umask: 0o022, done: make(chan struct{})}
 	vm.start = time.Now()
 	vm.stats.init()
 	if err := vm.init(); err != nil {
@@ -103,8 +116,8 @@ func (c *Config) normalize() error {
 	if c.Memory == 0 {
 		c.Memory = DefaultMemory
 	}
-	if c.Memory < 4<<20 {
-		return fmt.Errorf("%w: memory %d bytes is below 4 MiB", ErrInvalidConfig, c.Memory)
+	if c.Memory < MinMemory || c.Memory > MaxMemory {
+		return fmt.Errorf("%w: memory %d bytes is not between %d MiB and %d GiB", ErrInvalidConfig, c.Memory, MinMemory>>20, MaxMemory>>30)
 	}
 	if c.MaxVCPUs == 0 {
 		c.MaxVCPUs = DefaultMaxVCPUs
@@ -333,56 +346,117 @@ func (vm *VM) takeShell() *shell {
 	return sh
 }
 
-// startThread starts a guest thread on its own locked OS thread with a new vCPU.
-// init runs on that thread before the first instruction (to copy registers for clone).
-func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU)) (*thread, error) {
+// startThread starts a guest thread: on the vCPU of a thread that has exited when one is
+// idle, else on a new vCPU on its own locked OS thread. init runs on that thread before
+// the first instruction (to copy registers for clone); if it fails, the thread does not
+// start.
+func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU) error) (*thread, error) {
 	vm.threadMu.Lock()
 	if vm.stopping() {
 		vm.threadMu.Unlock()
-		return nil, errors.New("micro VM is stopping")
+		return nil, errStopping
 	}
 	tid := vm.nextTID
 	vm.nextTID++
 	t := &thread{vm: vm, tid: tid}
 	vm.threads[tid] = t
+	var idle chan<- runFunc
+	if n := len(vm.idle); n > 0 {
+		idle = vm.idle[n-1]
+		vm.idle = vm.idle[:n-1]
+	}
 	vm.threadMu.Unlock()
 	vm.stats.threads.Add(1)
 
 	ready := make(chan error, 1)
-	// run runs the thread on v, on the locked OS thread v belongs to. The thread is never
-	// unlocked: it exits with its goroutine, taking any state KVM attached to it along.
-	run := func(v *kvmhv.VCPU) {
-		defer vm.wg.Done()
-		t.hostTID = unix.Gettid()
-		t.cpuBase = threadCPU(t.hostTID)
+	run := func(v *kvmhv.VCPU, park func()) {
+		hostTID := unix.Gettid()
+		cpuBase := threadCPU(hostTID)
+		vm.threadMu.Lock() // cpuTime reads them
+		t.hostTID, t.cpuBase = hostTID, cpuBase
+		vm.threadMu.Unlock()
 		v.Regs = regs
 		t.setVCPU(v)
 		if init != nil {
-			init(t, v)
+			if err := init(t, v); err != nil {
+				ready <- err
+				park() // the vCPU is free for another thread
+				return
+			}
 		}
 		ready <- nil
 		t.loop()
+		if t.exitCalled {
+			t.exitThread(park)
+		}
 	}
-	vm.wg.Add(1)
-	if sh := vm.takeShell(); sh != nil {
-		sh.start <- run // the first thread, on the vCPU made ahead of need
-	} else {
+	switch sh := vm.takeShell(); {
+	case idle != nil:
+		idle <- run // buffered: the parked vCPU takes it, or leaves when the VM stops
+	case sh != nil:
+		vm.wg.Add(1)
+		sh.start <- func(v *kvmhv.VCPU) { vm.serve(v, run) } // the first thread, on the vCPU made ahead of need
+	default:
+		vm.wg.Add(1)
 		go func() {
 			runtime.LockOSThread()
 			v, err := vm.hv.NewVCPU(regs.RIP, regs.RSP)
 			if err != nil {
-				vm.removeThread(t)
 				vm.wg.Done()
 				ready <- err
 				return
 			}
-			run(v)
+			vm.serve(v, run)
 		}()
 	}
-	if err := <-ready; err != nil {
+	var err error
+	if idle == nil {
+		err = <-ready
+	} else {
+		select {
+		case err = <-ready:
+		case <-vm.done:
+			// The parked vCPU may have left without taking the thread.
+			err = errStopping
+		}
+	}
+	if err != nil {
+		vm.removeThread(t)
 		return nil, err
 	}
 	return t, nil
+}
+
+var errStopping = errors.New("micro VM is stopping")
+
+// runFunc runs a guest thread on v, on v's OS thread, until the thread exits (then it
+// calls park before the exit is visible to other threads) or the VM stops.
+type runFunc func(v *kvmhv.VCPU, park func())
+
+// serve runs guest threads on v, on its locked OS thread, which it never unlocks (it exits
+// with the goroutine, taking any state KVM attached to it along): first run, then, while
+// the VM runs, each thread startThread hands it after a thread on it exited and parked it.
+// KVM cannot destroy a single vCPU, and a VM has at most Config.MaxVCPUs, so a program
+// that starts and joins threads, more than that in all, needs its threads' vCPUs reused.
+func (vm *VM) serve(v *kvmhv.VCPU, run runFunc) {
+	defer vm.wg.Done()
+	next := make(chan runFunc, 1)
+	park := func() {
+		vm.threadMu.Lock()
+		if !vm.stopping() {
+			vm.idle = append(vm.idle, next)
+		}
+		vm.threadMu.Unlock()
+	}
+	for {
+		run(v, park)
+		select {
+		case run = <-next:
+			v.ReturnToUser() // from wherever the last thread left it, to user mode at run's registers
+		case <-vm.done:
+			return
+		}
+	}
 }
 
 func (vm *VM) removeThread(t *thread) (last bool) {

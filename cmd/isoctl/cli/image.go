@@ -41,18 +41,24 @@ type imageBuildOptions struct {
 func newImageBuildCmd() *cobra.Command {
 	o := &imageBuildOptions{}
 	cmd := &cobra.Command{
-		Use:   "build --output FILE [--add HOSTPATH[:GUESTPATH]]... PROGRAM...",
+		Use:   "build --output FILE [--add HOSTPATH[:GUESTPATH]]... [PROGRAM...]",
 		Short: "Build a guest image from programs, their libraries and extra files",
 		Long: `Build a guest image: each PROGRAM (a path, or a name looked up in $PATH) is packed at
 its host path together with its ELF interpreter, the shared libraries it needs and every
 symlink on the way; each --add packs a host file or directory (recursively), at GUESTPATH
-if given. The image is written atomically. Progress goes to stderr, the summary to
-stdout.
+if given. An image needs at least one PROGRAM or --add: a static program packed with
+--add alone needs nothing else. The image is written atomically. Progress goes to
+stderr, the summary to stdout.
 
 The micro VM mounts /tmp, /work, /input, /output, /dev and /proc over the image, so nothing
 can be packed at or under them: a program whose host path is there (say /tmp/x/prog) must be
 added at another guest path, with --add /tmp/x/prog:/usr/local/bin/prog.`,
-		Args: cobra.MinimumNArgs(1),
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 0 && len(o.add) == 0 {
+				return errors.New("nothing to pack: give at least one PROGRAM or --add HOSTPATH[:GUESTPATH]")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runImageBuild(cmd.OutOrStdout(), cmd.ErrOrStderr(), o, args)
 		},

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/isolator-dev/isolator/pkg/image"
+	"github.com/isolator-dev/isolator/pkg/kvmhv"
 )
 
 func TestImageBuildAndLs(t *testing.T) {
@@ -105,7 +106,7 @@ func TestImageErrors(t *testing.T) {
 		want string
 	}{
 		{"no output flag", []string{"image", "build", "/usr/bin/busybox"}, `required flag(s) "output"`},
-		{"no programs", []string{"image", "build", "-o", filepath.Join(dir, "x.img")}, "requires at least 1 arg"},
+		{"nothing to pack", []string{"image", "build", "-o", filepath.Join(dir, "x.img")}, "nothing to pack: give at least one PROGRAM or --add"},
 		{"missing program", []string{"image", "build", "-o", filepath.Join(dir, "x.img"), filepath.Join(dir, "nope")}, "not found"},
 		{"unknown program", []string{"image", "build", "-o", filepath.Join(dir, "x.img"), "no-such-program-anywhere"}, "not found in $PATH"},
 		{"not an ELF", []string{"image", "build", "-o", filepath.Join(dir, "x.img"), script}, "not an x86-64 ELF program"},
@@ -182,6 +183,26 @@ func TestImageBuildRefusesHiddenPaths(t *testing.T) {
 	defer im.Close()
 	if e, err := im.Lookup("/usr/local/bin/prog"); err != nil || !e.IsRegular() {
 		t.Errorf("/usr/local/bin/prog in the image: %v", err)
+	}
+
+	// The --add alone, with no PROGRAM, as the hint reads: a static program needs nothing
+	// else, and runs.
+	addOnly := filepath.Join(t.TempDir(), "add.img")
+	stdout.Reset()
+	stderr.Reset()
+	if code := run([]string{"image", "build", "-q", "-o", addOnly, "--add", prog + ":/usr/local/bin/busybox"}, &stdout, &stderr); code != 0 {
+		t.Fatalf("build with --add only: exit %d: %s", code, &stderr)
+	}
+	if !strings.Contains(stdout.String(), "1 files") {
+		t.Errorf("build with --add only printed %q, want one file", &stdout)
+	}
+	if ok, why := kvmhv.Available(); !ok {
+		t.Skipf("skipping the run of the image: /dev/kvm unavailable: %s", why)
+	}
+	stdout.Reset()
+	stderr.Reset()
+	if code := run([]string{"run", "--image", addOnly, "/usr/local/bin/busybox", "echo", "packed with --add"}, &stdout, &stderr); code != 0 || stdout.String() != "packed with --add\n" {
+		t.Errorf("run of the --add image: exit %d, stdout %q, stderr %q", code, &stdout, &stderr)
 	}
 }
 

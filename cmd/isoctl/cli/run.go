@@ -65,8 +65,8 @@ status on stderr); 1 when isoctl failed before the program ran.`,
 	f.StringVar(&o.image, "image", "", "guest image file (see isoctl image build)")
 	f.StringArrayVar(&o.inputs, "input", nil, "host file to expose as /input/<basename> (repeatable)")
 	f.StringVar(&o.outputDir, "output-dir", "", "new or empty directory to receive the files written under /output")
-	f.DurationVar(&o.timeout, "timeout", 30*time.Second, "wall-clock limit (0: none)")
-	f.Var(&o.memory, "memory", "guest memory limit, e.g. 256MiB")
+	f.DurationVar(&o.timeout, "timeout", 30*time.Second, "wall-clock limit; 0 means none")
+	f.Var(&o.memory, "memory", fmt.Sprintf("guest memory limit, %d MiB to %d GiB, e.g. 256MiB", microvm.MinMemory>>20, microvm.MaxMemory>>30))
 	f.BoolVar(&o.stats, "stats", false, "print the micro VM statistics as JSON on stderr")
 	f.StringArrayVar(&o.env, "env", nil, "environment variable KEY=VALUE for the program (repeatable)")
 	cmd.MarkFlagRequired("image")
@@ -78,7 +78,21 @@ type signalCause struct{ sig unix.Signal }
 
 func (c *signalCause) Error() string { return "isoctl received " + unix.SignalName(c.sig) }
 
+// check refuses flag values isoctl cannot honour, before anything is set up.
+func (o *runOptions) check() error {
+	if o.timeout < 0 {
+		return fmt.Errorf("--timeout %v is negative: give a duration, or 0 for no limit", o.timeout)
+	}
+	if m := int64(o.memory); m < microvm.MinMemory || m > microvm.MaxMemory {
+		return fmt.Errorf("--memory %s is out of range: a micro VM takes %d MiB to %d GiB", formatSize(m), microvm.MinMemory>>20, microvm.MaxMemory>>30)
+	}
+	return nil
+}
+
 func (o *runOptions) run(cmd *cobra.Command, args []string) error {
+	if err := o.check(); err != nil {
+		return err
+	}
 	// SIGINT and SIGTERM stop the program, and isoctl exits 128+N as if killed by them.
 	ctx, cancel := context.WithCancelCause(cmd.Context())
 	defer cancel(nil)
@@ -289,6 +303,19 @@ func (s *sizeFlag) Set(v string) error {
 	}
 	*s = sizeFlag(n)
 	return nil
+}
+
+// formatSize writes a byte count as parseSize reads it, in the largest unit that divides it.
+func formatSize(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n != 0 && n%u.mult == 0 {
+			return fmt.Sprintf("%d%s", n/u.mult, u.suffix)
+		}
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // parseSize parses a byte count with an optional binary suffix (K, KiB, M, MiB, G, GiB).

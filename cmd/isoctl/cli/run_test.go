@@ -79,6 +79,10 @@ func TestRun(t *testing.T) {
 			wantStdout: "--stats --timeout 1s\n"},
 		{name: "timeout", flags: []string{"--timeout", "300ms"}, prog: []string{"/usr/bin/busybox", "sleep", "30"},
 			wantCode: 124, wantStderr: []string{"micro VM stopped"}},
+		// 0 is no limit, not a limit reached at once.
+		{name: "timeout 0 is none", flags: []string{"--timeout", "0"}, prog: []string{"/usr/bin/busybox", "sleep", "1"}},
+		{name: "memory bounds work", flags: []string{"--memory", "16MiB"}, prog: sh("echo small"), wantStdout: "small\n"},
+		{name: "largest memory", flags: []string{"--memory", "64GiB"}, prog: sh("echo large"), wantStdout: "large\n"},
 		{name: "missing program", prog: []string{"/usr/bin/nothere"}, wantCode: 1,
 			wantStderr: []string{"/usr/bin/nothere"}},
 		{name: "output dir not empty", flags: []string{"--output-dir", full}, prog: sh("echo ran"), wantCode: 1,
@@ -186,6 +190,30 @@ func TestRun(t *testing.T) {
 			t.Error("--output-dir made for a program that never ran is left behind")
 		}
 	})
+}
+
+// TestRunFlagErrors: flag values isoctl run cannot honour are refused, saying why, before
+// anything runs: a negative --timeout (it once meant no limit) and a --memory outside what
+// a micro VM takes.
+func TestRunFlagErrors(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "never-opened.img")
+	for _, tt := range []struct {
+		flags []string
+		want  string
+	}{
+		{[]string{"--timeout", "-1s"}, "--timeout -1s is negative: give a duration, or 0 for no limit"},
+		{[]string{"--timeout", "-1ns"}, "is negative"},
+		{[]string{"--memory", "65GiB"}, "--memory 65GiB is out of range: a micro VM takes 16 MiB to 64 GiB"},
+		{[]string{"--memory", "1000G"}, "--memory 1000GiB is out of range"},
+		{[]string{"--memory", "15MiB"}, "--memory 15MiB is out of range"},
+		{[]string{"--memory", "0"}, "--memory 0 bytes is out of range"},
+	} {
+		var stdout, stderr bytes.Buffer
+		args := append(append([]string{"run", "--image", img}, tt.flags...), "/bin/true")
+		if code := run(args, &stdout, &stderr); code != 1 || !strings.Contains(stderr.String(), tt.want) || stdout.Len() != 0 {
+			t.Errorf("isoctl %q: exit %d, stderr %q; want 1 and %q", args, code, &stderr, tt.want)
+		}
+	}
 }
 
 // TestRunSignal: isoctl run stops the micro VM when it gets SIGINT or SIGTERM, and exits
