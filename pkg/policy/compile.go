@@ -18,6 +18,14 @@ const (
 	builtinUntrustedAction = ActionIsolate
 )
 
+// Bounds of a handler's memory, those of a micro VM's guest memory (microvm.MinMemory and
+// MaxMemory; the daemon's tests check they agree): a policy asking for more or less fails
+// validation instead of every isolation with that handler.
+const (
+	MinHandlerMemory = 16 << 20
+	MaxHandlerMemory = 64 << 30
+)
+
 // Names of the pseudo-rules that decide when no rule matches.
 const (
 	RuleDefault          = "default"
@@ -330,8 +338,8 @@ func (c *compiler) handler(rf *rawFile, rh *rawHandler) {
 		}
 		h.Env = append(h.Env, e.s)
 	}
-	if rh.memory != 0 && rh.memory < 1<<20 {
-		c.errAt(f, rh.memoryLine, rh.memoryCol, "handler %q: memory %d is less than 1MiB", name.s, rh.memory)
+	if rh.memory != 0 && (rh.memory < MinHandlerMemory || rh.memory > MaxHandlerMemory) {
+		c.errAt(f, rh.memoryLine, rh.memoryCol, "handler %q: memory %d is not between 16MiB and 64GiB", name.s, rh.memory)
 	}
 	seen := map[Output]bool{}
 	for _, r := range rh.returns {

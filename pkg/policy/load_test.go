@@ -212,7 +212,7 @@ rules:
 				`a.yaml:4:12: handler "bad": image "../etc/x" must be a plain image name`,
 				`a.yaml:5:14: program "usr/bin/x" must be a clean absolute guest path`,
 				`a.yaml:6:12: unknown placeholder {inptu}`,
-				`a.yaml:7:13: handler "bad": memory 10 is less than 1MiB`,
+				`a.yaml:7:13: handler "bad": memory 10 is not between 16MiB and 64GiB`,
 				`a.yaml:8:14: handler "bad" timeout must be a duration`,
 				`a.yaml:9:15: unknown returns value "everything"`,
 			},
