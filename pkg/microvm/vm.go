@@ -203,9 +203,12 @@ func (vm *VM) Run(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	var first func(*thread, *kvmhv.VCPU)
+	var first func(*thread, *kvmhv.VCPU) error
 	if vm.vdso {
-		first = func(_ *thread, v *kvmhv.VCPU) { vm.startClock(v) }
+		first = func(_ *thread, v *kvmhv.VCPU) error {
+			vm.startClock(v) // without a clock, the vDSO makes system calls
+			return nil
+		}
 	}
 	if _, err := vm.startThread(entry, first); err != nil {
 		return nil, err
