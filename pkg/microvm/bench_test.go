@@ -13,10 +13,14 @@ import (
 func BenchmarkBusyboxTrue(b *testing.B) {
 	sys := requireKVM(b)
 	im := busyboxImage(b)
-	for _, pooled := range []bool{false, true} {
-		name := map[bool]string{false: "cold", true: "pooled"}[pooled]
-		b.Run(name, func(b *testing.B) {
-			cfg := Config{KVM: sys, Image: im, Program: "/usr/bin/busybox", Args: []string{"busybox", "true"}, Timeout: 10 * time.Second}
+	for _, c := range []struct {
+		name           string
+		pooled, noVDSO bool
+	}{{"cold", false, false}, {"pooled", true, false}, {"pooled-novdso", true, true}} {
+		pooled := c.pooled
+		b.Run(c.name, func(b *testing.B) {
+			cfg := Config{KVM: sys, Image: im, Program: "/usr/bin/busybox", Args: []string{"busybox", "true"}, Timeout: 10 * time.Second,
+				NoVDSO: c.noVDSO}
 			if pooled {
 				p, err := NewPool(PoolConfig{KVM: sys})
 				if err != nil {

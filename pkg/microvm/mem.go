@@ -18,7 +18,7 @@ const (
 	pieBase    = 0x5555_5555_4000 // load address of a position-independent program
 	mmapTop    = 0x7fff_f000_0000 // mmap allocates downwards from here
 	mmapBottom = 0x1000_0000
-	stackTop   = 0x7fff_ffff_f000
+	stackTop   = 0x7fff_ffff_d000
 	stackSize  = 8 << 20
 	maxBrk     = 1 << 30 // the heap may grow at most this far past its start
 )

@@ -152,6 +152,7 @@ func (p *Pool) Close() error {
 // vCPU created on a locked OS thread that waits for the program's first thread.
 type shell struct {
 	hv    *kvmhv.VM
+	tsc   *kvmhv.TSCReading      // the first vCPU's TSC, read ahead for the vDSO; nil if none
 	start chan func(*kvmhv.VCPU) // the parked thread runs what it receives, then exits
 	done  chan struct{}          // closed when the parked goroutine has returned
 }
@@ -172,6 +173,9 @@ func newShell(sys *kvmhv.System, memory int64, maxVCPUs int) (*shell, error) {
 		if err != nil {
 			ready <- err
 			return
+		}
+		if r, err := v.ReadTSC(); err == nil {
+			sh.tsc = &r // no reading where the host's TSC is no clock: startClock says so
 		}
 		ready <- nil
 		if fn, ok := <-sh.start; ok {

@@ -25,7 +25,8 @@ import (
 // secret and gives the guest nothing it could not do itself: it is guest code, running at
 // CPL3 like the program, and `rdtsc` is open to the program anyway.
 const (
-	vvarAddr      = 0x7fff_f7ff_e000 // parameters page, read-only; above the mmap area, below the stack
+	vvarAddr = stackTop // parameters page, read-only; above the stack, sharing its page table
+
 	vdsoAddr      = vvarAddr + pageSize
 	vdsoCodeOff   = 0x800 // offset of vdsoCode in the ELF image: its RIP-relative operands depend on it
 	vdsoSoname    = "linux-vdso.so.1"
@@ -429,12 +430,21 @@ func (vm *VM) mapVDSO() (bool, error) {
 	return true, nil
 }
 
-// startClock fills the vvar page from a reading of the first vCPU's TSC, on that vCPU's
-// thread before the program's first instruction. If the reading fails the page stays
-// zero and every time call goes to the VMM (Stats.GuestClock says which happened).
-func (vm *VM) startClock(v *kvmhv.VCPU) {
-	r, err := v.ReadTSC()
-	if err != nil || r.KHz < 1000 {
+// startClock fills the vvar page from a reading of the first vCPU's TSC: the one its
+// Pool took when it made the VM ahead of need, or one taken now on the vCPU's thread, before
+// the program's first instruction. The other clocks' offsets from CLOCK_MONOTONIC are
+// taken now. If there is no reading the page stays zero and every time call goes to the
+// VMM (Stats.GuestClock says which happened).
+func (vm *VM) startClock(v *kvmhv.VCPU, ahead *kvmhv.TSCReading) {
+	r := ahead
+	if r == nil {
+		now, err := v.ReadTSC()
+		if err != nil {
+			return
+		}
+		r = &now
+	}
+	if r.KHz < 1000 {
 		return
 	}
 	page := make([]byte, vvarOffset+8*8)

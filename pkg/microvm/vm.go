@@ -205,8 +205,12 @@ func (vm *VM) Run(ctx context.Context) (*Result, error) {
 	}
 	var first func(*thread, *kvmhv.VCPU) error
 	if vm.vdso {
+		var ahead *kvmhv.TSCReading
+		if vm.shell != nil {
+			ahead = vm.shell.tsc // read before the first thread takes the shell
+		}
 		first = func(_ *thread, v *kvmhv.VCPU) error {
-			vm.startClock(v) // without a clock, the vDSO makes system calls
+			vm.startClock(v, ahead) // without a clock, the vDSO makes system calls
 			return nil
 		}
 	}
