@@ -193,12 +193,7 @@ func (c *Client) Logs(ctx context.Context, id string, follow bool, fn func(api.E
 	if err != nil {
 		return err
 	}
-	return stream(resp, func(ev api.Event) error {
-		if ev.Type == api.EventEnd {
-			return nil
-		}
-		return fn(ev)
-	})
+	return streamToEnd(resp, fn)
 }
 
 // Results calls fn with the results of a finished task: a result event that describes its
@@ -209,12 +204,7 @@ func (c *Client) Results(ctx context.Context, id string, fn func(api.Event) erro
 	if err != nil {
 		return err
 	}
-	return stream(resp, func(ev api.Event) error {
-		if ev.Type == api.EventEnd {
-			return nil
-		}
-		return fn(ev)
-	})
+	return streamToEnd(resp, fn)
 }
 
 // Kill stops a task and returns it in its final state.
@@ -252,4 +242,15 @@ func (c *Client) Metrics(ctx context.Context) ([]byte, error) {
 	}
 	defer resp.Body.Close()
 	return io.ReadAll(resp.Body)
+}
+
+// streamToEnd is stream for the routes that mark their end with an EventEnd, which is not
+// passed on to fn.
+func streamToEnd(resp *http.Response, fn func(api.Event) error) error {
+	return stream(resp, func(ev api.Event) error {
+		if ev.Type == api.EventEnd {
+			return nil
+		}
+		return fn(ev)
+	})
 }

@@ -730,24 +730,15 @@ func (g *Gate) writeState(fd, pid int, dev, ino uint64) writeState {
 // per file version per IsolateInterval. It does not isolate anything: the download is
 // decided when it completes.
 func (g *Gate) tempExecRefused(key cacheKey, path string, st *unix.Stat_t, pid int) {
-	now := time.Now()
-	g.mu.Lock()
-	last, ok := g.execRefused[key]
-	if ok && now.Sub(last) < g.cfg.IsolateInterval {
-		g.mu.Unlock()
+	if !g.firstInInterval(g.execRefused, key) {
 		return
 	}
-	if len(g.execRefused) >= maxCacheEntries {
-		clear(g.execRefused)
-	}
-	g.execRefused[key] = now
-	g.mu.Unlock()
 	fi := FileInfo{Path: path, Trigger: TriggerExec, Dev: st.Dev, Ino: st.Ino, Size: st.Size,
 		Mode: fileMode(st.Mode), UID: st.Uid, Ctime: time.Unix(st.Ctim.Unix()), Mtime: time.Unix(st.Mtim.Unix()),
 		PID: pid, Program: exeOf(pid)}
 	v := Verdict{Action: ActionDeny, Reason: "an in-progress download is never executed"}
 	g.log.Info("gate: execution of an in-progress download refused", "path", path, "pid", pid, "program", fi.Program)
-	g.cfg.Sink.Notify(Event{Kind: EventDenied, Time: now, File: fi, Verdict: v,
+	g.cfg.Sink.Notify(Event{Kind: EventDenied, Time: time.Now(), File: fi, Verdict: v,
 		Message: fmt.Sprintf("%s was not executed: it is an in-progress download", filepath.Base(path))})
 }
 
@@ -892,21 +883,29 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 	}
 }
 
+// firstInInterval reports whether key was not seen in last (one of the Gate's maps guarded
+// by mu) within IsolateInterval, and records it as seen now. last is cleared when it
+// reaches maxCacheEntries.
+func (g *Gate) firstInInterval(last map[cacheKey]time.Time, key cacheKey) bool {
+	now := time.Now()
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if t, ok := last[key]; ok && now.Sub(t) < g.cfg.IsolateInterval {
+		return false
+	}
+	if len(last) >= maxCacheEntries {
+		clear(last)
+	}
+	last[key] = now
+	return true
+}
+
 // afterDeny starts the isolation (for ActionIsolate) and tells the owner, at most once per
 // file per IsolateInterval.
 func (g *Gate) afterDeny(key cacheKey, fi FileInfo, v Verdict) {
-	now := time.Now()
-	g.mu.Lock()
-	last, ok := g.isolated[key]
-	if ok && now.Sub(last) < g.cfg.IsolateInterval {
-		g.mu.Unlock()
+	if !g.firstInInterval(g.isolated, key) {
 		return
 	}
-	if len(g.isolated) >= maxCacheEntries {
-		clear(g.isolated)
-	}
-	g.isolated[key] = now
-	g.mu.Unlock()
 	msg := fmt.Sprintf("%s was not opened on the host: %s (%s)", filepath.Base(fi.Path), v.Action, v.Reason)
 	if v.Action == ActionIsolate {
 		msg = fmt.Sprintf("%s is untrusted: opening it in a micro VM (%s)", filepath.Base(fi.Path), v.Reason)
@@ -914,7 +913,7 @@ func (g *Gate) afterDeny(key cacheKey, fi FileInfo, v Verdict) {
 	}
 	g.log.Info("gate: open denied", "path", fi.Path, "pid", fi.PID, "program", fi.Program,
 		"action", v.Action, "rule", v.Rule)
-	g.cfg.Sink.Notify(Event{Kind: EventDenied, Time: now, File: fi, Verdict: v, Message: msg})
+	g.cfg.Sink.Notify(Event{Kind: EventDenied, Time: time.Now(), File: fi, Verdict: v, Message: msg})
 }
 
 func (g *Gate) lookup(key cacheKey, now time.Time) (Verdict, bool) {
