@@ -178,6 +178,10 @@ func (f *FS) setxattr(n node, name string, value []byte, flags int) error {
 		return unix.EOPNOTSUPP
 	case !mem || f.xattrSupport(n) != xattrMemory:
 		return unix.EOPNOTSUPP
+	case m.nlink == 0 && m.opens == 0:
+		// Removed and already freed (a directory's opens are not counted, so an rmdir frees
+		// it at once): nothing would release a new charge.
+		return unix.ENOENT
 	}
 	old, exists := m.xattrs[name]
 	switch {

@@ -2,6 +2,7 @@ package guestfs
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"testing"
 
@@ -69,5 +70,32 @@ func TestXattrCharged(t *testing.T) {
 	}
 	if names, err := b.Listxattr(); err != nil || len(names) != 256 {
 		t.Errorf("listxattr: %d names, %v", len(names), err)
+	}
+}
+
+// TestXattrRemovedDirectory: a directory removed while open takes no attribute (a
+// directory's opens are not counted, so it is freed at once and nothing would release the
+// charge); twenty rounds of it leave the scratch space as it was.
+func TestXattrRemovedDirectory(t *testing.T) {
+	f := newTestFS(t, func(c *Config) { c.ScratchBytes = 1 << 20 })
+	before, _ := f.Usage()
+	for i := 0; i < 20; i++ {
+		if err := f.Mkdir("/", "/tmp/d", 0o755); err != nil {
+			t.Fatal(err)
+		}
+		d, err := f.Open("/", "/tmp/d", unix.O_RDONLY|unix.O_DIRECTORY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := f.Unlink("/", "/tmp/d", true); err != nil {
+			t.Fatal(err)
+		}
+		if err := d.Setxattr("user.x", bytes.Repeat([]byte("v"), 60000), 0); !errors.Is(err, unix.ENOENT) {
+			t.Fatalf("round %d: setxattr on a removed directory: %v, want ENOENT", i, err)
+		}
+		d.Close()
+	}
+	if after, _ := f.Usage(); after != before {
+		t.Errorf("scratch bytes used %d, %d before", after, before)
 	}
 }

@@ -42,6 +42,11 @@ func (s *System) hostTSCReason() string {
 	if ok, _ := ioctl(s.fd, kvmCheckExtension, capGetTSCKHz); ok == 0 {
 		return "KVM does not report the guest TSC frequency (no KVM_CAP_GET_TSC_KHZ)"
 	}
+	return clocksourceReason()
+}
+
+// clocksourceReason is why the host kernel's clock source is not the TSC, or "".
+func clocksourceReason() string {
 	b, err := os.ReadFile(clocksourcePath)
 	if err != nil {
 		return fmt.Sprintf("host clock source unknown: %v", err)
@@ -66,6 +71,11 @@ func (v *VCPU) readTSC() (uint64, error) {
 // says no. Call it from the vCPU's thread while the vCPU is not running.
 func (v *VCPU) ReadTSC() (TSCReading, error) {
 	if ok, why := v.vm.sys.GuestTSC(); !ok {
+		return TSCReading{}, fmt.Errorf("%w: %s", ErrNoGuestTSC, why)
+	}
+	// The host kernel may have given up on the TSC since Open (it marks an unstable TSC
+	// and switches clock source at run time).
+	if why := clocksourceReason(); why != "" {
 		return TSCReading{}, fmt.Errorf("%w: %s", ErrNoGuestTSC, why)
 	}
 	khz, err := ioctl(v.fd, kvmGetTSCKHz, 0)

@@ -10,6 +10,7 @@ import (
 	goimage "image"
 	"image/color"
 	"image/png"
+	"io/fs"
 	"maps"
 	"os"
 	"os/exec"
@@ -564,6 +565,18 @@ func makeHostTree(t *testing.T) (root, skip string) {
 		t.Fatal(err)
 	}
 	if err := os.Symlink(strings.Repeat("long/", 15)+"target", filepath.Join(tr, "longlink")); err != nil {
+		t.Fatal(err)
+	}
+	// Fixed times: the image built from the first tree is cached for the test binary, and a
+	// later tree (go test -count=N) must list the same.
+	fixed := unix.NsecToTimespec(time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC).UnixNano())
+	err := filepath.WalkDir(root, func(p string, _ fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		return unix.UtimesNanoAt(unix.AT_FDCWD, p, []unix.Timespec{fixed, fixed}, unix.AT_SYMLINK_NOFOLLOW)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	var sfs unix.Statfs_t

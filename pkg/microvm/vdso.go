@@ -430,13 +430,28 @@ func (vm *VM) mapVDSO() (bool, error) {
 	return true, nil
 }
 
+// maxReadingAge bounds the age of a Pool's TSC reading. The vDSO counts from it at KVM's
+// nominal TSC rate while the host's CLOCK_MONOTONIC follows NTP's frequency correction
+// (tens of parts per million), and stops across a suspend while the TSC may not: an old
+// reading would put the guest's clocks off the host's by its age times that correction.
+const maxReadingAge = time.Second
+
+// freshReading returns r unless it is nil or older than maxReadingAge at host
+// CLOCK_MONOTONIC now (the VM waited in its Pool).
+func freshReading(r *kvmhv.TSCReading, now time.Duration) *kvmhv.TSCReading {
+	if r == nil || now-r.Monotonic > maxReadingAge {
+		return nil
+	}
+	return r
+}
+
 // startClock fills the vvar page from a reading of the first vCPU's TSC: the one its
 // Pool took when it made the VM ahead of need, or one taken now on the vCPU's thread, before
 // the program's first instruction. The other clocks' offsets from CLOCK_MONOTONIC are
 // taken now. If there is no reading the page stays zero and every time call goes to the
 // VMM (Stats.GuestClock says which happened).
 func (vm *VM) startClock(v *kvmhv.VCPU, ahead *kvmhv.TSCReading) {
-	r := ahead
+	r := freshReading(ahead, monotonicNow())
 	if r == nil {
 		now, err := v.ReadTSC()
 		if err != nil {

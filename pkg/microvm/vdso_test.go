@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/isolator-dev/isolator/pkg/image"
+	"github.com/isolator-dev/isolator/pkg/kvmhv"
 )
 
 // vdsoSymname names the vvar fields for the disassembler.
@@ -309,9 +310,18 @@ func TestVDSOClocks(t *testing.T) {
 	if !usable {
 		t.Logf("this host's TSC cannot serve as a guest clock (%s): only the system-call path is checked", why)
 	}
+	pool, err := NewPool(PoolConfig{KVM: sys})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close()
 	for _, prog := range []string{"/bin/clockprog-static", "/bin/clockprog-dynamic"} {
-		for _, noVDSO := range []bool{false, true} {
-			t.Run(fmt.Sprintf("%s noVDSO=%v", filepath.Base(prog), noVDSO), func(t *testing.T) {
+		for _, c := range []struct {
+			noVDSO bool
+			pool   *Pool // a VM made ahead of need, with its TSC read then
+		}{{false, nil}, {true, nil}, {false, pool}} {
+			noVDSO := c.noVDSO
+			t.Run(fmt.Sprintf("%s noVDSO=%v pooled=%v", filepath.Base(prog), noVDSO, c.pool != nil), func(t *testing.T) {
 				n := "200000"
 				if noVDSO || !usable {
 					n = "20" // each read is a VM exit
@@ -319,7 +329,7 @@ func TestVDSOClocks(t *testing.T) {
 				var stdout, stderr bytes.Buffer
 				before := hostClocks()
 				res, err := Run(context.Background(), Config{KVM: sys, Image: im, Program: prog, Args: []string{prog, n},
-					Stdout: &stdout, Stderr: &stderr, Timeout: time.Minute, NoVDSO: noVDSO})
+					Stdout: &stdout, Stderr: &stderr, Timeout: time.Minute, NoVDSO: noVDSO, Pool: c.pool})
 				after := hostClocks()
 				if err != nil {
 					t.Fatal(err)
@@ -387,6 +397,27 @@ func TestVDSOGoProgram(t *testing.T) {
 	if !res.Stats.GuestClock || res.Stats.Syscalls["clock_gettime"] != 0 {
 		t.Errorf("GuestClock %v, clock_gettime system calls %d: the Go runtime did not use the vDSO",
 			res.Stats.GuestClock, res.Stats.Syscalls["clock_gettime"])
+	}
+}
+
+// TestFreshReading: a Pool's TSC reading serves only while it is younger than
+// maxReadingAge; an older one, or none, is taken again at start.
+func TestFreshReading(t *testing.T) {
+	r := &kvmhv.TSCReading{Monotonic: 10 * time.Second}
+	for _, c := range []struct {
+		r    *kvmhv.TSCReading
+		now  time.Duration
+		keep bool
+	}{
+		{nil, 10 * time.Second, false},
+		{r, 10 * time.Second, true},
+		{r, 10*time.Second + maxReadingAge, true},
+		{r, 10*time.Second + maxReadingAge + 1, false},
+		{r, 8 * time.Hour, false},
+	} {
+		if got := freshReading(c.r, c.now); (got != nil) != c.keep {
+			t.Errorf("freshReading(%v, %v) = %v, want kept %v", c.r, c.now, got, c.keep)
+		}
 	}
 }
 

@@ -373,7 +373,6 @@ func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU) e
 		vm.idle = vm.idle[:n-1]
 	}
 	vm.threadMu.Unlock()
-	vm.stats.threads.Add(1)
 
 	ready := make(chan error, 1)
 	run := func(v *kvmhv.VCPU, park func()) {
@@ -431,6 +430,7 @@ func (vm *VM) startThread(regs kvmhv.Regs, init func(t *thread, v *kvmhv.VCPU) e
 		vm.removeThread(t)
 		return nil, err
 	}
+	vm.stats.threads.Add(1) // a thread that failed to start is not counted
 	return t, nil
 }
 
