@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -213,7 +212,15 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 		g.allow[filepath.Clean(p)] = true
 	}
 	for _, d := range cfg.Dirs {
-		if err := g.AddTree(d); err != nil {
+		root, err := resolveRoot(d)
+		if err != nil {
+			g.Close()
+			return nil, fmt.Errorf("new gate: mark %s: %w", d, err)
+		}
+		if root.Path != filepath.Clean(d) {
+			log.Info("gate: directory resolved", "dir", d, "resolved", root.Path)
+		}
+		if err := g.AddTree(root); err != nil {
 			g.Close()
 			return nil, fmt.Errorf("new gate: %w", err)
 		}
@@ -224,44 +231,24 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 // Audit reports whether denials are sent to the audit log (FAN_ENABLE_AUDIT was accepted).
 func (g *Gate) Audit() bool { return g.audit }
 
-// AddTree marks a configured directory, with symbolic links resolved, and (unless
-// NoRecursive) its subdirectories. It fails unless the directory itself ends up marked.
-func (g *Gate) AddTree(dir string) error {
-	root, err := resolveRoot(dir)
+// AddTree marks the directory d and (unless NoRecursive) its subdirectories, through a
+// descriptor of d checked to be the directory d describes (see Dir) and descriptors of
+// its subdirectories opened from it: nothing outside d's tree is marked, whatever is
+// swapped in meanwhile. It fails unless d itself ends up marked.
+func (g *Gate) AddTree(d Dir) error {
+	fd, err := d.open()
 	if err != nil {
-		return fmt.Errorf("mark %s: %w", dir, err)
+		return fmt.Errorf("mark %s: %w", d.Path, err)
 	}
-	if root != filepath.Clean(dir) {
-		g.log.Info("gate: directory resolved", "dir", dir, "resolved", root)
-	}
-	if g.cfg.NoRecursive {
-		return g.AddDir(root)
-	}
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if p == root {
-				return err
-			}
-			return nil
+	defer unix.Close(fd)
+	visit := func(fd int, p string) (bool, error) {
+		err := g.markDir(fd, p)
+		if err != nil && p != d.Path {
+			g.log.Warn("gate: directory not marked", "dir", p, "err", err)
 		}
-		if !d.IsDir() {
-			return nil
-		}
-		if err := g.AddDir(p); err != nil && p == root {
-			return err
-		}
-		return nil
-	})
-	if err != nil {
-		return err
+		return !g.cfg.NoRecursive, err
 	}
-	g.mu.Lock()
-	_, ok := g.marked[root]
-	g.mu.Unlock()
-	if !ok {
-		return fmt.Errorf("mark %s: not marked (replaced meanwhile?)", root)
-	}
-	return nil
+	return walkDirs(fd, d.Path, visit, nil)
 }
 
 // AddDir marks one more directory: opens and execs of its direct children are gated. The
@@ -277,25 +264,30 @@ func (g *Gate) AddDir(dir string) error {
 		return fmt.Errorf("mark %s: %w", abs, err)
 	}
 	defer unix.Close(fd)
+	return g.markDir(fd, abs)
+}
+
+// markDir marks the directory open as fd, named path, unless it is marked already.
+func (g *Gate) markDir(fd int, path string) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("mark %s: %w", abs, err)
+		return fmt.Errorf("mark %s: %w", path, err)
 	}
 	ik := inodeKey{st.Dev, st.Ino}
 	g.mu.Lock()
-	done := g.marked[abs] == ik
+	done := g.marked[path] == ik
 	g.mu.Unlock()
 	if done {
 		return nil
 	}
-	err = g.fan(func(gfd int) error {
+	err := g.fan(func(gfd int) error {
 		return unix.FanotifyMark(gfd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR, gateMask, fd, "")
 	})
 	if err != nil {
-		return fmt.Errorf("mark %s: %w", abs, err)
+		return fmt.Errorf("mark %s: %w", path, err)
 	}
 	g.mu.Lock()
-	g.marked[abs] = ik
+	g.marked[path] = ik
 	g.mu.Unlock()
 	return nil
 }
