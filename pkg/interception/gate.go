@@ -23,6 +23,10 @@ const (
 	DefaultIsolateInterval = time.Minute
 	defaultMaxConcurrent   = 64
 	maxCacheEntries        = 1 << 16
+	// maxIgnoreMarks bounds the trusted files given an ignore mark (and remembered, so
+	// that Invalidate can take it away); beyond it trusted files are answered from the
+	// cache until the next Invalidate.
+	maxIgnoreMarks = 1 << 16
 )
 
 // gateMask is what every directory is marked for: permission to open or execute any of its
@@ -93,20 +97,20 @@ type GateStats struct {
 
 // Gate answers fanotify permission events for the files of a set of directories.
 type Gate struct {
-	cfg      GateConfig
-	f        *os.File // the fanotify group; closing it lets the kernel allow everything pending
-	fd       int
-	audit    bool        // the group was created with FAN_ENABLE_AUDIT
-	evict    atomic.Bool // FAN_MARK_EVICTABLE is accepted for ignore marks
-	noIgnore atomic.Bool // ignore marks failed once; stop trying
-	self     int32
-	allow    map[string]bool
-	sem      chan struct{}
-	log      *slog.Logger
-	ctx      context.Context // cancelled after the group is closed
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	stopOnce sync.Once
+	cfg        GateConfig
+	f          *os.File    // the fanotify group; closing it lets the kernel allow everything pending
+	audit      bool        // the group was created with FAN_ENABLE_AUDIT
+	evict      atomic.Bool // FAN_MARK_EVICTABLE is accepted for ignore marks
+	noIgnore   atomic.Bool // ignore marks failed once; stop trying
+	ignoreFull atomic.Bool // maxIgnoreMarks was reached once (logged)
+	self       int32
+	allow      map[string]bool
+	sem        chan struct{}
+	log        *slog.Logger
+	ctx        context.Context // cancelled after the group is closed
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	stopOnce   sync.Once
 
 	events, allowed, denied, hits, fallbacks, marksEvicted, writing atomic.Uint64
 
@@ -119,8 +123,13 @@ type Gate struct {
 	markWarned, inoWarned atomic.Bool // a failure to mark or watch a file was logged
 	recordWarned          atomic.Bool // a failure to write a record was logged
 
+	// gen counts invalidations. A verdict decided in an older generation is not cached,
+	// gives no ignore mark, and leaves an untrusted inode stale. Changed with mu held.
+	gen atomic.Uint64
+
 	mu          sync.Mutex
 	cache       map[cacheKey]cacheEntry // guarded by mu
+	ignored     map[inodeKey]*fileRef   // guarded by mu; trusted files given an ignore mark
 	isolated    map[cacheKey]time.Time  // guarded by mu; last Isolate/notification per file
 	execRefused map[cacheKey]time.Time  // guarded by mu; last notice of a refused exec of an in-progress download
 	marked      map[string]inodeKey     // guarded by mu; directories marked, and their inodes
@@ -186,7 +195,6 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 	g := &Gate{
 		cfg:         cfg,
 		f:           os.NewFile(uintptr(fd), "fanotify"),
-		fd:          fd,
 		audit:       audit,
 		self:        int32(os.Getpid()),
 		allow:       make(map[string]bool, len(cfg.AllowPrograms)),
@@ -195,6 +203,7 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 		ctx:         ctx,
 		cancel:      cancel,
 		cache:       make(map[cacheKey]cacheEntry),
+		ignored:     make(map[inodeKey]*fileRef),
 		isolated:    make(map[cacheKey]time.Time),
 		execRefused: make(map[cacheKey]time.Time),
 		marked:      make(map[string]inodeKey),
@@ -292,39 +301,61 @@ func (g *Gate) markDir(fd int, path string) error {
 	return nil
 }
 
-// Invalidate forgets every cached verdict, for example after the policy was reloaded or a
-// file released. It flushes the group's inode marks, which drops the ignore marks of
-// trusted files, and marks the directories and the untrusted files again; opens in between
-// (microseconds) are not gated. The untrusted files keep their verdicts until their next
-// open, which is decided again (with the origins first observed).
+// Invalidate forgets every verdict, for example after the policy was reloaded: the
+// cache is cleared, the untrusted files' verdicts become stale (they keep their marks and
+// are decided again at their next open, with the origins first observed) and the ignore
+// marks of trusted files are removed, one by one, so that their next opens are asked
+// about again. No mark that gates anything is ever removed: the directories and the
+// untrusted files are gated throughout. A trusted file whose ignore mark is not removed
+// yet opens as before for that instant. Verdicts decided before the call and answered
+// after it are not cached (see gen).
 func (g *Gate) Invalidate() error {
 	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.gen.Add(1)
 	clear(g.cache)
-	if err := unix.FanotifyMark(g.fd, unix.FAN_MARK_FLUSH, 0, unix.AT_FDCWD, ""); err != nil {
-		return fmt.Errorf("invalidate: flush marks: %w", err)
+	for _, u := range g.files {
+		u.stale = true
 	}
-	g.remarkLocked()
+	ignored := g.ignored
+	g.ignored = make(map[inodeKey]*fileRef)
+	g.mu.Unlock()
+	mounts := map[int]string{}
 	var errs []error
-	for dir := range g.marked {
-		fd, err := openDir(dir)
-		if err == nil {
-			var st unix.Stat_t
-			if err = unix.Fstat(fd, &st); err == nil {
-				g.marked[dir] = inodeKey{st.Dev, st.Ino}
-				err = unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR, gateMask, fd, "")
-			}
-			unix.Close(fd)
-		}
-		if err != nil {
-			delete(g.marked, dir)
-			// A directory removed, renamed or replaced since is no longer gated there.
-			if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) && !errors.Is(err, unix.ELOOP) {
-				errs = append(errs, fmt.Errorf("invalidate: mark %s: %w", dir, err))
-			}
+	for _, ref := range ignored {
+		err := g.withHandle(ref, mounts, func(path string) error {
+			return g.fan(func(gfd int) error {
+				return unix.FanotifyMark(gfd, unix.FAN_MARK_REMOVE|unix.FAN_MARK_IGNORED_MASK, unix.FAN_OPEN_PERM, unix.AT_FDCWD, path)
+			})
+		})
+		// Gone: the file (ESTALE), or its ignore mark (ENOENT: cleared by a write,
+		// evicted with the inode); or the Gate is closed.
+		if err != nil && !errors.Is(err, unix.ESTALE) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, os.ErrClosed) {
+			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		return fmt.Errorf("invalidate: remove %d ignore marks: %w", len(errs), errors.Join(errs...))
+	}
+	return nil
+}
+
+// InvalidateFile forgets the verdict of the file open as f, for example after it was
+// released: its cached verdict is dropped and, if it is untrusted, its verdict becomes
+// stale (it keeps its mark and is decided again at its next open). Unlike Invalidate it
+// costs the same however many files the Gate knows, and touches no other file.
+func (g *Gate) InvalidateFile(f *os.File) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("invalidate %s: %w", f.Name(), err)
+	}
+	key := cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.cache, key)
+	if u := g.files[inodeKey{st.Dev, st.Ino}]; u != nil {
+		u.stale = true
+	}
+	return nil
 }
 
 // ignoreOpens adds an ignore mark for FAN_OPEN_PERM to the trusted file open as fd, so the
@@ -334,13 +365,38 @@ func (g *Gate) Invalidate() error {
 // Executions keep being asked (FAN_OPEN_EXEC_PERM is not ignored) so that a changed mode
 // or name is seen by the Decider through the cache key. If the file changed between the
 // decision and the mark, the mark is removed again.
-func (g *Gate) ignoreOpens(fd int, key cacheKey) {
+//
+// The file is remembered (its file handle, at most maxIgnoreMarks files), so that
+// Invalidate can remove the mark; a file that cannot be remembered gets none. Nor does a
+// verdict decided before the last invalidation (gen).
+func (g *Gate) ignoreOpens(fd int, key cacheKey, gen uint64) {
 	if g.noIgnore.Load() {
 		return
 	}
+	ref, err := refOf(fd)
+	if err != nil {
+		g.log.Debug("gate: no file handle for an ignore mark", "err", err)
+		return
+	}
+	ik := inodeKey{key.dev, key.ino}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.gen.Load() != gen {
+		return
+	}
+	if _, ok := g.ignored[ik]; !ok && len(g.ignored) >= maxIgnoreMarks {
+		if !g.ignoreFull.Swap(true) {
+			g.log.Warn("gate: too many trusted files with an ignore mark; more are answered from the cache until the next invalidation",
+				"max", maxIgnoreMarks)
+		}
+		return
+	}
+	g.ignored[ik] = ref
 	flags := uint(unix.FAN_MARK_ADD | unix.FAN_MARK_IGNORED_MASK)
 	if g.evict.Load() {
-		err := unix.FanotifyMark(g.fd, flags|unix.FAN_MARK_EVICTABLE, unix.FAN_OPEN_PERM, fd, "")
+		err := g.fan(func(gfd int) error {
+			return unix.FanotifyMark(gfd, flags|unix.FAN_MARK_EVICTABLE, unix.FAN_OPEN_PERM, fd, "")
+		})
 		if err == nil {
 			g.recheck(fd, key)
 			return
@@ -351,7 +407,7 @@ func (g *Gate) ignoreOpens(fd int, key cacheKey) {
 		}
 		g.evict.Store(false) // kernel older than 5.19
 	}
-	if err := unix.FanotifyMark(g.fd, flags, unix.FAN_OPEN_PERM, fd, ""); err != nil {
+	if err := g.fan(func(gfd int) error { return unix.FanotifyMark(gfd, flags, unix.FAN_OPEN_PERM, fd, "") }); err != nil {
 		g.ignoreFailed(err)
 		return
 	}
@@ -364,8 +420,10 @@ func (g *Gate) recheck(fd int, key cacheKey) {
 		(cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}) == key {
 		return
 	}
-	err := unix.FanotifyMark(g.fd, unix.FAN_MARK_REMOVE|unix.FAN_MARK_IGNORED_MASK, unix.FAN_OPEN_PERM, fd, "")
-	if err != nil && !errors.Is(err, unix.ENOENT) {
+	err := g.fan(func(gfd int) error {
+		return unix.FanotifyMark(gfd, unix.FAN_MARK_REMOVE|unix.FAN_MARK_IGNORED_MASK, unix.FAN_OPEN_PERM, fd, "")
+	})
+	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, os.ErrClosed) {
 		g.log.Error("gate: remove ignore mark of changed file", "err", err)
 	}
 }
@@ -503,6 +561,7 @@ func (g *Gate) handle(ev permEvent) {
 	}
 	g.events.Add(1)
 	start := time.Now()
+	gen := g.gen.Load()
 	if ev.pid == g.self {
 		g.respond(fd, true)
 		return
@@ -545,7 +604,7 @@ func (g *Gate) handle(ev permEvent) {
 		if cached && v.Action == ActionTrust {
 			g.hits.Add(1)
 			if ev.mask&unix.FAN_OPEN_PERM != 0 {
-				g.ignoreOpens(fd, key) // the earlier ignore mark was evicted or cleared
+				g.ignoreOpens(fd, key, gen) // the earlier ignore mark was evicted or cleared
 			}
 			g.respond(fd, true)
 			return
@@ -634,7 +693,7 @@ func (g *Gate) handle(ev permEvent) {
 				}
 			}
 		}
-		g.decide(fd, key, fi, start, prev)
+		g.decide(fd, key, fi, start, prev, gen)
 	}()
 }
 
@@ -751,7 +810,7 @@ func recordRefuses(fd int) bool {
 // with the origins observed when the inode was first decided. While the content is not
 // known to differ from the untrusted one, a failure or a late answer denies the open
 // whatever Fallback says.
-func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *untrusted) {
+func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *untrusted, gen uint64) {
 	if fi.Program == "" {
 		fi.Program = exeOf(fi.PID)
 	}
@@ -824,7 +883,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 		if !v.Action.Valid() {
 			v.Action = ActionDeny
 		}
-		g.store(key, v) // a late verdict still serves the next open
+		g.store(key, v, gen) // a late verdict still serves the next open
 		// The hash of the content keeps an untrusted one recognised under another name,
 		// and goes into the record on the file. A small file is hashed before the answer.
 		sum := v.SHA256
@@ -833,10 +892,10 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 				sum = s
 			}
 		}
-		g.remember(dup, key, fi.Path, v, sum, o)
+		g.remember(dup, key, fi.Path, v, sum, o, gen)
 		rkey := key
 		if sum != "" {
-			rkey = g.record(dup, key, fi, v, sum)
+			rkey = g.record(dup, key, fi, v, sum, gen)
 		}
 		done <- result{v: v, key: rkey}
 		if sum != "" {
@@ -850,7 +909,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			g.setSum(key, s)
 		}
 		<-answered
-		g.record(dup, key, fi, v, s)
+		g.record(dup, key, fi, v, s, gen)
 	}()
 	timer := time.NewTimer(time.Until(start.Add(g.cfg.Deadline)))
 	defer timer.Stop()
@@ -861,7 +920,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			return
 		}
 		if r.v.Action == ActionTrust {
-			g.ignoreOpens(fd, r.key)
+			g.ignoreOpens(fd, r.key, gen)
 			g.respond(fd, true)
 			return
 		}
@@ -918,13 +977,18 @@ func (g *Gate) lookup(key cacheKey, now time.Time) (Verdict, bool) {
 	return e.v, true
 }
 
-func (g *Gate) store(key cacheKey, v Verdict) {
+// store caches the verdict v decided for key in the generation gen, unless the Gate was
+// invalidated since.
+func (g *Gate) store(key cacheKey, v Verdict, gen uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.storeLocked(key, v)
+	g.storeLocked(key, v, gen)
 }
 
-func (g *Gate) storeLocked(key cacheKey, v Verdict) {
+func (g *Gate) storeLocked(key cacheKey, v Verdict, gen uint64) {
+	if g.gen.Load() != gen {
+		return
+	}
 	if len(g.cache) >= maxCacheEntries {
 		clear(g.cache)
 	}
@@ -939,7 +1003,8 @@ const inlineHashMax = 4 << 20
 // file, as the Watcher does (see Record), so that a Watcher finds it decided after a
 // restart. The attributes change the ctime: the new version keeps the verdict, in the
 // cache and in an untrusted inode's state, and is returned (key when nothing was written).
-func (g *Gate) record(fd int, key cacheKey, fi FileInfo, v Verdict, sum string) cacheKey {
+// gen is the generation v was decided in.
+func (g *Gate) record(fd int, key cacheKey, fi FileInfo, v Verdict, sum string, gen uint64) cacheKey {
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) != nil || (cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}) != key {
 		return key
@@ -958,7 +1023,7 @@ func (g *Gate) record(fd int, key cacheKey, fi FileInfo, v Verdict, sum string) 
 	nk := cacheKey{dev: after.Dev, ino: after.Ino, ctime: after.Ctim.Nano(), size: after.Size}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.storeLocked(nk, v)
+	g.storeLocked(nk, v, gen)
 	if u := g.files[inodeKey{key.dev, key.ino}]; u != nil && u.v == v && u.ctime == key.ctime && u.size == key.size {
 		u.ctime = nk.ctime
 	}

@@ -710,6 +710,10 @@ func (w *Watcher) decide(ctx context.Context, p string) error {
 		fi.ObservedOrigin += " prog:" + wr.program
 	}
 
+	var gen uint64 // the Gate's generation the verdict is decided in
+	if w.cfg.Gate != nil {
+		gen = w.cfg.Gate.gen.Load()
+	}
 	dctx, cancel := context.WithTimeout(ctx, w.cfg.DecideTimeout)
 	dfi := fi
 	dfi.File = f // decide on the file that was hashed, whatever p names now
@@ -733,7 +737,7 @@ func (w *Watcher) decide(ctx context.Context, p string) error {
 		}
 	}
 	if w.cfg.Gate != nil {
-		w.cfg.Gate.seed(fd, &st, fi, v)
+		w.cfg.Gate.seed(fd, &st, fi, v, gen)
 	}
 	w.remember(id, now)
 	w.log.Info("download decided", "path", p, "action", v.Action, "rule", v.Rule, "origin", fi.Origin())
