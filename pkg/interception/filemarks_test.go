@@ -224,9 +224,18 @@ func TestGateTempNameOfDecidedFile(t *testing.T) {
 	}
 	dec := &nameDecider{}
 	startGate(t, GateConfig{Dirs: []string{dl}, Decider: dec, Sink: &recordingSink{}})
-	// Both are opened by their "writer", a shell holding them open for appending.
+	// Both are opened by their "writer", a shell holding them open for appending (the
+	// descriptor opened by this process, which the Gate does not gate).
 	writerCat := func(p string) (string, error) {
-		out, err := exec.Command("/bin/sh", "-c", `exec 3>>"$1" && cat "$1"`, "sh", p).CombinedOutput()
+		t.Helper()
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cmd := exec.Command("/bin/sh", "-c", `cat "$1"`, "sh", p)
+		cmd.ExtraFiles = []*os.File{f}
+		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
 	if out, err := writerCat(filepath.Join(dl, "fresh.pdf.part")); err != nil {

@@ -64,10 +64,10 @@ type GateConfig struct {
 	// once. Zero selects 64.
 	MaxConcurrent int
 	// TempSuffixes and TempPrefixes name in-progress downloads. Their execution is always
-	// refused; opening them is allowed to their writer (the process holding the file open
-	// for writing, or opening it for writing: the browser resuming a download), without
-	// a decision, and decided as for any other file for everyone else. Nil selects
-	// DefaultTempSuffixes and DefaultTempPrefixes.
+	// refused; opening them is allowed without a decision to their writer only (a process
+	// that already holds the file open for writing: the browser writing it), and decided
+	// as for any other file for everyone else, an open that asks for write access
+	// included. Nil selects DefaultTempSuffixes and DefaultTempPrefixes.
 	TempSuffixes []string
 	TempPrefixes []string
 	// NoIgnoreMarks disables the kernel-side fast path for trusted files (see ignoreOpens);
@@ -672,12 +672,14 @@ func (g *Gate) handle(ev permEvent) {
 				return
 			}
 			switch ws {
-			case openerHolds, openerOpensForWriting:
-				// A file being written is opened by its writer without a decision; an
-				// in-progress download also by a program opening it for writing (the
-				// browser resuming it). Not so a file decided untrusted (then it is
-				// known or, should the Gate have lost its verdict, its record says so).
-				if !known && !recordRefuses(fd) && (temp || ws == openerHolds) {
+			case openerHolds:
+				// A file being written is opened by its writer, the process that holds
+				// it open for writing already, without a decision. A new open that asks
+				// for write access is no writer: it could read (O_RDWR) what it did not
+				// write. Nor is a file decided untrusted opened so: it is known or,
+				// should the Gate have lost its verdict, its record may say so (the
+				// record is the owner's to delete: an extra refusal, never a permission).
+				if !known && !recordRefuses(fd) {
 					<-g.sem
 					g.respond(fd, true)
 					return
@@ -718,10 +720,9 @@ func fdPath(fd int) (string, error) {
 type writeState int
 
 const (
-	noWriter              writeState = iota // nobody has the file open for writing
-	openerHolds                             // the opening process holds it open for writing
-	openerOpensForWriting                   // the only write access is the open being asked about
-	otherWrites                             // another process holds it open for writing
+	noWriter    writeState = iota // nobody else has the file open for writing
+	openerHolds                   // the opening process holds it open for writing already
+	otherWrites                   // another process holds it open for writing
 )
 
 // writeStateBy is writeState, given up at the deadline counted from start (it reads
@@ -750,29 +751,20 @@ func (g *Gate) writeStateBy(fd, pid int, st *unix.Stat_t, start time.Time) (ws w
 }
 
 // writeState tells who writes the file open as fd that process pid is opening: pid itself
-// (it holds the file open for writing), or pid's open, which is for writing (the kernel
-// counts the write access of an open before it asks about it, and fanotify does not say
-// what the open is for: this is told by a read lease that cannot be taken while nobody
-// else holds the file open for writing), or another process. Without leases (no
-// CAP_LEASE, or a file system without them) only processes' descriptors count.
+// (it holds the file open for writing, in a descriptor it had before this open), or
+// another process. The /proc scan for another writer is skipped when a read lease can be
+// taken (nobody has the file open for writing; the kernel counts the write access of the
+// open being asked about before it asks, so an open for writing always scans). Without
+// leases (no CAP_LEASE, or a file system without them) the scan always runs.
 func (g *Gate) writeState(fd, pid int, dev, ino uint64) writeState {
 	if holdsForWriting(pid, dev, ino) {
 		return openerHolds
 	}
-	w, err := hasWriters(fd)
-	if err == nil && !w {
+	if w, err := hasWriters(fd); err == nil && !w {
 		return noWriter
 	}
 	if otherWriter(pid, dev, ino) {
 		return otherWrites
-	}
-	if err != nil {
-		return noWriter
-	}
-	// A writer that closed the file during the scan leaves no write access now; the
-	// opener's own would still be counted.
-	if w, err := hasWriters(fd); err == nil && w {
-		return openerOpensForWriting
 	}
 	return noWriter
 }
