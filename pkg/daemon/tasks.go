@@ -278,14 +278,11 @@ func (d *Daemon) sendFile(task string, i int, f api.File, emit func(api.Event) e
 }
 
 // stage copies the file into a private staging directory, so the guest sees exactly the
-// bytes that were decided on and hashed, whatever happens to the original afterwards. A file
-// over MaxInputBytes is refused with ErrTooLarge before anything is copied (and if it grows
-// past the limit while being copied).
+// bytes that were decided on and hashed, whatever happens to the original afterwards. The
+// caller has checked the size (checkSize, before taking a place in the queue); a file that
+// grows past MaxInputBytes while it is copied is refused with ErrTooLarge.
 func (d *Daemon) stage(id string, f *os.File, real string) (string, string, error) {
 	limit := d.cfg.MaxInputBytes
-	if err := d.checkSize(f, real); err != nil {
-		return "", "", err
-	}
 	dir := filepath.Join(d.cfg.StateDir, "staging", id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", fmt.Errorf("stage input: %w", err)

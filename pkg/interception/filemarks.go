@@ -434,8 +434,8 @@ func (g *Gate) watchDeletes() {
 	}
 }
 
-// hashFile returns the hex SHA-256 of the content of f, read with ReadAt, stopping early
-// when ctx is done.
+// hashFile returns the hex SHA-256 of the content of f, read with ReadAt (f's offset is
+// left alone), stopping early when ctx is done. The Watcher and the Gate hash with it.
 func hashFile(ctx context.Context, f *os.File) (string, error) {
 	h := sha256.New()
 	buf := make([]byte, 64<<10)

@@ -2,11 +2,8 @@ package interception
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -664,11 +661,10 @@ func (w *Watcher) decide(ctx context.Context, p string) error {
 		return nil
 	}
 
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	sum, err := hashFile(ctx, f)
+	if err != nil {
 		return fmt.Errorf("hash %s: %w", p, err)
 	}
-	sum := hex.EncodeToString(h.Sum(nil))
 	var st2 unix.Stat_t
 	if err := unix.Fstat(fd, &st2); err != nil {
 		return fmt.Errorf("stat %s: %w", p, err)
