@@ -440,7 +440,6 @@ func (d *Daemon) changed(tk *task) {
 
 func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
 	defer d.wg.Done()
-	defer os.RemoveAll(filepath.Dir(job.Input))
 	defer tk.cancel(nil)
 
 	var res *RunResult
@@ -481,6 +480,8 @@ func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
 		d.mu.Unlock()
 		<-d.runSlots
 	}
+	// The staged input is gone before anyone is told the task ended.
+	os.RemoveAll(filepath.Dir(job.Input))
 
 	d.mu.Lock()
 	t := &tk.t
