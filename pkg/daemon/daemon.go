@@ -190,6 +190,10 @@ type task struct {
 
 	// t is guarded by Daemon.mu; copies are handed out.
 	t api.Task
+	// unsaved, guarded by Daemon.mu, are the task's results when the contents of some of
+	// their files could not be saved: those files keep their Data, in memory only, and are
+	// streamed from it (see sendFiles).
+	unsaved *api.Results
 }
 
 // DefaultMaxInputBytes is the default of Config.MaxInputBytes: 1 GiB.

@@ -813,3 +813,65 @@ func TestResultsOfUnfinishedTask(t *testing.T) {
 		t.Errorf("results after the task finished: %+v, %q, %v", res, files, err)
 	}
 }
+
+// TestResultsNotSaved: when the results of a task cannot be saved (here its files/
+// directory is a regular file), the result event still describes the files without their
+// contents, which follow in chunks from memory, to the open that ran the task and to a
+// later results request: a description carrying them could exceed api.MaxEventSize and
+// lose every result.
+func TestResultsNotSaved(t *testing.T) {
+	r := &countRunner{gate: make(chan struct{})}
+	in := start(t, daemon.Config{Runner: r})
+	p := writeFile(t, t.TempDir(), "a.bin", "12345")
+	ids := make(chan string, 1)
+	var evs []api.Event
+	opened := make(chan error, 1)
+	go func() {
+		opened <- in.c.Open(context.Background(), api.OpenRequest{Path: p}, func(ev api.Event) error {
+			if ev.Task != nil {
+				select {
+				case ids <- ev.Task.ID:
+				default:
+				}
+			}
+			evs = append(evs, ev)
+			return nil
+		})
+	}()
+	id := <-ids
+	if err := os.WriteFile(filepath.Join(in.state, "tasks", id, "files"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	close(r.gate)
+	if err := <-opened; err != nil {
+		t.Fatal(err)
+	}
+	check := func(step string, evs []api.Event) {
+		t.Helper()
+		for _, ev := range evs {
+			if ev.Type != api.EventResult {
+				continue
+			}
+			if ev.Results == nil || len(ev.Results.Files) != 1 {
+				t.Fatalf("%s: result event %+v", step, ev)
+			}
+			if f := ev.Results.Files[0]; f.Data != nil || f.Size != 2 {
+				t.Errorf("%s: the result event describes %s with %d bytes of contents and size %d; want none and 2",
+					step, f.Name, len(f.Data), f.Size)
+			}
+		}
+		files, err := assemble(evs)
+		if err != nil || files["count.txt"] != "5\n" {
+			t.Errorf("%s: files %q, %v", step, files, err)
+		}
+	}
+	check("open", evs)
+	evs = nil
+	if err := in.c.Results(context.Background(), id, func(ev api.Event) error {
+		evs = append(evs, ev)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	check("results", evs)
+}

@@ -218,7 +218,8 @@ rules:
 }
 
 // TestReleaseAtTheGate: a release reaches the Gate at once, although the Gate had cached
-// the file's isolate verdict.
+// the file's isolate verdict, for that file only (the Gate forgets that file's verdict,
+// wherever it was moved, and nothing else).
 func TestReleaseAtTheGate(t *testing.T) {
 	requireFanotify(t)
 	hd := policyDecider(t, `default: {action: deny, untrusted_action: deny}
@@ -252,6 +253,31 @@ rules:
 	out, errOut, err := catFile(p)
 	if err != nil || out != "reviewed bytes\n" {
 		t.Errorf("cat after the release: %v %q %q", err, out, errOut)
+	}
+	// An untrusted file moved out of the directory, still followed by its own mark; and
+	// another one, not released.
+	elsewhere := t.TempDir()
+	moved, other := writeFile(t, dl, "moved.bin", "moved bytes\n"), writeFile(t, dl, "other.bin", "other bytes\n")
+	for _, f := range []string{moved, other} {
+		if _, _, err := catFile(f); err == nil {
+			t.Fatalf("cat of isolated %s succeeded", f)
+		}
+	}
+	if err := os.Rename(moved, filepath.Join(elsewhere, "moved.bin")); err != nil {
+		t.Fatal(err)
+	}
+	moved = filepath.Join(elsewhere, "moved.bin")
+	if _, _, err := catFile(moved); err == nil {
+		t.Fatal("cat of the isolated file moved out succeeded")
+	}
+	if _, err := in.c.Release(context.Background(), api.ReleaseRequest{Path: moved, Reason: "reviewed"}); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, err := catFile(moved); err != nil || out != "moved bytes\n" {
+		t.Errorf("cat after the release of the file moved out: %v %q %q", err, out, errOut)
+	}
+	if out, _, err := catFile(other); err == nil {
+		t.Errorf("cat of a file not released: %q", out)
 	}
 	var released bool
 	for _, rec := range auditRecords(t, in.state) {

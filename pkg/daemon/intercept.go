@@ -139,22 +139,24 @@ func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
 		owners:  make(map[uint32]ownerEntry),
 		refused: make(map[string]string),
 	}
-	dirs := append([]string(nil), cfg.Dirs...)
+	// The explicit directories are resolved by the Gate and the Watcher; the users'
+	// directories, checked by UserDownloadDirs, are added to both once they exist, as
+	// checked (see addUserDirs).
+	var users []interception.Dir
 	if cfg.Passwd != "" {
-		users, err := ic.userDirs()
-		if err != nil {
+		var err error
+		if users, err = ic.userDirs(); err != nil {
 			cancel()
 			return nil, fmt.Errorf("interception: %w", err)
 		}
-		dirs = append(dirs, users...)
-		if len(dirs) == 0 {
+		if len(cfg.Dirs)+len(users) == 0 {
 			ic.log.Warn("no user has a download directory yet; nothing is intercepted until one appears")
 		}
 	}
 	var onDir func(string)
 	if !cfg.NoGate {
 		g, err := interception.NewGate(interception.GateConfig{
-			Dirs: dirs, Decider: ic, Sink: ic, Deadline: cfg.GateDeadline,
+			Dirs: cfg.Dirs, Decider: ic, Sink: ic, Deadline: cfg.GateDeadline,
 			Fallback: cfg.GateFallback, AllowPrograms: cfg.AllowPrograms, MaxFileMarks: cfg.MaxFileMarks,
 			Logger: ic.log,
 		})
@@ -170,7 +172,7 @@ func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
 		}
 	}
 	w, err := interception.NewWatcher(interception.WatcherConfig{
-		Dirs: dirs, Decider: ic, Sink: ic, Settle: cfg.Settle, TempIdle: cfg.TempIdle, OnDir: onDir, Gate: ic.gate,
+		Dirs: cfg.Dirs, Decider: ic, Sink: ic, Settle: cfg.Settle, TempIdle: cfg.TempIdle, OnDir: onDir, Gate: ic.gate,
 		Logger: ic.log,
 	})
 	if err != nil {
@@ -181,6 +183,7 @@ func NewInterceptor(d *Daemon, cfg InterceptConfig) (*Interceptor, error) {
 		return nil, fmt.Errorf("interception: %w", err)
 	}
 	ic.watcher = w
+	ic.addUserDirs(users)
 	d.icpt.Store(ic)
 	return ic, nil
 }
@@ -236,16 +239,16 @@ func (ic *Interceptor) Run(ctx context.Context) error {
 	return errors.Join(werr, gerr)
 }
 
-// userDirs returns the users' download directories of cfg.Passwd, logging each refusal
-// once (again when its reason changes).
-func (ic *Interceptor) userDirs() ([]string, error) {
+// userDirs returns the users' download directories of cfg.Passwd, as they were checked,
+// logging each refusal once (again when its reason changes).
+func (ic *Interceptor) userDirs() ([]interception.Dir, error) {
 	users, err := interception.UserDownloadDirs(ic.cfg.Passwd, 1000, false)
 	if err != nil {
 		return nil, err
 	}
 	ic.rescanMu.Lock()
 	defer ic.rescanMu.Unlock()
-	var dirs []string
+	var dirs []interception.Dir
 	for _, u := range users {
 		if u.Err != nil {
 			if ic.refused[u.User] != u.Err.Error() {
@@ -273,6 +276,14 @@ func (ic *Interceptor) Rescan() {
 		ic.log.Error("rescan of the users' download directories", "err", err)
 		return
 	}
+	ic.addUserDirs(dirs)
+}
+
+// addUserDirs marks and watches the users' download directories not watched yet. Each is
+// used only if it is still the directory UserDownloadDirs checked (same device, inode and
+// owner, reached without following a symbolic link): a user who swaps it for a symbolic
+// link meanwhile gets it refused, not followed.
+func (ic *Interceptor) addUserDirs(dirs []interception.Dir) {
 	ic.rescanMu.Lock()
 	defer ic.rescanMu.Unlock()
 	for _, d := range dirs {
@@ -281,15 +292,15 @@ func (ic *Interceptor) Rescan() {
 		}
 		if ic.gate != nil {
 			if err := ic.gate.AddTree(d); err != nil {
-				ic.log.Error("new download directory not intercepted", "dir", d, "err", err)
+				ic.log.Error("new download directory not intercepted", "dir", d.Path, "err", err)
 				continue
 			}
 		}
 		if err := ic.watcher.AddDir(d); err != nil {
-			ic.log.Error("new download directory not watched", "dir", d, "err", err)
+			ic.log.Error("new download directory not watched", "dir", d.Path, "err", err)
 			continue
 		}
-		ic.log.Info("download directory added", "dir", d)
+		ic.log.Info("download directory added", "dir", d.Path)
 	}
 }
 
@@ -300,6 +311,18 @@ func (ic *Interceptor) Invalidate() {
 	}
 	if err := ic.gate.Invalidate(); err != nil {
 		ic.log.Error("gate: invalidate after policy reload", "err", err)
+	}
+}
+
+// InvalidateFile forgets the Gate's verdict about the file open as f, after it was
+// released. It touches no other file, so a user releasing files in a loop costs the Gate
+// nothing more than those files.
+func (ic *Interceptor) InvalidateFile(f *os.File) {
+	if ic.gate == nil {
+		return
+	}
+	if err := ic.gate.InvalidateFile(f); err != nil {
+		ic.log.Error("gate: invalidate after release", "err", err)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -364,5 +365,101 @@ func TestInterceptorRescansUsers(t *testing.T) {
 	})
 	if out, _, err := catFile(outside); err != nil || auditCount(t, in.state, "decision", outside) != 0 {
 		t.Errorf("a file in the directory mallory pointed at is gated or decided: %q, %v", out, err)
+	}
+}
+
+// TestInterceptorUserDirSwappedForSymlink: a user exchanges their download directory with
+// a symbolic link to a directory of another user (/home, /srv, /root, ...) again and
+// again (RENAME_EXCHANGE) while the rescan checks and adds it. The Gate and the Watcher use
+// only the directory that was checked: the other user's file is never gated nor decided,
+// and the user's own directory, once left in place, is intercepted as usual.
+func TestInterceptorUserDirSwappedForSymlink(t *testing.T) {
+	requireFanotify(t)
+	in := start(t, daemon.Config{})
+	root := t.TempDir()
+	if err := os.Chmod(root, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	const attacker, victim = 4301, 4302 // users of this test only
+	home := filepath.Join(root, "attacker")
+	other := filepath.Join(root, "victim") // stands for /home, /srv, /root, ...
+	for dir, uid := range map[string]int{home: attacker, other: victim, filepath.Join(other, "sub"): victim} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(dir, uid, uid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	secret := writeFile(t, filepath.Join(other, "sub"), "work.doc", "the victim's own document")
+	if err := os.Chown(secret, victim, victim); err != nil {
+		t.Fatal(err)
+	}
+	passwd := writeFile(t, root, "passwd", fmt.Sprintf("attacker:x:%d:%d::%s:/bin/sh\n", attacker, attacker, home))
+	dl, link := filepath.Join(home, "Downloads"), filepath.Join(home, "link")
+	if err := os.Mkdir(dl, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dl, attacker, attacker); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(other, link); err != nil {
+		t.Fatal(err)
+	}
+	ic, err := daemon.NewInterceptor(in.d, daemon.InterceptConfig{Passwd: passwd, Settle: 100 * time.Millisecond,
+		RescanInterval: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ic.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	var stop atomic.Bool
+	swapped := make(chan int)
+	go func() {
+		n := 0
+		for !stop.Load() {
+			if unix.Renameat2(unix.AT_FDCWD, dl, unix.AT_FDCWD, link, unix.RENAME_EXCHANGE) == nil {
+				n++
+			}
+		}
+		swapped <- n
+	}()
+	for range 3000 {
+		ic.Rescan()
+	}
+	stop.Store(true)
+	n := <-swapped
+	if n%2 == 1 { // leave the real directory at its name
+		if err := unix.Renameat2(unix.AT_FDCWD, dl, unix.AT_FDCWD, link, unix.RENAME_EXCHANGE); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d exchanges during 3000 rescans", n)
+	if out, errOut, err := catFile(secret); err != nil || out != "the victim's own document" {
+		t.Errorf("the victim's file, outside every download directory, is gated: cat: %q %q %v", out, errOut, err)
+	}
+	if got := auditCount(t, in.state, "decision", secret); got != 0 {
+		t.Errorf("%d decisions about the victim's file, want none", got)
+	}
+	// The attacker's own directory is still theirs to have intercepted.
+	ic.Rescan()
+	p := writeFile(t, dl, "report.bin", "untrusted bytes")
+	if err := os.Chown(p, attacker, attacker); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return auditCount(t, in.state, "decision", p) == 1 })
+	if out, _, err := catFile(p); err == nil {
+		t.Errorf("cat of a download in the attacker's directory: %q", out)
+	}
+	if out, errOut, err := catFile(secret); err != nil || auditCount(t, in.state, "decision", secret) != 0 {
+		t.Errorf("the victim's file is gated after all: cat: %q %q %v", out, errOut, err)
 	}
 }

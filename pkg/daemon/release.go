@@ -209,7 +209,7 @@ func (d *Daemon) Release(p *Peer, req *api.ReleaseRequest) (*api.ReleaseResponse
 		SHA256: sum, Action: string(api.ActionTrust), Reason: req.Reason})
 	d.log.Info("file released", "uid", p.UID, "path", req.Path, "sha256", sum, "owner", st.Uid, "tagged", resp.Warning == "")
 	if ic := d.icpt.Load(); ic != nil {
-		ic.Invalidate() // the Gate may hold a verdict for this file from before the release
+		ic.InvalidateFile(f) // the Gate may hold a verdict for this file from before the release
 	}
 	return resp, nil
 }

@@ -286,7 +286,7 @@ func (d *Daemon) handleResults(w http.ResponseWriter, r *http.Request, p *Peer) 
 	if err == nil {
 		var t api.Task
 		if t, err = d.Task(p, id); err == nil {
-			err = out.emit(api.Event{Type: api.EventResult, Task: &t, Results: res})
+			err = out.emit(api.Event{Type: api.EventResult, Task: &t, Results: describe(res)})
 		}
 	}
 	if err == nil {

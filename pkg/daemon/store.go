@@ -72,6 +72,9 @@ func (s *store) saveTask(t *api.Task) error {
 // are then read back with openResult), and r to results.json. A file whose contents could
 // not be written keeps them in r.
 func (s *store) saveResults(r *api.Results) error {
+	for i := range r.Files {
+		r.Files[i].Size = int64(len(r.Files[i].Data))
+	}
 	dir := filepath.Join(s.taskDir(r.Task), "files")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("save results of %s: %w", r.Task, err)
@@ -79,7 +82,6 @@ func (s *store) saveResults(r *api.Results) error {
 	var errs []error
 	for i := range r.Files {
 		f := &r.Files[i]
-		f.Size = int64(len(f.Data))
 		if err := writeSynced(filepath.Join(dir, strconv.Itoa(i)), f.Data); err != nil {
 			errs = append(errs, err)
 			continue
@@ -93,6 +95,24 @@ func (s *store) saveResults(r *api.Results) error {
 		return fmt.Errorf("save results of %s: %w", r.Task, err)
 	}
 	return nil
+}
+
+// describe returns a copy of r that describes its files without their contents: the
+// contents go in EventFile chunks of their own (sendFiles). Contents left in a
+// description (a file whose contents could not be saved, or the results.json of an older
+// daemon) would make one event of them all, which can exceed api.MaxEventSize, and the
+// client would lose every result.
+func describe(r *api.Results) *api.Results {
+	c := *r
+	c.Files = make([]api.File, len(r.Files))
+	for i, f := range r.Files {
+		if f.Data != nil {
+			f.Size = int64(len(f.Data))
+		}
+		f.Data = nil
+		c.Files[i] = f
+	}
+	return &c
 }
 
 // writeSynced creates path, mode 0600, with data.

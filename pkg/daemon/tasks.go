@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -217,14 +218,27 @@ func (d *Daemon) Open(ctx context.Context, p *Peer, req *api.OpenRequest, emit f
 			return err
 		}
 		if ev.Type == api.EventResult && ev.Results != nil {
-			return d.sendFiles(ev.Results, emit)
+			return d.sendFiles(d.contents(tk, ev.Results), emit)
 		}
 		return nil
 	})
 }
 
+// contents returns the results whose files' contents are streamed after the result event
+// that described them as desc: the task's results kept in memory when some contents could
+// not be saved, else desc, whose files are read from the store.
+func (d *Daemon) contents(tk *task, desc *api.Results) *api.Results {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if tk.unsaved != nil {
+		return tk.unsaved
+	}
+	return desc
+}
+
 // sendFiles emits the contents of the files of r as EventFile events, in chunks of at most
-// api.FileChunk bytes: only one chunk is in memory at a time, whatever the files' sizes.
+// api.FileChunk bytes: a file's Data when it has them in memory (it could not be saved),
+// else the file in the store, of which only one chunk is in memory at a time.
 func (d *Daemon) sendFiles(r *api.Results, emit func(api.Event) error) error {
 	for i, f := range r.Files {
 		if err := d.sendFile(r.Task, i, f, emit); err != nil {
@@ -264,14 +278,11 @@ func (d *Daemon) sendFile(task string, i int, f api.File, emit func(api.Event) e
 }
 
 // stage copies the file into a private staging directory, so the guest sees exactly the
-// bytes that were decided on and hashed, whatever happens to the original afterwards. A file
-// over MaxInputBytes is refused with ErrTooLarge before anything is copied (and if it grows
-// past the limit while being copied).
+// bytes that were decided on and hashed, whatever happens to the original afterwards. The
+// caller has checked the size (checkSize, before taking a place in the queue); a file that
+// grows past MaxInputBytes while it is copied is refused with ErrTooLarge.
 func (d *Daemon) stage(id string, f *os.File, real string) (string, string, error) {
 	limit := d.cfg.MaxInputBytes
-	if err := d.checkSize(f, real); err != nil {
-		return "", "", err
-	}
 	dir := filepath.Join(d.cfg.StateDir, "staging", id)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", "", fmt.Errorf("stage input: %w", err)
@@ -429,7 +440,6 @@ func (d *Daemon) changed(tk *task) {
 
 func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
 	defer d.wg.Done()
-	defer os.RemoveAll(filepath.Dir(job.Input))
 	defer tk.cancel(nil)
 
 	var res *RunResult
@@ -470,6 +480,8 @@ func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
 		d.mu.Unlock()
 		<-d.runSlots
 	}
+	// The staged input is gone before anyone is told the task ended.
+	os.RemoveAll(filepath.Dir(job.Input))
 
 	d.mu.Lock()
 	t := &tk.t
@@ -514,10 +526,18 @@ func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
 	snap := *t
 	d.mu.Unlock()
 
+	var desc *api.Results // what the result event says of the files, without their contents
 	if results != nil {
-		// From here the files' contents are on disk only, read back in chunks.
+		// From here the files' contents are on disk only, read back in chunks; those that
+		// could not be saved stay in memory, with the task.
 		if err := d.store.saveResults(results); err != nil {
 			d.log.Error("results not saved", "task", snap.ID, "err", err)
+		}
+		desc = describe(results)
+		if slices.ContainsFunc(results.Files, func(f api.File) bool { return f.Data != nil }) {
+			d.mu.Lock()
+			tk.unsaved = results
+			d.mu.Unlock()
 		}
 		res.Outputs = nil
 	}
@@ -530,7 +550,7 @@ func (d *Daemon) run(ctx context.Context, tk *task, job *Job) {
 	d.log.Info("task finished", "task", snap.ID, "uid", snap.UID, "state", snap.State, "exit", snap.ExitCode, "reason", snap.Reason)
 
 	d.changed(tk)
-	tk.stream.Append(api.Event{Type: api.EventResult, Task: &snap, Results: results})
+	tk.stream.Append(api.Event{Type: api.EventResult, Task: &snap, Results: desc})
 	var logs []api.Event
 	for _, ev := range tk.stream.Events() {
 		if ev.Type == api.EventStdout || ev.Type == api.EventStderr || ev.Type == api.EventNotice {
@@ -659,17 +679,22 @@ func (d *Daemon) Logs(ctx context.Context, p *Peer, id string, follow bool, fn f
 }
 
 // Results returns the output files of task id; for a task that has not finished, an
-// error wrapping ErrNotFinished.
+// error wrapping ErrNotFinished. Files whose contents are not in the store (they could not
+// be saved, or an older daemon kept them in results.json) carry them in Data: describe
+// the results without them before sending the description.
 func (d *Daemon) Results(p *Peer, id string) (*api.Results, error) {
 	tk, err := d.lookup(p, id)
 	if err != nil {
 		return nil, err
 	}
 	d.mu.Lock()
-	state := tk.t.State
+	state, unsaved := tk.t.State, tk.unsaved
 	d.mu.Unlock()
 	if !state.Final() {
 		return nil, &notFinishedError{id: id, state: state}
+	}
+	if unsaved != nil {
+		return unsaved, nil
 	}
 	r, err := d.store.loadResults(id)
 	if errors.Is(err, os.ErrNotExist) {

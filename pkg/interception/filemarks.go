@@ -44,15 +44,29 @@ type untrusted struct {
 	size    int64  //
 	sum     string // hex SHA-256 of the content decided; "" while unknown
 	origins origins
-	stale   bool // the policy changed (Invalidate): decide again at the next open
+	stale   bool // the policy changed (Invalidate, InvalidateFile): decide again at the next open
 	used    time.Time
 	path    string // last name seen, for logs
 
-	marked    bool            // the inode carries its own fanotify mark
-	handle    unix.FileHandle // to find the inode again without a name (unmark, re-mark)
-	mountID   int
-	hasHandle bool
-	wd        int // inotify watch for IN_DELETE_SELF; -1 if none
+	marked bool     // the inode carries its own fanotify mark
+	ref    *fileRef // to find the inode again without a name (unmark); nil if none
+	wd     int      // inotify watch for IN_DELETE_SELF; -1 if none
+}
+
+// fileRef finds an inode again without a name: its file handle and mount
+// (open_by_handle_at, see withHandle).
+type fileRef struct {
+	handle  unix.FileHandle
+	mountID int
+}
+
+// refOf returns the fileRef of the file open as fd.
+func refOf(fd int) (*fileRef, error) {
+	h, mountID, err := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+	if err != nil {
+		return nil, err
+	}
+	return &fileRef{handle: h, mountID: mountID}, nil
 }
 
 // current reports whether u answers the version key by itself.
@@ -109,11 +123,21 @@ func (g *Gate) untrustedOf(key cacheKey, now time.Time) (untrusted, bool) {
 // remember records the verdict v for the version key of the inode open as fd. A verdict
 // that refuses opens gives the inode a mark of its own, so that it stays gated under any
 // name (a rename to a temporary download name, a hard link or a move out of the gated
-// directories); a trust verdict takes such a mark away.
-func (g *Gate) remember(fd int, key cacheKey, path string, v Verdict, sum string, o origins) {
+// directories); a trust verdict takes such a mark away. gen is the generation the
+// verdict was decided in: a verdict decided before an invalidation is kept, but stale (an
+// untrusted inode keeps its mark, and is decided again at its next open).
+func (g *Gate) remember(fd int, key cacheKey, path string, v Verdict, sum string, o origins, gen uint64) {
 	ik := inodeKey{key.dev, key.ino}
 	if v.Action == ActionTrust {
-		g.forget(ik, fd)
+		g.mu.Lock()
+		u, old := g.files[ik], g.gen.Load() != gen
+		if u != nil && old {
+			u.stale = true
+		}
+		g.mu.Unlock()
+		if !old {
+			g.forget(ik, fd)
+		}
 		return
 	}
 	now := time.Now()
@@ -128,7 +152,7 @@ func (g *Gate) remember(fd int, key cacheKey, path string, v Verdict, sum string
 		g.files[ik] = u
 	}
 	u.v, u.ctime, u.size, u.sum, u.origins = v, key.ctime, key.size, sum, o
-	u.stale, u.used, u.path = false, now, path
+	u.stale, u.used, u.path = g.gen.Load() != gen, now, path
 	g.mu.Unlock()
 	if victim != nil {
 		g.unmarkByHandle(victim)
@@ -136,18 +160,19 @@ func (g *Gate) remember(fd int, key cacheKey, path string, v Verdict, sum string
 	g.markFile(fd, ik, u, path)
 }
 
-// seed takes a verdict the Watcher decided for the file open as fd, whose content (hashed
-// as fi.SHA256) was the version hashed: the current version, with the ctime of the record
-// the Watcher wrote, is answered from it. Nothing is taken if the file was written since.
-func (g *Gate) seed(fd int, hashed *unix.Stat_t, fi FileInfo, v Verdict) {
+// seed takes a verdict the Watcher decided, in the generation gen, for the file open as
+// fd, whose content (hashed as fi.SHA256) was the version hashed: the current version,
+// with the ctime of the record the Watcher wrote, is answered from it. Nothing is taken if
+// the file was written since.
+func (g *Gate) seed(fd int, hashed *unix.Stat_t, fi FileInfo, v Verdict, gen uint64) {
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) != nil || st.Dev != hashed.Dev || st.Ino != hashed.Ino ||
 		st.Size != hashed.Size || st.Mtim != hashed.Mtim {
 		return
 	}
 	key := cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}
-	g.store(key, v)
-	g.remember(fd, key, fi.Path, v, fi.SHA256, origins{url: fi.OriginURL, referrer: fi.ReferrerURL, observed: fi.ObservedOrigin})
+	g.store(key, v, gen)
+	g.remember(fd, key, fi.Path, v, fi.SHA256, origins{url: fi.OriginURL, referrer: fi.ReferrerURL, observed: fi.ObservedOrigin}, gen)
 }
 
 // recognised records that the version key of an untrusted inode has the content decided.
@@ -188,7 +213,7 @@ func (g *Gate) markFile(fd int, ik inodeKey, u *untrusted, path string) {
 		g.log.Warn("gate: cannot mark an untrusted file; it is gated in the download directories only",
 			"path", path, "err", err)
 	}
-	h, mountID, herr := unix.NameToHandleAt(fd, "", unix.AT_EMPTY_PATH)
+	ref, herr := refOf(fd)
 	wd := -1
 	if err == nil {
 		werr := g.inot(func(ifd int) error {
@@ -211,7 +236,7 @@ func (g *Gate) markFile(fd int, ik inodeKey, u *untrusted, path string) {
 	}
 	u.marked = err == nil
 	if herr == nil {
-		u.handle, u.mountID, u.hasHandle = h, mountID, true
+		u.ref = ref
 	}
 	if wd >= 0 {
 		if old, ok := g.wds[wd]; ok && old != ik {
@@ -283,7 +308,7 @@ func (g *Gate) unmarkByHandle(u *untrusted) {
 	if !u.marked {
 		return
 	}
-	err := g.withHandle(u, nil, func(path string) error {
+	err := g.withHandle(u.ref, nil, func(path string) error {
 		return g.fan(func(gfd int) error {
 			return unix.FanotifyMark(gfd, unix.FAN_MARK_REMOVE, fileMask, unix.AT_FDCWD, path)
 		})
@@ -293,11 +318,11 @@ func (g *Gate) unmarkByHandle(u *untrusted) {
 	}
 }
 
-// withHandle opens the inode of u by its handle (O_PATH: no permission event, no content)
-// and calls fn with a path naming it. mounts caches the mount points by mount ID across
-// calls; nil reads them afresh. ESTALE means the inode no longer exists.
-func (g *Gate) withHandle(u *untrusted, mounts map[int]string, fn func(path string) error) error {
-	if !u.hasHandle {
+// withHandle opens the inode of ref by its handle (O_PATH: no permission event, no
+// content) and calls fn with a path naming it. mounts caches the mount points by mount ID
+// across calls; nil reads them afresh. ESTALE means the inode no longer exists.
+func (g *Gate) withHandle(ref *fileRef, mounts map[int]string, fn func(path string) error) error {
+	if ref == nil {
 		return errors.New("no file handle")
 	}
 	if mounts == nil {
@@ -308,9 +333,9 @@ func (g *Gate) withHandle(u *untrusted, mounts map[int]string, fn func(path stri
 			return err
 		}
 	}
-	mp, ok := mounts[u.mountID]
+	mp, ok := mounts[ref.mountID]
 	if !ok {
-		return fmt.Errorf("mount %d: %w", u.mountID, unix.ESTALE) // unmounted: the mark went with it
+		return fmt.Errorf("mount %d: %w", ref.mountID, unix.ESTALE) // unmounted: the mark went with it
 	}
 	// open_by_handle_at wants a real descriptor of the mount (not O_PATH). Opening a
 	// directory sends no permission event (the Gate's marks leave FAN_ONDIR out), nor does
@@ -320,7 +345,7 @@ func (g *Gate) withHandle(u *untrusted, mounts map[int]string, fn func(path stri
 		return fmt.Errorf("open mount %s: %w", mp, err)
 	}
 	defer unix.Close(mfd)
-	fd, err := unix.OpenByHandleAt(mfd, u.handle, unix.O_PATH|unix.O_CLOEXEC)
+	fd, err := unix.OpenByHandleAt(mfd, ref.handle, unix.O_PATH|unix.O_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("open by handle: %w", err)
 	}
@@ -370,35 +395,6 @@ func unescapeMount(s string) string {
 	return b.String()
 }
 
-// remarkLocked gives every untrusted inode its mark again after FAN_MARK_FLUSH and marks
-// it stale: the policy changed, so its next open is decided again. Inodes that no longer
-// exist are dropped.
-func (g *Gate) remarkLocked() {
-	mounts := map[int]string{}
-	for ik, u := range g.files {
-		u.stale = true
-		if !u.marked {
-			continue
-		}
-		err := g.withHandle(u, mounts, func(path string) error {
-			return g.fan(func(gfd int) error { return unix.FanotifyMark(gfd, unix.FAN_MARK_ADD, fileMask, unix.AT_FDCWD, path) })
-		})
-		if errors.Is(err, unix.ESTALE) {
-			delete(g.files, ik)
-			if u.wd >= 0 {
-				delete(g.wds, u.wd)
-				g.rmWatch(u.wd)
-			}
-			continue
-		}
-		if err != nil {
-			u.marked = false
-			g.log.Warn("gate: cannot mark an untrusted file again after a policy change; it is gated in the download directories only",
-				"path", u.path, "err", err)
-		}
-	}
-}
-
 // watchDeletes reads the inotify instance that watches marked files for IN_DELETE_SELF:
 // when the last link of a marked inode is gone the kernel drops its marks, and the Gate
 // drops its entry.
@@ -438,8 +434,8 @@ func (g *Gate) watchDeletes() {
 	}
 }
 
-// hashFile returns the hex SHA-256 of the content of f, read with ReadAt, stopping early
-// when ctx is done.
+// hashFile returns the hex SHA-256 of the content of f, read with ReadAt (f's offset is
+// left alone), stopping early when ctx is done. The Watcher and the Gate hash with it.
 func hashFile(ctx context.Context, f *os.File) (string, error) {
 	h := sha256.New()
 	buf := make([]byte, 64<<10)

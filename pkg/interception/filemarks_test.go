@@ -1,9 +1,12 @@
 package interception
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -221,9 +224,18 @@ func TestGateTempNameOfDecidedFile(t *testing.T) {
 	}
 	dec := &nameDecider{}
 	startGate(t, GateConfig{Dirs: []string{dl}, Decider: dec, Sink: &recordingSink{}})
-	// Both are opened by their "writer", a shell holding them open for appending.
+	// Both are opened by their "writer", a shell holding them open for appending (the
+	// descriptor opened by this process, which the Gate does not gate).
 	writerCat := func(p string) (string, error) {
-		out, err := exec.Command("/bin/sh", "-c", `exec 3>>"$1" && cat "$1"`, "sh", p).CombinedOutput()
+		t.Helper()
+		f, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		cmd := exec.Command("/bin/sh", "-c", `cat "$1"`, "sh", p)
+		cmd.ExtraFiles = []*os.File{f}
+		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
 	if out, err := writerCat(filepath.Join(dl, "fresh.pdf.part")); err != nil {
@@ -361,5 +373,91 @@ func TestWatcherHandsVerdictsToGate(t *testing.T) {
 	}
 	if calls := dec.callsFor(); len(calls) != 2 {
 		t.Errorf("%d decisions, want the Watcher's 2: %+v", len(calls), calls)
+	}
+}
+
+// TestGateInvalidateNeverUngates: the owner of untrusted files, one in the gated directory
+// and one moved out of it, opens them again and again while the Gate is invalidated again
+// and again, with thousands of other untrusted files known: every open is refused. An
+// invalidation removes the ignore mark of a trusted file, and no other mark.
+func TestGateInvalidateNeverUngates(t *testing.T) {
+	requireFanotify(t)
+	dl := nobodyDir(t)
+	elsewhere := nobodyDir(t)
+	const others = 4000
+	dec := &nameDecider{}
+	g, _ := startGate(t, GateConfig{Dirs: []string{dl}, Decider: dec, Sink: &recordingSink{}, MaxFileMarks: others + 10})
+	in, out := filepath.Join(dl, "secret.sh"), filepath.Join(dl, "moved.sh")
+	writeNobody(t, in, "SECRET-CONTENT\n", 0o644)
+	writeNobody(t, out, "SECRET-CONTENT, moved\n", 0o644)
+	for _, p := range []string{in, out} {
+		if o, err := asNobody("cat", p); !refused(o, err, "SECRET") {
+			t.Fatalf("first cat of %s: %q %v", p, o, err)
+		}
+	}
+	waitHashed(t, g, 2)
+	moved := filepath.Join(elsewhere, "moved.sh")
+	if o, err := asNobody("mv", out, moved); err != nil {
+		t.Fatal(o, err)
+	}
+	// Other untrusted files, remembered as the Gate does after a decision: the marks an
+	// invalidation would have to put back, were it to remove them.
+	for i := range others {
+		p := filepath.Join(dl, fmt.Sprintf("f%05d.sh", i))
+		writeNobody(t, p, fmt.Sprintf("x%d\n", i), 0o644)
+		fd, err := unix.Open(p, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(fd, &st); err != nil {
+			t.Fatal(err)
+		}
+		key := cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}
+		g.remember(fd, key, p, Verdict{Action: ActionIsolate, Rule: "r"}, "", origins{}, g.gen.Load())
+		unix.Close(fd)
+	}
+	// A trusted file gets an ignore mark, which an invalidation takes away.
+	trusted := filepath.Join(dl, "trusted.txt")
+	writeNobody(t, trusted, "trusted\n", 0o644)
+	if o, err := catFile(trusted); err != nil {
+		t.Fatal(o, err)
+	}
+	if n := kernelWatches(t, trusted); n != 1 {
+		t.Fatalf("%d marks on the trusted file, want its ignore mark", n)
+	}
+	if err := g.Invalidate(); err != nil {
+		t.Fatal(err)
+	}
+	if n := kernelWatches(t, trusted); n != 0 {
+		t.Errorf("%d marks on the trusted file after Invalidate, want none", n)
+	}
+
+	var stop atomic.Bool
+	invalidations := make(chan int)
+	go func() {
+		n := 0
+		for !stop.Load() {
+			if err := g.Invalidate(); err != nil {
+				t.Errorf("Invalidate: %v", err)
+			}
+			n++
+		}
+		invalidations <- n
+	}()
+	// 300 rounds of opens of both files by their owner, in one shell: any success ends it
+	// with the content on its output.
+	script := `for i in $(seq 300); do for f in "$@"; do if cat "$f" 2>/dev/null; then exit 1; fi; done; done`
+	o, err := asNobody("/bin/sh", "-c", script, "sh", in, moved)
+	stop.Store(true)
+	t.Logf("%d invalidations during 600 opens", <-invalidations)
+	if err != nil || strings.Contains(o, "SECRET") {
+		t.Errorf("the owner read an untrusted file while the Gate was invalidated: %q, %v", o, err)
+	}
+	if n := kernelWatches(t, dl); n != 1 {
+		t.Errorf("%d marks on the gated directory, want 1", n)
+	}
+	if n := g.Stats().FileMarks; n != others+2 {
+		t.Errorf("%d file marks, want %d", n, others+2)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -24,6 +23,10 @@ const (
 	DefaultIsolateInterval = time.Minute
 	defaultMaxConcurrent   = 64
 	maxCacheEntries        = 1 << 16
+	// maxIgnoreMarks bounds the trusted files given an ignore mark (and remembered, so
+	// that Invalidate can take it away); beyond it trusted files are answered from the
+	// cache until the next Invalidate.
+	maxIgnoreMarks = 1 << 16
 )
 
 // gateMask is what every directory is marked for: permission to open or execute any of its
@@ -61,10 +64,10 @@ type GateConfig struct {
 	// once. Zero selects 64.
 	MaxConcurrent int
 	// TempSuffixes and TempPrefixes name in-progress downloads. Their execution is always
-	// refused; opening them is allowed to their writer (the process holding the file open
-	// for writing, or opening it for writing: the browser resuming a download), without
-	// a decision, and decided as for any other file for everyone else. Nil selects
-	// DefaultTempSuffixes and DefaultTempPrefixes.
+	// refused; opening them is allowed without a decision to their writer only (a process
+	// that already holds the file open for writing: the browser writing it), and decided
+	// as for any other file for everyone else, an open that asks for write access
+	// included. Nil selects DefaultTempSuffixes and DefaultTempPrefixes.
 	TempSuffixes []string
 	TempPrefixes []string
 	// NoIgnoreMarks disables the kernel-side fast path for trusted files (see ignoreOpens);
@@ -94,20 +97,20 @@ type GateStats struct {
 
 // Gate answers fanotify permission events for the files of a set of directories.
 type Gate struct {
-	cfg      GateConfig
-	f        *os.File // the fanotify group; closing it lets the kernel allow everything pending
-	fd       int
-	audit    bool        // the group was created with FAN_ENABLE_AUDIT
-	evict    atomic.Bool // FAN_MARK_EVICTABLE is accepted for ignore marks
-	noIgnore atomic.Bool // ignore marks failed once; stop trying
-	self     int32
-	allow    map[string]bool
-	sem      chan struct{}
-	log      *slog.Logger
-	ctx      context.Context // cancelled after the group is closed
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
-	stopOnce sync.Once
+	cfg        GateConfig
+	f          *os.File    // the fanotify group; closing it lets the kernel allow everything pending
+	audit      bool        // the group was created with FAN_ENABLE_AUDIT
+	evict      atomic.Bool // FAN_MARK_EVICTABLE is accepted for ignore marks
+	noIgnore   atomic.Bool // ignore marks failed once; stop trying
+	ignoreFull atomic.Bool // maxIgnoreMarks was reached once (logged)
+	self       int32
+	allow      map[string]bool
+	sem        chan struct{}
+	log        *slog.Logger
+	ctx        context.Context // cancelled after the group is closed
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	stopOnce   sync.Once
 
 	events, allowed, denied, hits, fallbacks, marksEvicted, writing atomic.Uint64
 
@@ -120,8 +123,13 @@ type Gate struct {
 	markWarned, inoWarned atomic.Bool // a failure to mark or watch a file was logged
 	recordWarned          atomic.Bool // a failure to write a record was logged
 
+	// gen counts invalidations. A verdict decided in an older generation is not cached,
+	// gives no ignore mark, and leaves an untrusted inode stale. Changed with mu held.
+	gen atomic.Uint64
+
 	mu          sync.Mutex
 	cache       map[cacheKey]cacheEntry // guarded by mu
+	ignored     map[inodeKey]*fileRef   // guarded by mu; trusted files given an ignore mark
 	isolated    map[cacheKey]time.Time  // guarded by mu; last Isolate/notification per file
 	execRefused map[cacheKey]time.Time  // guarded by mu; last notice of a refused exec of an in-progress download
 	marked      map[string]inodeKey     // guarded by mu; directories marked, and their inodes
@@ -187,7 +195,6 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 	g := &Gate{
 		cfg:         cfg,
 		f:           os.NewFile(uintptr(fd), "fanotify"),
-		fd:          fd,
 		audit:       audit,
 		self:        int32(os.Getpid()),
 		allow:       make(map[string]bool, len(cfg.AllowPrograms)),
@@ -196,6 +203,7 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 		ctx:         ctx,
 		cancel:      cancel,
 		cache:       make(map[cacheKey]cacheEntry),
+		ignored:     make(map[inodeKey]*fileRef),
 		isolated:    make(map[cacheKey]time.Time),
 		execRefused: make(map[cacheKey]time.Time),
 		marked:      make(map[string]inodeKey),
@@ -213,7 +221,15 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 		g.allow[filepath.Clean(p)] = true
 	}
 	for _, d := range cfg.Dirs {
-		if err := g.AddTree(d); err != nil {
+		root, err := resolveRoot(d)
+		if err != nil {
+			g.Close()
+			return nil, fmt.Errorf("new gate: mark %s: %w", d, err)
+		}
+		if root.Path != filepath.Clean(d) {
+			log.Info("gate: directory resolved", "dir", d, "resolved", root.Path)
+		}
+		if err := g.AddTree(root); err != nil {
 			g.Close()
 			return nil, fmt.Errorf("new gate: %w", err)
 		}
@@ -224,44 +240,24 @@ func NewGate(cfg GateConfig) (*Gate, error) {
 // Audit reports whether denials are sent to the audit log (FAN_ENABLE_AUDIT was accepted).
 func (g *Gate) Audit() bool { return g.audit }
 
-// AddTree marks a configured directory, with symbolic links resolved, and (unless
-// NoRecursive) its subdirectories. It fails unless the directory itself ends up marked.
-func (g *Gate) AddTree(dir string) error {
-	root, err := resolveRoot(dir)
+// AddTree marks the directory d and (unless NoRecursive) its subdirectories, through a
+// descriptor of d checked to be the directory d describes (see Dir) and descriptors of
+// its subdirectories opened from it: nothing outside d's tree is marked, whatever is
+// swapped in meanwhile. It fails unless d itself ends up marked.
+func (g *Gate) AddTree(d Dir) error {
+	fd, err := d.open()
 	if err != nil {
-		return fmt.Errorf("mark %s: %w", dir, err)
+		return fmt.Errorf("mark %s: %w", d.Path, err)
 	}
-	if root != filepath.Clean(dir) {
-		g.log.Info("gate: directory resolved", "dir", dir, "resolved", root)
-	}
-	if g.cfg.NoRecursive {
-		return g.AddDir(root)
-	}
-	err = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if p == root {
-				return err
-			}
-			return nil
+	defer unix.Close(fd)
+	visit := func(fd int, p string) (bool, error) {
+		err := g.markDir(fd, p)
+		if err != nil && p != d.Path {
+			g.log.Warn("gate: directory not marked", "dir", p, "err", err)
 		}
-		if !d.IsDir() {
-			return nil
-		}
-		if err := g.AddDir(p); err != nil && p == root {
-			return err
-		}
-		return nil
-	})
-	if err != nil {
-		return err
+		return !g.cfg.NoRecursive, err
 	}
-	g.mu.Lock()
-	_, ok := g.marked[root]
-	g.mu.Unlock()
-	if !ok {
-		return fmt.Errorf("mark %s: not marked (replaced meanwhile?)", root)
-	}
-	return nil
+	return walkDirs(fd, d.Path, visit, nil)
 }
 
 // AddDir marks one more directory: opens and execs of its direct children are gated. The
@@ -277,62 +273,89 @@ func (g *Gate) AddDir(dir string) error {
 		return fmt.Errorf("mark %s: %w", abs, err)
 	}
 	defer unix.Close(fd)
+	return g.markDir(fd, abs)
+}
+
+// markDir marks the directory open as fd, named path, unless it is marked already.
+func (g *Gate) markDir(fd int, path string) error {
 	var st unix.Stat_t
 	if err := unix.Fstat(fd, &st); err != nil {
-		return fmt.Errorf("mark %s: %w", abs, err)
+		return fmt.Errorf("mark %s: %w", path, err)
 	}
 	ik := inodeKey{st.Dev, st.Ino}
 	g.mu.Lock()
-	done := g.marked[abs] == ik
+	done := g.marked[path] == ik
 	g.mu.Unlock()
 	if done {
 		return nil
 	}
-	err = g.fan(func(gfd int) error {
+	err := g.fan(func(gfd int) error {
 		return unix.FanotifyMark(gfd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR, gateMask, fd, "")
 	})
 	if err != nil {
-		return fmt.Errorf("mark %s: %w", abs, err)
+		return fmt.Errorf("mark %s: %w", path, err)
 	}
 	g.mu.Lock()
-	g.marked[abs] = ik
+	g.marked[path] = ik
 	g.mu.Unlock()
 	return nil
 }
 
-// Invalidate forgets every cached verdict, for example after the policy was reloaded or a
-// file released. It flushes the group's inode marks, which drops the ignore marks of
-// trusted files, and marks the directories and the untrusted files again; opens in between
-// (microseconds) are not gated. The untrusted files keep their verdicts until their next
-// open, which is decided again (with the origins first observed).
+// Invalidate forgets every verdict, for example after the policy was reloaded: the
+// cache is cleared, the untrusted files' verdicts become stale (they keep their marks and
+// are decided again at their next open, with the origins first observed) and the ignore
+// marks of trusted files are removed, one by one, so that their next opens are asked
+// about again. No mark that gates anything is ever removed: the directories and the
+// untrusted files are gated throughout. A trusted file whose ignore mark is not removed
+// yet opens as before for that instant. Verdicts decided before the call and answered
+// after it are not cached (see gen).
 func (g *Gate) Invalidate() error {
 	g.mu.Lock()
-	defer g.mu.Unlock()
+	g.gen.Add(1)
 	clear(g.cache)
-	if err := unix.FanotifyMark(g.fd, unix.FAN_MARK_FLUSH, 0, unix.AT_FDCWD, ""); err != nil {
-		return fmt.Errorf("invalidate: flush marks: %w", err)
+	for _, u := range g.files {
+		u.stale = true
 	}
-	g.remarkLocked()
+	ignored := g.ignored
+	g.ignored = make(map[inodeKey]*fileRef)
+	g.mu.Unlock()
+	mounts := map[int]string{}
 	var errs []error
-	for dir := range g.marked {
-		fd, err := openDir(dir)
-		if err == nil {
-			var st unix.Stat_t
-			if err = unix.Fstat(fd, &st); err == nil {
-				g.marked[dir] = inodeKey{st.Dev, st.Ino}
-				err = unix.FanotifyMark(g.fd, unix.FAN_MARK_ADD|unix.FAN_MARK_ONLYDIR, gateMask, fd, "")
-			}
-			unix.Close(fd)
-		}
-		if err != nil {
-			delete(g.marked, dir)
-			// A directory removed, renamed or replaced since is no longer gated there.
-			if !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.ENOTDIR) && !errors.Is(err, unix.ELOOP) {
-				errs = append(errs, fmt.Errorf("invalidate: mark %s: %w", dir, err))
-			}
+	for _, ref := range ignored {
+		err := g.withHandle(ref, mounts, func(path string) error {
+			return g.fan(func(gfd int) error {
+				return unix.FanotifyMark(gfd, unix.FAN_MARK_REMOVE|unix.FAN_MARK_IGNORED_MASK, unix.FAN_OPEN_PERM, unix.AT_FDCWD, path)
+			})
+		})
+		// Gone: the file (ESTALE), or its ignore mark (ENOENT: cleared by a write,
+		// evicted with the inode); or the Gate is closed.
+		if err != nil && !errors.Is(err, unix.ESTALE) && !errors.Is(err, unix.ENOENT) && !errors.Is(err, os.ErrClosed) {
+			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	if len(errs) > 0 {
+		return fmt.Errorf("invalidate: remove %d ignore marks: %w", len(errs), errors.Join(errs...))
+	}
+	return nil
+}
+
+// InvalidateFile forgets the verdict of the file open as f, for example after it was
+// released: its cached verdict is dropped and, if it is untrusted, its verdict becomes
+// stale (it keeps its mark and is decided again at its next open). Unlike Invalidate it
+// costs the same however many files the Gate knows, and touches no other file.
+func (g *Gate) InvalidateFile(f *os.File) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fmt.Errorf("invalidate %s: %w", f.Name(), err)
+	}
+	key := cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.cache, key)
+	if u := g.files[inodeKey{st.Dev, st.Ino}]; u != nil {
+		u.stale = true
+	}
+	return nil
 }
 
 // ignoreOpens adds an ignore mark for FAN_OPEN_PERM to the trusted file open as fd, so the
@@ -342,13 +365,38 @@ func (g *Gate) Invalidate() error {
 // Executions keep being asked (FAN_OPEN_EXEC_PERM is not ignored) so that a changed mode
 // or name is seen by the Decider through the cache key. If the file changed between the
 // decision and the mark, the mark is removed again.
-func (g *Gate) ignoreOpens(fd int, key cacheKey) {
+//
+// The file is remembered (its file handle, at most maxIgnoreMarks files), so that
+// Invalidate can remove the mark; a file that cannot be remembered gets none. Nor does a
+// verdict decided before the last invalidation (gen).
+func (g *Gate) ignoreOpens(fd int, key cacheKey, gen uint64) {
 	if g.noIgnore.Load() {
 		return
 	}
+	ref, err := refOf(fd)
+	if err != nil {
+		g.log.Debug("gate: no file handle for an ignore mark", "err", err)
+		return
+	}
+	ik := inodeKey{key.dev, key.ino}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.gen.Load() != gen {
+		return
+	}
+	if _, ok := g.ignored[ik]; !ok && len(g.ignored) >= maxIgnoreMarks {
+		if !g.ignoreFull.Swap(true) {
+			g.log.Warn("gate: too many trusted files with an ignore mark; more are answered from the cache until the next invalidation",
+				"max", maxIgnoreMarks)
+		}
+		return
+	}
+	g.ignored[ik] = ref
 	flags := uint(unix.FAN_MARK_ADD | unix.FAN_MARK_IGNORED_MASK)
 	if g.evict.Load() {
-		err := unix.FanotifyMark(g.fd, flags|unix.FAN_MARK_EVICTABLE, unix.FAN_OPEN_PERM, fd, "")
+		err := g.fan(func(gfd int) error {
+			return unix.FanotifyMark(gfd, flags|unix.FAN_MARK_EVICTABLE, unix.FAN_OPEN_PERM, fd, "")
+		})
 		if err == nil {
 			g.recheck(fd, key)
 			return
@@ -359,7 +407,7 @@ func (g *Gate) ignoreOpens(fd int, key cacheKey) {
 		}
 		g.evict.Store(false) // kernel older than 5.19
 	}
-	if err := unix.FanotifyMark(g.fd, flags, unix.FAN_OPEN_PERM, fd, ""); err != nil {
+	if err := g.fan(func(gfd int) error { return unix.FanotifyMark(gfd, flags, unix.FAN_OPEN_PERM, fd, "") }); err != nil {
 		g.ignoreFailed(err)
 		return
 	}
@@ -372,8 +420,10 @@ func (g *Gate) recheck(fd int, key cacheKey) {
 		(cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}) == key {
 		return
 	}
-	err := unix.FanotifyMark(g.fd, unix.FAN_MARK_REMOVE|unix.FAN_MARK_IGNORED_MASK, unix.FAN_OPEN_PERM, fd, "")
-	if err != nil && !errors.Is(err, unix.ENOENT) {
+	err := g.fan(func(gfd int) error {
+		return unix.FanotifyMark(gfd, unix.FAN_MARK_REMOVE|unix.FAN_MARK_IGNORED_MASK, unix.FAN_OPEN_PERM, fd, "")
+	})
+	if err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, os.ErrClosed) {
 		g.log.Error("gate: remove ignore mark of changed file", "err", err)
 	}
 }
@@ -511,6 +561,7 @@ func (g *Gate) handle(ev permEvent) {
 	}
 	g.events.Add(1)
 	start := time.Now()
+	gen := g.gen.Load()
 	if ev.pid == g.self {
 		g.respond(fd, true)
 		return
@@ -553,7 +604,7 @@ func (g *Gate) handle(ev permEvent) {
 		if cached && v.Action == ActionTrust {
 			g.hits.Add(1)
 			if ev.mask&unix.FAN_OPEN_PERM != 0 {
-				g.ignoreOpens(fd, key) // the earlier ignore mark was evicted or cleared
+				g.ignoreOpens(fd, key, gen) // the earlier ignore mark was evicted or cleared
 			}
 			g.respond(fd, true)
 			return
@@ -621,12 +672,14 @@ func (g *Gate) handle(ev permEvent) {
 				return
 			}
 			switch ws {
-			case openerHolds, openerOpensForWriting:
-				// A file being written is opened by its writer without a decision; an
-				// in-progress download also by a program opening it for writing (the
-				// browser resuming it). Not so a file decided untrusted (then it is
-				// known or, should the Gate have lost its verdict, its record says so).
-				if !known && !recordRefuses(fd) && (temp || ws == openerHolds) {
+			case openerHolds:
+				// A file being written is opened by its writer, the process that holds
+				// it open for writing already, without a decision. A new open that asks
+				// for write access is no writer: it could read (O_RDWR) what it did not
+				// write. Nor is a file decided untrusted opened so: it is known or,
+				// should the Gate have lost its verdict, its record may say so (the
+				// record is the owner's to delete: an extra refusal, never a permission).
+				if !known && !recordRefuses(fd) {
 					<-g.sem
 					g.respond(fd, true)
 					return
@@ -642,7 +695,7 @@ func (g *Gate) handle(ev permEvent) {
 				}
 			}
 		}
-		g.decide(fd, key, fi, start, prev)
+		g.decide(fd, key, fi, start, prev, gen)
 	}()
 }
 
@@ -667,10 +720,9 @@ func fdPath(fd int) (string, error) {
 type writeState int
 
 const (
-	noWriter              writeState = iota // nobody has the file open for writing
-	openerHolds                             // the opening process holds it open for writing
-	openerOpensForWriting                   // the only write access is the open being asked about
-	otherWrites                             // another process holds it open for writing
+	noWriter    writeState = iota // nobody else has the file open for writing
+	openerHolds                   // the opening process holds it open for writing already
+	otherWrites                   // another process holds it open for writing
 )
 
 // writeStateBy is writeState, given up at the deadline counted from start (it reads
@@ -699,29 +751,20 @@ func (g *Gate) writeStateBy(fd, pid int, st *unix.Stat_t, start time.Time) (ws w
 }
 
 // writeState tells who writes the file open as fd that process pid is opening: pid itself
-// (it holds the file open for writing), or pid's open, which is for writing (the kernel
-// counts the write access of an open before it asks about it, and fanotify does not say
-// what the open is for: this is told by a read lease that cannot be taken while nobody
-// else holds the file open for writing), or another process. Without leases (no
-// CAP_LEASE, or a file system without them) only processes' descriptors count.
+// (it holds the file open for writing, in a descriptor it had before this open), or
+// another process. The /proc scan for another writer is skipped when a read lease can be
+// taken (nobody has the file open for writing; the kernel counts the write access of the
+// open being asked about before it asks, so an open for writing always scans). Without
+// leases (no CAP_LEASE, or a file system without them) the scan always runs.
 func (g *Gate) writeState(fd, pid int, dev, ino uint64) writeState {
 	if holdsForWriting(pid, dev, ino) {
 		return openerHolds
 	}
-	w, err := hasWriters(fd)
-	if err == nil && !w {
+	if w, err := hasWriters(fd); err == nil && !w {
 		return noWriter
 	}
 	if otherWriter(pid, dev, ino) {
 		return otherWrites
-	}
-	if err != nil {
-		return noWriter
-	}
-	// A writer that closed the file during the scan leaves no write access now; the
-	// opener's own would still be counted.
-	if w, err := hasWriters(fd); err == nil && w {
-		return openerOpensForWriting
 	}
 	return noWriter
 }
@@ -759,7 +802,7 @@ func recordRefuses(fd int) bool {
 // with the origins observed when the inode was first decided. While the content is not
 // known to differ from the untrusted one, a failure or a late answer denies the open
 // whatever Fallback says.
-func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *untrusted) {
+func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *untrusted, gen uint64) {
 	if fi.Program == "" {
 		fi.Program = exeOf(fi.PID)
 	}
@@ -832,7 +875,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 		if !v.Action.Valid() {
 			v.Action = ActionDeny
 		}
-		g.store(key, v) // a late verdict still serves the next open
+		g.store(key, v, gen) // a late verdict still serves the next open
 		// The hash of the content keeps an untrusted one recognised under another name,
 		// and goes into the record on the file. A small file is hashed before the answer.
 		sum := v.SHA256
@@ -841,10 +884,10 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 				sum = s
 			}
 		}
-		g.remember(dup, key, fi.Path, v, sum, o)
+		g.remember(dup, key, fi.Path, v, sum, o, gen)
 		rkey := key
 		if sum != "" {
-			rkey = g.record(dup, key, fi, v, sum)
+			rkey = g.record(dup, key, fi, v, sum, gen)
 		}
 		done <- result{v: v, key: rkey}
 		if sum != "" {
@@ -858,7 +901,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			g.setSum(key, s)
 		}
 		<-answered
-		g.record(dup, key, fi, v, s)
+		g.record(dup, key, fi, v, s, gen)
 	}()
 	timer := time.NewTimer(time.Until(start.Add(g.cfg.Deadline)))
 	defer timer.Stop()
@@ -869,7 +912,7 @@ func (g *Gate) decide(fd int, key cacheKey, fi FileInfo, start time.Time, prev *
 			return
 		}
 		if r.v.Action == ActionTrust {
-			g.ignoreOpens(fd, r.key)
+			g.ignoreOpens(fd, r.key, gen)
 			g.respond(fd, true)
 			return
 		}
@@ -926,13 +969,18 @@ func (g *Gate) lookup(key cacheKey, now time.Time) (Verdict, bool) {
 	return e.v, true
 }
 
-func (g *Gate) store(key cacheKey, v Verdict) {
+// store caches the verdict v decided for key in the generation gen, unless the Gate was
+// invalidated since.
+func (g *Gate) store(key cacheKey, v Verdict, gen uint64) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.storeLocked(key, v)
+	g.storeLocked(key, v, gen)
 }
 
-func (g *Gate) storeLocked(key cacheKey, v Verdict) {
+func (g *Gate) storeLocked(key cacheKey, v Verdict, gen uint64) {
+	if g.gen.Load() != gen {
+		return
+	}
 	if len(g.cache) >= maxCacheEntries {
 		clear(g.cache)
 	}
@@ -947,7 +995,8 @@ const inlineHashMax = 4 << 20
 // file, as the Watcher does (see Record), so that a Watcher finds it decided after a
 // restart. The attributes change the ctime: the new version keeps the verdict, in the
 // cache and in an untrusted inode's state, and is returned (key when nothing was written).
-func (g *Gate) record(fd int, key cacheKey, fi FileInfo, v Verdict, sum string) cacheKey {
+// gen is the generation v was decided in.
+func (g *Gate) record(fd int, key cacheKey, fi FileInfo, v Verdict, sum string, gen uint64) cacheKey {
 	var st unix.Stat_t
 	if unix.Fstat(fd, &st) != nil || (cacheKey{dev: st.Dev, ino: st.Ino, ctime: st.Ctim.Nano(), size: st.Size}) != key {
 		return key
@@ -966,7 +1015,7 @@ func (g *Gate) record(fd int, key cacheKey, fi FileInfo, v Verdict, sum string) 
 	nk := cacheKey{dev: after.Dev, ino: after.Ino, ctime: after.Ctim.Nano(), size: after.Size}
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.storeLocked(nk, v)
+	g.storeLocked(nk, v, gen)
 	if u := g.files[inodeKey{key.dev, key.ino}]; u != nil && u.v == v && u.ctime == key.ctime && u.size == key.size {
 		u.ctime = nk.ctime
 	}

@@ -494,13 +494,14 @@ func TestGateInvalidate(t *testing.T) {
 
 // TestGateTempNames has nobody write in-progress downloads: root cannot execute one (not
 // even the writer could), a program that does not write the file has its open decided
-// like any other (and refused), while the writer, a process holding the file open for
-// writing or opening it for writing (resuming the download), opens it without a decision.
+// like any other (and refused), an open asking for write access (O_RDWR: it could read)
+// too, while the writer, a process that holds the file open for writing since it created
+// it, opens it without a decision.
 func TestGateTempNames(t *testing.T) {
 	requireFanotify(t)
 	dir := nobodyDir(t)
 	const script = "#!/bin/sh\necho evil ran\n"
-	for _, name := range []string{"evil.part", "read.crdownload", "writer.download", "resume.partial"} {
+	for _, name := range []string{"evil.part", "read.crdownload", "rdwr.part", "resume.partial"} {
 		writeNobody(t, filepath.Join(dir, name), script, 0o755)
 	}
 	sink := &recordingSink{}
@@ -547,27 +548,45 @@ func TestGateTempNames(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "isolation", func() bool { return sink.isolations(read) == 1 })
 
-	// The writer: a shell holding the file open for appending, and cat that inherited the
-	// descriptor; then a shell opening it for writing again (a resumed download).
-	writer := filepath.Join(dir, "writer.download")
-	if out, err := asNobody("/bin/sh", "-c", `exec 3>>"$1" && echo more >&3 && cat "$1"`, "sh", writer); err != nil ||
-		out != script+"more\n" {
-		t.Errorf("the writer's cat = %q, %v; want the content", out, err)
+	// An open for reading and writing, or for appending, by a process that does not hold
+	// the file open for writing is no writer's: decided (once) and refused. Its owner
+	// deleting the record changes nothing.
+	rdwr := filepath.Join(dir, "rdwr.part")
+	if out, err := asNobody("/bin/sh", "-c", `cat 0<>"$1"`, "sh", rdwr); !refused(out, err, "evil ran") {
+		t.Errorf("cat 0<> of an in-progress download = %q, %v; want EPERM", out, err)
+	}
+	waitHashed(t, g, 2)
+	if err := unix.Removexattr(rdwr, XattrVerdict); err != nil && !errors.Is(err, unix.ENODATA) {
+		t.Fatal(err)
+	}
+	if out, err := asNobody("/bin/sh", "-c", `cat 0<>"$1"`, "sh", rdwr); !refused(out, err, "evil ran") {
+		t.Errorf("cat 0<> of an in-progress download without its record = %q, %v; want EPERM", out, err)
 	}
 	resume := filepath.Join(dir, "resume.partial")
-	if out, err := asNobody("/bin/sh", "-c", `echo more >>"$1"`, "sh", resume); err != nil {
-		t.Errorf("resuming the download: %q, %v", out, err)
+	if out, err := asNobody("/bin/sh", "-c", `echo more >>"$1"`, "sh", resume); !refused(out, err, "evil ran") {
+		t.Errorf("reopening an in-progress download for appending: %q, %v; want EPERM", out, err)
 	}
-	for _, name := range []string{"writer.download", "resume.partial"} {
-		if n := decisions(name); n != 0 {
-			t.Errorf("the writer's opens of %s decided %d times", name, n)
+	for _, name := range []string{"rdwr.part", "resume.partial"} {
+		if n := decisions(name); n != 1 {
+			t.Errorf("opens for writing of %s decided %d times, want 1", name, n)
 		}
 	}
-	if b, err := os.ReadFile(resume); err != nil || string(b) != script+"more\n" {
-		t.Errorf("resumed download = %q, %v", b, err)
+	if b, err := os.ReadFile(resume); err != nil || string(b) != script {
+		t.Errorf("the download reopened = %q, %v; want it unchanged", b, err)
 	}
-	if st := g.Stats(); st.Denied < 4 {
-		t.Errorf("stats %+v, want at least 4 denials", st)
+
+	// The writer: a shell that created the file and holds it open for writing, and cat
+	// that inherited the descriptor, read it without a decision.
+	writer := filepath.Join(dir, "writer.download")
+	if out, err := asNobody("/bin/sh", "-c", `exec 3>"$1" && printf '%s' "$2" >&3 && echo more >&3 && cat "$1"`,
+		"sh", writer, script); err != nil || out != script+"more\n" {
+		t.Errorf("the writer's cat = %q, %v; want the content", out, err)
+	}
+	if n := decisions("writer.download"); n != 0 {
+		t.Errorf("the writer's opens decided %d times", n)
+	}
+	if st := g.Stats(); st.Denied < 6 {
+		t.Errorf("stats %+v, want at least 6 denials", st)
 	}
 }
 

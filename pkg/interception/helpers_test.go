@@ -217,3 +217,39 @@ func asNobody(name string, args ...string) (string, error) {
 func refused(out string, err error, content string) bool {
 	return err != nil && strings.Contains(out, "Operation not permitted") && !strings.Contains(out, content)
 }
+
+// kernelWatches returns how many inotify watches and fanotify inode marks of this process
+// are on the inode at path, as /proc/self/fdinfo lists them: what the Watcher watches and
+// the Gate marks, whatever their bookkeeping says.
+func kernelWatches(t *testing.T, path string) int {
+	t.Helper()
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		t.Fatal(err)
+	}
+	// fdinfo shows the kernel's encoding of the device number.
+	want := fmt.Sprintf(" ino:%x sdev:%x ", st.Ino, uint64(unix.Major(st.Dev))<<20|uint64(unix.Minor(st.Dev)))
+	ents, err := os.ReadDir("/proc/self/fdinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join("/proc/self/fdinfo", e.Name()))
+		if err != nil {
+			continue // closed meanwhile
+		}
+		for line := range strings.Lines(string(b)) {
+			if (strings.HasPrefix(line, "inotify wd:") || strings.HasPrefix(line, "fanotify ino:")) &&
+				strings.Contains(" "+strings.TrimPrefix(line, "fanotify")+" ", want) {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// exchange swaps the names a and b atomically (renameat2 RENAME_EXCHANGE).
+func exchange(a, b string) error {
+	return unix.Renameat2(unix.AT_FDCWD, a, unix.AT_FDCWD, b, unix.RENAME_EXCHANGE)
+}

@@ -28,32 +28,63 @@ func exeOf(pid int) string {
 // its executable, or 0 and "" if there is none. It scans /proc, so it is meant for the rare
 // creation of a file in a download directory, never for a hot path.
 func findWriter(path string) (int, string) {
-	self := os.Getpid()
-	procs, err := os.ReadDir(procRoot)
-	if err != nil {
+	pid := scanWriters(os.Getpid(), func(fd string) bool {
+		target, err := os.Readlink(fd)
+		return err == nil && target == path
+	})
+	if pid == 0 {
 		return 0, ""
 	}
-	for _, p := range procs {
-		pid, err := strconv.Atoi(p.Name())
-		if err != nil || pid == self {
+	return pid, exeOf(pid)
+}
+
+// scanWriters returns a process other than except that has a descriptor open for writing
+// that match accepts (given its /proc/PID/fd/N path), or 0 if there is none. It scans
+// every process's descriptors.
+func scanWriters(except int, match func(fd string) bool) int {
+	d, err := os.Open(procRoot)
+	if err != nil {
+		return 0
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		pid, err := strconv.Atoi(n)
+		if err != nil || pid == except {
 			continue
 		}
-		fdDir := filepath.Join(procRoot, p.Name(), "fd")
-		fds, err := os.ReadDir(fdDir)
-		if err != nil {
-			continue
-		}
-		for _, fd := range fds {
-			target, err := os.Readlink(filepath.Join(fdDir, fd.Name()))
-			if err != nil || target != path {
-				continue
-			}
-			if openForWriting(filepath.Join(procRoot, p.Name(), "fdinfo", fd.Name())) {
-				return pid, exeOf(pid)
-			}
+		if writesTo(n, match) {
+			return pid
 		}
 	}
-	return 0, ""
+	return 0
+}
+
+// writesTo reports whether process pid has a descriptor open for writing that match
+// accepts (given its /proc/PID/fd/N path).
+func writesTo(pid string, match func(fd string) bool) bool {
+	fdDir := procRoot + "/" + pid + "/fd"
+	d, err := os.Open(fdDir)
+	if err != nil {
+		return false
+	}
+	names, _ := d.Readdirnames(-1)
+	d.Close()
+	for _, n := range names {
+		if match(fdDir+"/"+n) && openForWriting(procRoot+"/"+pid+"/fdinfo/"+n) {
+			return true
+		}
+	}
+	return false
+}
+
+// isInode returns a match for scanWriters and writesTo that accepts descriptors of the
+// inode (dev, ino). stat of /proc/PID/fd/N does not open the file.
+func isInode(dev, ino uint64) func(fd string) bool {
+	return func(fd string) bool {
+		var st unix.Stat_t
+		return unix.Stat(fd, &st) == nil && st.Dev == dev && st.Ino == ino
+	}
 }
 
 // openForWriting reads the flags line of a /proc/PID/fdinfo/FD file.
@@ -80,51 +111,16 @@ func openForWriting(fdinfo string) bool {
 }
 
 // holdsForWriting reports whether process pid has the inode (dev, ino) open for writing.
-// It reads only pid's descriptor table: stat of /proc/PID/fd/N does not open the file.
+// It reads only pid's descriptor table.
 func holdsForWriting(pid int, dev, ino uint64) bool {
-	return writesInode(strconv.Itoa(pid), dev, ino)
-}
-
-func writesInode(pid string, dev, ino uint64) bool {
-	fdDir := procRoot + "/" + pid + "/fd"
-	d, err := os.Open(fdDir)
-	if err != nil {
-		return false
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
-	for _, n := range names {
-		var st unix.Stat_t
-		if unix.Stat(fdDir+"/"+n, &st) != nil || st.Dev != dev || st.Ino != ino {
-			continue
-		}
-		if openForWriting(procRoot + "/" + pid + "/fdinfo/" + n) {
-			return true
-		}
-	}
-	return false
+	return writesTo(strconv.Itoa(pid), isInode(dev, ino))
 }
 
 // otherWriter reports whether a process other than except has the inode (dev, ino) open
 // for writing. It scans every process's descriptors: it is meant for the rare open of a
 // file that is being written, never for a hot path.
 func otherWriter(except int, dev, ino uint64) bool {
-	d, err := os.Open(procRoot)
-	if err != nil {
-		return false
-	}
-	names, _ := d.Readdirnames(-1)
-	d.Close()
-	other := strconv.Itoa(except)
-	for _, n := range names {
-		if n == other || n == "" || n[0] < '0' || n[0] > '9' {
-			continue
-		}
-		if writesInode(n, dev, ino) {
-			return true
-		}
-	}
-	return false
+	return scanWriters(except, isInode(dev, ino)) != 0
 }
 
 // hasWriters reports whether any process (the one whose open is being asked about

@@ -99,47 +99,67 @@ const maxUserDirsSize = 64 << 10
 // strictly inside the resolved home, owned by uid, and not a system directory (see
 // IsSystemDir); otherwise the error wraps ErrNotUserDir and says why. A directory that does
 // not exist gives an error wrapping fs.ErrNotExist.
-func DownloadDir(home string, uid uint32) (string, error) {
+//
+// The checks are made on the directory itself: the resolved path is opened from the home
+// without following a symbolic link (openat2 RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), and the
+// Dir returned carries the identity (device, inode, owner) of what was opened, which
+// Gate.AddTree and Watcher.AddDir check again on their own descriptor: the user swapping
+// the directory for a symbolic link after the check makes them refuse it, not follow it.
+func DownloadDir(home string, uid uint32) (Dir, error) {
 	realHome, err := filepath.EvalSymlinks(home)
 	if err != nil {
-		return "", fmt.Errorf("download dir: home: %w", err)
+		return Dir{}, fmt.Errorf("download dir: home: %w", err)
 	}
 	dir := filepath.Join(home, "Downloads")
 	vars, err := readUserDirs(filepath.Join(realHome, ".config", "user-dirs.dirs"), home)
 	if err != nil {
-		return "", fmt.Errorf("download dir of %s: %w", home, err)
+		return Dir{}, fmt.Errorf("download dir of %s: %w", home, err)
 	}
 	if d, ok := vars["XDG_DOWNLOAD_DIR"]; ok {
 		dir = d
 	}
 	real, err := filepath.EvalSymlinks(dir)
 	if err != nil {
-		return "", fmt.Errorf("download dir: %w", err)
+		return Dir{}, fmt.Errorf("download dir: %w", err)
 	}
 	what := dir
 	if real != dir {
 		what = fmt.Sprintf("%s (resolved: %s)", dir, real)
 	}
 	if real == realHome {
-		return "", fmt.Errorf("%w: %s is the home itself", ErrNotUserDir, what)
+		return Dir{}, fmt.Errorf("%w: %s is the home itself", ErrNotUserDir, what)
 	}
-	if !strings.HasPrefix(real, realHome+string(filepath.Separator)) || realHome == "/" {
-		return "", fmt.Errorf("%w: %s is not inside the home %s", ErrNotUserDir, what, realHome)
-	}
-	var st unix.Stat_t
-	if err := unix.Lstat(real, &st); err != nil {
-		return "", fmt.Errorf("download dir: %w", err)
-	}
-	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-		return "", fmt.Errorf("%w: %s is not a directory", ErrNotUserDir, what)
-	}
-	if st.Uid != uid {
-		return "", fmt.Errorf("%w: %s is owned by uid %d, not by the user (uid %d)", ErrNotUserDir, what, st.Uid, uid)
+	rel, inside := strings.CutPrefix(real, realHome+string(filepath.Separator))
+	if !inside || realHome == "/" {
+		return Dir{}, fmt.Errorf("%w: %s is not inside the home %s", ErrNotUserDir, what, realHome)
 	}
 	if IsSystemDir(real) {
-		return "", fmt.Errorf("%w: %s is a system directory", ErrNotUserDir, what)
+		return Dir{}, fmt.Errorf("%w: %s is a system directory", ErrNotUserDir, what)
 	}
-	return real, nil
+	const pathFlags = unix.O_PATH | unix.O_DIRECTORY | unix.O_CLOEXEC
+	hfd, err := openNoSymlinks(realHome, pathFlags)
+	if err != nil {
+		return Dir{}, fmt.Errorf("download dir: home: %w", err)
+	}
+	defer unix.Close(hfd)
+	fd, err := openBeneath(hfd, rel, pathFlags, unix.RESOLVE_BENEATH)
+	switch {
+	case errors.Is(err, unix.ENOTDIR):
+		return Dir{}, fmt.Errorf("%w: %s is not a directory", ErrNotUserDir, what)
+	case errors.Is(err, unix.ELOOP), errors.Is(err, unix.EXDEV):
+		return Dir{}, fmt.Errorf("%w: %s was replaced by a symbolic link while it was checked", ErrNotUserDir, what)
+	case err != nil:
+		return Dir{}, fmt.Errorf("download dir: %w", &fs.PathError{Op: "open", Path: real, Err: err})
+	}
+	defer unix.Close(fd)
+	d, err := dirOf(fd, real)
+	if err != nil {
+		return Dir{}, fmt.Errorf("download dir: %w", err)
+	}
+	if d.UID != uid {
+		return Dir{}, fmt.Errorf("%w: %s is owned by uid %d, not by the user (uid %d)", ErrNotUserDir, what, d.UID, uid)
+	}
+	return d, nil
 }
 
 // readUserDirs reads the user-dirs.dirs file at path, if there is one. It must be a regular
@@ -184,8 +204,8 @@ type UserDir struct {
 	User string // login name
 	UID  uint32
 	Home string
-	Dir  string // the download directory, resolved; "" if refused
-	Err  error  // why Dir was refused (wraps ErrNotUserDir or the I/O error); nil if accepted
+	Dir  Dir   // the download directory, resolved and checked; zero if refused
+	Err  error // why Dir was refused (wraps ErrNotUserDir or the I/O error); nil if accepted
 }
 
 // UserDownloadDirs returns the download directories (see DownloadDir) of the users listed in
@@ -228,10 +248,10 @@ func UserDownloadDirs(passwdPath string, minUID uint32, includeRoot bool) ([]Use
 			continue
 		case err != nil:
 			u.Err = err
-		case seen[d]:
+		case seen[d.Path]:
 			continue
 		default:
-			seen[d] = true
+			seen[d.Path] = true
 			u.Dir = d
 		}
 		dirs = append(dirs, u)
@@ -243,12 +263,12 @@ func UserDownloadDirs(passwdPath string, minUID uint32, includeRoot bool) ([]Use
 }
 
 // DefaultDownloadDirs returns the accepted directories of UserDownloadDirs.
-func DefaultDownloadDirs(passwdPath string, minUID uint32, includeRoot bool) ([]string, error) {
+func DefaultDownloadDirs(passwdPath string, minUID uint32, includeRoot bool) ([]Dir, error) {
 	users, err := UserDownloadDirs(passwdPath, minUID, includeRoot)
 	if err != nil {
 		return nil, err
 	}
-	var dirs []string
+	var dirs []Dir
 	for _, u := range users {
 		if u.Err == nil {
 			dirs = append(dirs, u.Dir)

@@ -133,14 +133,22 @@ func TestDownloadDir(t *testing.T) {
 			}
 			got, err := DownloadDir(home, uid)
 			if tt.wantErr != nil {
-				if !errors.Is(err, tt.wantErr) || got != "" {
-					t.Fatalf("DownloadDir = %q, %v; want an error wrapping %v", got, err, tt.wantErr)
+				if !errors.Is(err, tt.wantErr) || got != (Dir{}) {
+					t.Fatalf("DownloadDir = %+v, %v; want an error wrapping %v", got, err, tt.wantErr)
 				}
 				t.Logf("refused: %v", err)
 				return
 			}
-			if want := filepath.Join(home, tt.want); err != nil || got != want {
-				t.Errorf("DownloadDir = %q, %v; want %q", got, err, want)
+			want := filepath.Join(home, tt.want)
+			if err != nil || got.Path != want {
+				t.Fatalf("DownloadDir = %+v, %v; want %q", got, err, want)
+			}
+			var st unix.Stat_t
+			if err := unix.Stat(want, &st); err != nil {
+				t.Fatal(err)
+			}
+			if got.Dev != st.Dev || got.Ino != st.Ino || got.UID != uid {
+				t.Errorf("DownloadDir = %+v; want the identity of %s: dev %d, inode %d, uid %d", got, want, st.Dev, st.Ino, uid)
 			}
 		})
 	}
@@ -238,9 +246,13 @@ func TestDefaultDownloadDirs(t *testing.T) {
 		{false, []string{aliceDL, bobDL}},
 		{true, []string{rootDL, aliceDL, bobDL}},
 	} {
-		got, err := DefaultDownloadDirs(passwd, 1000, tt.includeRoot)
+		dirs, err := DefaultDownloadDirs(passwd, 1000, tt.includeRoot)
 		if err != nil {
 			t.Fatal(err)
+		}
+		var got []string
+		for _, d := range dirs {
+			got = append(got, d.Path)
 		}
 		if !reflect.DeepEqual(got, tt.want) {
 			t.Errorf("includeRoot=%v: got %q, want %q", tt.includeRoot, got, tt.want)
@@ -253,8 +265,8 @@ func TestDefaultDownloadDirs(t *testing.T) {
 	refused := map[string]bool{}
 	for _, u := range users {
 		if u.Err != nil {
-			if !errors.Is(u.Err, ErrNotUserDir) || u.Dir != "" {
-				t.Errorf("%s refused with %q, %v; want ErrNotUserDir", u.User, u.Dir, u.Err)
+			if !errors.Is(u.Err, ErrNotUserDir) || u.Dir != (Dir{}) {
+				t.Errorf("%s refused with %+v, %v; want ErrNotUserDir", u.User, u.Dir, u.Err)
 			}
 			refused[u.User] = true
 		}

@@ -2,16 +2,14 @@ package interception
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -93,12 +91,13 @@ type Watcher struct {
 	log  *slog.Logger
 
 	mu        sync.Mutex
-	roots     []string               // guarded by mu; the download directories, resolved
+	roots     []Dir                  // guarded by mu; the download directories, resolved and checked
 	pending   map[string]*time.Timer // guarded by mu; settle timers by path
 	queued    map[string]int         // guarded by mu; paths whose timer fired, waiting for a worker
 	inflight  map[string]bool        // guarded by mu; paths being processed
 	again     map[string]bool        // guarded by mu; paths that changed while in flight
-	watched   map[string]bool        // guarded by mu; directories watched, by the path they were watched under
+	watched   map[string]fileID      // guarded by mu; directories watched, by the path they were watched under
+	watchedAs map[fileID]string      // guarded by mu; the path each watched directory was watched under
 	writers   map[string]writer      // guarded by mu; writer seen when the path was created
 	decided   map[fileID]decided     // guarded by mu; what was decided in this run
 	warnLimit bool                   // guarded by mu; the watch-limit event was sent
@@ -147,14 +146,14 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	dirs := make([]string, 0, len(cfg.Dirs))
+	dirs := make([]Dir, 0, len(cfg.Dirs))
 	for _, d := range cfg.Dirs {
 		root, err := resolveRoot(d)
 		if err != nil {
-			return nil, fmt.Errorf("new watcher: %w", err)
+			return nil, fmt.Errorf("new watcher: watch %s: %w", d, err)
 		}
-		if root != filepath.Clean(d) {
-			log.Info("download directory resolved", "dir", d, "resolved", root)
+		if root.Path != filepath.Clean(d) {
+			log.Info("download directory resolved", "dir", d, "resolved", root.Path)
 		}
 		dirs = append(dirs, root)
 	}
@@ -164,22 +163,23 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 		return nil, fmt.Errorf("new watcher: %w", err)
 	}
 	w := &Watcher{
-		cfg:      cfg,
-		roots:    dirs,
-		fsw:      fsw,
-		work:     make(chan string, 1024),
-		done:     make(chan struct{}),
-		log:      log,
-		pending:  make(map[string]*time.Timer),
-		queued:   make(map[string]int),
-		inflight: make(map[string]bool),
-		again:    make(map[string]bool),
-		watched:  make(map[string]bool),
-		writers:  make(map[string]writer),
-		decided:  make(map[fileID]decided),
+		cfg:       cfg,
+		roots:     dirs,
+		fsw:       fsw,
+		work:      make(chan string, 1024),
+		done:      make(chan struct{}),
+		log:       log,
+		pending:   make(map[string]*time.Timer),
+		queued:    make(map[string]int),
+		inflight:  make(map[string]bool),
+		again:     make(map[string]bool),
+		watched:   make(map[string]fileID),
+		watchedAs: make(map[fileID]string),
+		writers:   make(map[string]writer),
+		decided:   make(map[fileID]decided),
 	}
 	for _, d := range dirs {
-		if err := w.addTree(d, !cfg.SkipExisting); err != nil {
+		if err := w.addRoot(d, !cfg.SkipExisting); err != nil {
 			fsw.Close()
 			return nil, fmt.Errorf("new watcher: %w", err)
 		}
@@ -190,45 +190,45 @@ func NewWatcher(cfg WatcherConfig) (*Watcher, error) {
 	return w, nil
 }
 
-// Dirs returns the absolute directories the Watcher was configured with.
+// Dirs returns the download directories, resolved.
 func (w *Watcher) Dirs() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]string(nil), w.roots...)
+	dirs := make([]string, len(w.roots))
+	for i, d := range w.roots {
+		dirs[i] = d.Path
+	}
+	return dirs
 }
 
 // AddDir adds a download directory while the Watcher runs (a user's directory that
-// appeared later), as NewWatcher does with WatcherConfig.Dirs: symbolic links are resolved,
-// a system directory is refused, its tree is watched (through OnDir, marked), and its files
+// appeared later, as DownloadDir checked it): its tree is watched (through OnDir, marked)
+// from a descriptor of d checked to be the directory d describes (see Dir), and its files
 // are scheduled unless SkipExisting. A directory watched already is left alone; one that
 // was removed and made again is watched again.
-func (w *Watcher) AddDir(dir string) error {
-	root, err := resolveRoot(dir)
-	if err != nil {
-		return fmt.Errorf("watch %s: %w", dir, err)
-	}
-	w.mu.Lock()
-	watching := w.watched[root]
-	w.mu.Unlock()
-	if watching {
+func (w *Watcher) AddDir(d Dir) error {
+	if w.Watching(d) {
 		return nil
 	}
-	if err := w.addTree(root, !w.cfg.SkipExisting); err != nil {
+	if err := w.addRoot(d, !w.cfg.SkipExisting); err != nil {
 		return err
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if !slices.Contains(w.roots, root) {
-		w.roots = append(w.roots, root)
+	if i := slices.IndexFunc(w.roots, func(r Dir) bool { return r.Path == d.Path }); i >= 0 {
+		w.roots[i] = d // made again: the old directory is gone
+	} else {
+		w.roots = append(w.roots, d)
 	}
 	return nil
 }
 
-// Watching reports whether the directory dir (resolved, as Dirs returns it) is watched.
-func (w *Watcher) Watching(dir string) bool {
+// Watching reports whether the directory d is watched, under its path.
+func (w *Watcher) Watching(d Dir) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.watched[dir]
+	id, ok := w.watched[d.Path]
+	return ok && id == fileID{dev: d.Dev, ino: d.Ino}
 }
 
 // Close releases the inotify instance. It is called by Run on return.
@@ -304,9 +304,12 @@ func (w *Watcher) loop(ctx context.Context) error {
 // rescan walks every directory again, adding missing watches and scheduling every file;
 // files with an up-to-date record are skipped cheaply by process.
 func (w *Watcher) rescan() {
-	for _, d := range w.Dirs() {
-		if err := w.addTree(d, true); err != nil {
-			w.log.Error("rescan", "dir", d, "err", err)
+	w.mu.Lock()
+	roots := slices.Clone(w.roots)
+	w.mu.Unlock()
+	for _, d := range roots {
+		if err := w.addRoot(d, true); err != nil {
+			w.log.Error("rescan", "dir", d.Path, "err", err)
 		}
 	}
 }
@@ -320,7 +323,7 @@ func (w *Watcher) handle(ev fsnotify.Event) {
 			return // already gone
 		}
 		if st.IsDir() {
-			if err := w.addTree(p, true); err != nil {
+			if err := w.addPath(p); err != nil {
 				w.log.Error("watch new directory", "dir", p, "err", err)
 			}
 			return
@@ -364,15 +367,18 @@ func (w *Watcher) handle(ev fsnotify.Event) {
 // and schedule the files already in them; the stale IN_MOVE_SELF then names no watch.
 func (w *Watcher) unwatchTree(dir string) {
 	w.mu.Lock()
-	if !w.watched[dir] {
+	if _, ok := w.watched[dir]; !ok {
 		w.mu.Unlock()
 		return
 	}
 	var gone []string
-	for p := range w.watched {
+	for p, id := range w.watched {
 		if p == dir || strings.HasPrefix(p, dir+string(filepath.Separator)) {
 			gone = append(gone, p)
 			delete(w.watched, p)
+			if w.watchedAs[id] == p {
+				delete(w.watchedAs, id)
+			}
 		}
 	}
 	w.mu.Unlock()
@@ -464,63 +470,101 @@ func (w *Watcher) settling(p string) bool {
 	return ok || w.queued[p] > 0 || w.inflight[p]
 }
 
-// addTree watches dir and its subdirectories and, if scanFiles, schedules their files. It
-// fails unless dir itself ends up watched.
-func (w *Watcher) addTree(dir string, scanFiles bool) error {
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			if p == dir {
-				return err
-			}
-			return nil // vanished or unreadable below the root: skip it
-		}
-		switch {
-		case d.IsDir():
-			if err := w.fsw.Add(p); err != nil {
-				if errors.Is(err, unix.ENOSPC) {
-					w.watchLimit(p, err)
-					if p == dir {
-						return fmt.Errorf("watch %s: %w: %w", p, ErrWatchLimit, err)
-					}
-					return filepath.SkipAll
-				}
-				if p == dir {
-					return fmt.Errorf("watch %s: %w", p, err)
-				}
-				return nil
-			}
-			// inotify followed any symbolic link on the way: a directory swapped for one
-			// since it was seen must not stay watched where it points.
-			fd, err := openDir(p)
-			if err != nil {
-				w.fsw.Remove(p)
-				if p == dir {
-					return fmt.Errorf("watch %s: %w", p, err)
-				}
-				w.log.Warn("directory not watched", "dir", p, "err", err)
-				return filepath.SkipDir
-			}
-			unix.Close(fd)
-			w.mu.Lock()
-			w.watched[p] = true
-			w.mu.Unlock()
-			if w.cfg.OnDir != nil {
-				w.cfg.OnDir(p)
-			}
-		case d.Type().IsRegular() && scanFiles:
-			w.schedule(p)
-		}
-		return nil
-	})
+// addRoot watches the download directory d and the directories below it and, if
+// scanFiles, schedules their files; d must still be the directory that was checked (see
+// Dir).
+func (w *Watcher) addRoot(d Dir, scanFiles bool) error {
+	fd, err := d.open()
 	if err != nil {
+		return fmt.Errorf("watch %s: %w", d.Path, err)
+	}
+	defer unix.Close(fd)
+	return w.addTree(fd, d.Path, scanFiles)
+}
+
+// addPath watches the new directory at p, reached without following a symbolic link, and
+// the directories below it, and schedules their files.
+func (w *Watcher) addPath(p string) error {
+	fd, err := openDir(p)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", p, err)
+	}
+	defer unix.Close(fd)
+	return w.addTree(fd, p, true)
+}
+
+// addTree watches the directory open as fd, named dir, and the directories below it (see
+// walkDirs: each is opened from its parent's descriptor) and, if scanFiles, schedules
+// their files. It fails unless dir itself ends up watched.
+func (w *Watcher) addTree(fd int, dir string, scanFiles bool) error {
+	full := false // the watch limit was reached: watch nothing more in this walk
+	visit := func(fd int, p string) (bool, error) {
+		if full {
+			return false, nil
+		}
+		err := w.watchDir(fd, p)
+		if errors.Is(err, unix.ENOSPC) {
+			w.watchLimit(p, err)
+			full = true
+			return false, fmt.Errorf("watch %s: %w: %w", p, ErrWatchLimit, err)
+		}
+		if err != nil {
+			if p != dir {
+				w.log.Warn("directory not watched", "dir", p, "err", err)
+			}
+			return false, fmt.Errorf("watch %s: %w", p, err)
+		}
+		if w.cfg.OnDir != nil {
+			w.cfg.OnDir(p)
+		}
+		return true, nil
+	}
+	var file func(string)
+	if scanFiles {
+		file = w.schedule
+	}
+	return walkDirs(fd, dir, visit, file)
+}
+
+// watchDir adds the inotify watch of the directory open as fd, named p. fsnotify names a
+// watch's events by the path it was added with, so the watch is added by that path, which
+// the kernel resolves again, following symbolic links: p may have been swapped for a
+// symbolic link, or another directory renamed onto it, since fd was opened. So the watch
+// is then checked to be on fd's directory: the kernel gives an inode one watch per
+// inotify instance, and adding fd's directory again through /proc/self/fd/N makes no new
+// watch (fsnotify knows none by that name) exactly when p's watch is on it. Otherwise both
+// are removed and the error wraps ErrDirReplaced.
+func (w *Watcher) watchDir(fd int, p string) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
+	id := fileID{dev: st.Dev, ino: st.Ino}
+	// fd's directory watched under another name (moved here, its Rename not handled
+	// yet): that watch would answer the check below; drop it as unwatchTree does.
 	w.mu.Lock()
-	ok := w.watched[dir]
+	old, moved := w.watchedAs[id]
+	moved = moved && old != p && w.watched[old] == id
 	w.mu.Unlock()
-	if !ok {
-		return fmt.Errorf("watch %s: not watched (replaced meanwhile?)", dir)
+	if moved {
+		w.unwatchTree(old)
 	}
+	if err := w.fsw.Add(p); err != nil {
+		return err
+	}
+	byFD := "/proc/self/fd/" + strconv.Itoa(fd)
+	if err := w.fsw.Add(byFD); err != nil {
+		w.fsw.Remove(p)
+		return err
+	}
+	if err := w.fsw.Remove(byFD); !errors.Is(err, fsnotify.ErrNonExistentWatch) {
+		w.fsw.Remove(p)
+		return fmt.Errorf("%s: %w", p, ErrDirReplaced)
+	}
+	w.mu.Lock()
+	w.watched[p] = id
+	w.watchedAs[id] = p
+	w.mu.Unlock()
 	return nil
 }
 
@@ -617,11 +661,10 @@ func (w *Watcher) decide(ctx context.Context, p string) error {
 		return nil
 	}
 
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
+	sum, err := hashFile(ctx, f)
+	if err != nil {
 		return fmt.Errorf("hash %s: %w", p, err)
 	}
-	sum := hex.EncodeToString(h.Sum(nil))
 	var st2 unix.Stat_t
 	if err := unix.Fstat(fd, &st2); err != nil {
 		return fmt.Errorf("stat %s: %w", p, err)
@@ -663,6 +706,10 @@ func (w *Watcher) decide(ctx context.Context, p string) error {
 		fi.ObservedOrigin += " prog:" + wr.program
 	}
 
+	var gen uint64 // the Gate's generation the verdict is decided in
+	if w.cfg.Gate != nil {
+		gen = w.cfg.Gate.gen.Load()
+	}
 	dctx, cancel := context.WithTimeout(ctx, w.cfg.DecideTimeout)
 	dfi := fi
 	dfi.File = f // decide on the file that was hashed, whatever p names now
@@ -686,7 +733,7 @@ func (w *Watcher) decide(ctx context.Context, p string) error {
 		}
 	}
 	if w.cfg.Gate != nil {
-		w.cfg.Gate.seed(fd, &st, fi, v)
+		w.cfg.Gate.seed(fd, &st, fi, v, gen)
 	}
 	w.remember(id, now)
 	w.log.Info("download decided", "path", p, "action", v.Action, "rule", v.Rule, "origin", fi.Origin())

@@ -417,7 +417,8 @@ func TestWatcherFollowsRenamedDirectories(t *testing.T) {
 	waitFor(t, 5*time.Second, "x/old watched", func() bool {
 		w.mu.Lock()
 		defer w.mu.Unlock()
-		return w.watched[filepath.Join(x, "old")]
+		_, ok := w.watched[filepath.Join(x, "old")]
+		return ok
 	})
 	y := filepath.Join(dir, "y")
 	if err := os.Rename(x, y); err != nil {

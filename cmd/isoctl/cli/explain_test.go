@@ -104,6 +104,15 @@ func TestPolicyExplainGatedFile(t *testing.T) {
 	if err := os.WriteFile(script, []byte("#!/bin/sh\necho hello\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	// A file without a record, in a directory isolatord's configuration lists.
+	fresh := filepath.Join(dl, "fresh.sh")
+	if err := os.WriteFile(fresh, []byte("#!/bin/sh\necho fresh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(t.TempDir(), "isolatord.yaml")
+	if err := os.WriteFile(config, []byte("intercept: true\ndownload_dirs: ["+dl+"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if err := interception.WriteRecord(script, interception.Record{Verdict: interception.ActionIsolate,
 		Rule: "internet-scripts", Time: time.Now(), SHA256: strings.Repeat("cd", 32)}); err != nil {
 		t.Skipf("no user xattrs on %s: %v", dl, err)
@@ -156,6 +165,10 @@ func TestPolicyExplainGatedFile(t *testing.T) {
 	if !strings.Contains(string(out), "recorded:  isolate (rule test)") || !strings.Contains(string(out), "content:   not read") {
 		t.Errorf("explain: %v\n%s", err, out)
 	}
+	out, err = exec.Command(filepath.Join(bin, "isoctl"), "policy", "explain", "--isolatord-config", config, fresh).CombinedOutput()
+	if !strings.Contains(string(out), "content:   not read: the file is in the download directory "+dl) {
+		t.Errorf("explain of a file without a record: %v\n%s", err, out)
+	}
 	if got := g.Stats(); got.Events != st.Events {
 		t.Errorf("explain made %d permission events, want none", got.Events-st.Events)
 	}
@@ -169,4 +182,62 @@ func TestPolicyExplainGatedFile(t *testing.T) {
 		t.Errorf("explain started %d isolations", sink.isolated-isolated)
 	}
 	sink.mu.Unlock()
+}
+
+// TestPolicyExplainDownloadDir: explain does not open the content of a file in a download
+// directory (the requester's or the file owner's XDG one, or one of isolatord's
+// download_dirs), where isolatord's gate may refuse the open and isolate the file, unless
+// --read-content is given; it says so, and that content conditions could not be used.
+func TestPolicyExplainDownloadDir(t *testing.T) {
+	home := t.TempDir()
+	dl := filepath.Join(home, "Downloads")
+	listed := t.TempDir()
+	for _, d := range []string{dl, filepath.Join(home, "elsewhere")} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	config := filepath.Join(t.TempDir(), "isolatord.yaml")
+	if err := os.WriteFile(config, []byte("download_dirs: ["+listed+"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// A rule that needs the content decides first.
+	site := t.TempDir()
+	if err := os.WriteFile(filepath.Join(site, "05-scripts.yaml"), []byte(`
+rules:
+  - {name: no-scripts, action: deny, match: {content_type: [text/x-shellscript]}}
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	const script = "#!/bin/sh\necho hello\n"
+	const read = `content_type "text/x-shellscript"`
+	for _, tt := range []struct {
+		dir, notRead string // notRead: the directory named, "" if the content is read
+	}{
+		{dl, dl},
+		{listed, listed},
+		{filepath.Join(home, "elsewhere"), ""},
+	} {
+		p := filepath.Join(tt.dir, "setup.sh")
+		if err := os.WriteFile(p, []byte(script), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		args := []string{"policy", "explain", "--policy-dir", site, "--home", home, "--isolatord-config", config}
+		code, out, errOut := runCLI(t, append(args, p)...)
+		if tt.notRead == "" {
+			if code != 0 || strings.Contains(out, "content:") || !strings.Contains(out, read) {
+				t.Errorf("explain of a file outside the download directories did not read it: exit %d\n%s%s", code, out, errOut)
+			}
+			continue
+		}
+		if code != 1 || !strings.Contains(out, "content:   not read: the file is in the download directory "+tt.notRead+",") ||
+			!strings.Contains(out, "--read-content") || strings.Contains(out, read) ||
+			!strings.Contains(out, "decision:  none: the policy needs the file's content, which was not read") {
+			t.Errorf("explain of a file in %s: exit %d\n%s%s", tt.dir, code, out, errOut)
+		}
+		code, out, errOut = runCLI(t, append(args, "--read-content", p)...)
+		if code != 0 || strings.Contains(out, "content:") || !strings.Contains(out, read) || !strings.Contains(out, "decision:  deny") {
+			t.Errorf("explain --read-content of a file in %s did not read it: exit %d\n%s%s", tt.dir, code, out, errOut)
+		}
+	}
 }

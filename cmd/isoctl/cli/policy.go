@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
+	"gopkg.in/yaml.v3"
 
 	"github.com/isolator-dev/isolator/pkg/interception"
 	"github.com/isolator-dev/isolator/pkg/policy"
@@ -187,7 +188,14 @@ type policyExplainOptions struct {
 	origin   string
 	referrer string
 	json     bool
+	// readContent opens the content of a file in a download directory too, and
+	// daemonConfig is isolatord's configuration file, read for its download_dirs.
+	readContent  bool
+	daemonConfig string
 }
+
+// defaultDaemonConfig is where isolatord reads its configuration (pkg/daemon.DefaultConfig).
+const defaultDaemonConfig = "/etc/isolator/isolatord.yaml"
 
 func newPolicyExplainCmd() *cobra.Command {
 	o := &policyExplainOptions{}
@@ -201,8 +209,14 @@ the file's user.xdg.origin.url / user.xdg.referrer.url (or user.isolator.*) xatt
 The verdict isolatord recorded on the file (the user.isolator.* xattrs) is shown as
 "recorded:". Those attributes are read without opening the file. When the record refuses
 opens (isolate, deny, ask), the file's content is not opened at all: an open would be
-refused by isolatord's gate and start an isolation. Rules that need the content (type,
-hash) then cannot decide, which is said.`,
+refused by isolatord's gate and start an isolation.
+
+Nor is the content of a file in a download directory opened unless --read-content is
+given: isolatord's gate may answer that open like any other (decide the file, refuse the
+open and isolate the file for its owner). The download directories are the XDG download
+directories of the file's owner and of the requester, and the download_dirs of
+isolatord's configuration file (--isolatord-config) when it can be read. Rules that need
+the content (type, hash) then cannot decide, which is said ("content: not read").`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.explicit = cmd.Flags().Changed("policy-dir")
@@ -220,6 +234,9 @@ hash) then cannot decide, which is said.`,
 	f.StringVar(&o.origin, "origin", "", "URL the file was downloaded from (default: from its xattrs)")
 	f.StringVar(&o.referrer, "referrer", "", "URL of the page that linked the download (default: from its xattrs)")
 	f.BoolVar(&o.json, "json", false, "print the request and decision as JSON")
+	f.BoolVar(&o.readContent, "read-content", false,
+		"read the content of a file in a download directory too (isolatord's gate may refuse the open and isolate the file)")
+	f.StringVar(&o.daemonConfig, "isolatord-config", defaultDaemonConfig, "isolatord's configuration file, for its download_dirs")
 	o.flags(cmd)
 	return cmd
 }
@@ -319,6 +336,10 @@ func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) 
 	if recorded != nil && recorded.Verdict.Valid() && recorded.Verdict != interception.ActionTrust {
 		content = fmt.Sprintf("not read: the file's record says %s, so isolatord would refuse to open it "+
 			"(and isolate it); the decision uses what needs no content", recorded.Verdict)
+	} else if dl := o.downloadDir(abs, pf, req); dl != "" && !o.readContent {
+		content = fmt.Sprintf("not read: the file is in the download directory %s, where isolatord's gate may "+
+			"refuse the open and isolate the file; the decision uses what needs no content "+
+			"(--read-content reads it)", dl)
 	} else if f, ferr := openRegular(byFD); ferr != nil {
 		content = fmt.Sprintf("not read: %v; the decision uses what needs no content", unwrapPath(ferr))
 	} else if same, serr := sameFile(f, pf); serr != nil || !same {
@@ -389,6 +410,60 @@ func runPolicyExplain(cmd *cobra.Command, o *policyExplainOptions, file string) 
 	}
 	printDecision(stdout, req, d)
 	return nil
+}
+
+// downloadDir returns the download directory containing path (resolved, the file open as
+// pf), or "": the XDG download directory of the file's owner or of the requester req (as
+// isolatord finds them, interception.DownloadDir), or one of the download_dirs of
+// isolatord's configuration file. isolatord gates these (when interception is on), so
+// opening the content of a file there may be refused and start an isolation.
+func (o *policyExplainOptions) downloadDir(path string, pf *os.File, req *policy.Request) string {
+	var dirs []string
+	if fi, err := pf.Stat(); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			if u, err := user.LookupId(strconv.FormatUint(uint64(st.Uid), 10)); err == nil {
+				if d, err := interception.DownloadDir(u.HomeDir, st.Uid); err == nil {
+					dirs = append(dirs, d.Path)
+				}
+			}
+		}
+	}
+	if req.Home != "" && req.UID >= 0 {
+		if d, err := interception.DownloadDir(req.Home, uint32(req.UID)); err == nil {
+			dirs = append(dirs, d.Path)
+		}
+	}
+	dirs = append(dirs, configuredDownloadDirs(o.daemonConfig)...)
+	for _, d := range dirs {
+		if path == d || strings.HasPrefix(path, d+string(filepath.Separator)) {
+			return d
+		}
+	}
+	return ""
+}
+
+// configuredDownloadDirs returns the download_dirs of isolatord's configuration file at
+// path, with symbolic links resolved, or nothing if it cannot be read.
+func configuredDownloadDirs(path string) []string {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var c struct {
+		DownloadDirs []string `yaml:"download_dirs"`
+	}
+	if err := yaml.NewDecoder(io.LimitReader(f, 1<<20)).Decode(&c); err != nil {
+		return nil
+	}
+	dirs := make([]string, 0, len(c.DownloadDirs))
+	for _, d := range c.DownloadDirs {
+		if real, err := filepath.EvalSymlinks(d); err == nil {
+			d = real
+		}
+		dirs = append(dirs, filepath.Clean(d))
+	}
+	return dirs
 }
 
 // recordJSON is isolatord's record on a file, for --json.
