@@ -144,13 +144,20 @@ func TestPolicyExplainGatedFile(t *testing.T) {
 	if out, err := exec.Command("cat", script).CombinedOutput(); err == nil || !strings.Contains(string(out), "not permitted") {
 		t.Fatalf("cat of the gated file: %q, %v", out, err)
 	}
+	// The Gate isolates after answering, on a goroutine of its own: wait for it.
+	isolated := 0
+	for deadline := time.Now().Add(5 * time.Second); isolated == 0 && time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		sink.mu.Lock()
+		isolated = sink.isolated
+		sink.mu.Unlock()
+	}
+	if isolated != 1 {
+		t.Fatalf("the refused cat started %d isolations, want 1", isolated)
+	}
 	st := g.Stats()
 	mu.Lock()
 	before := decisions
 	mu.Unlock()
-	sink.mu.Lock()
-	isolated := sink.isolated
-	sink.mu.Unlock()
 
 	bin := t.TempDir()
 	self, err := os.Executable()
