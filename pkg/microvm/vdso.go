@@ -1,6 +1,7 @@
 package microvm
 
 import (
+	"debug/elf"
 	"encoding/binary"
 	"math/bits"
 	"sync"
@@ -152,40 +153,16 @@ var vdsoFuncs = []struct {
 // vdsoImage returns the vDSO's ELF image, built once.
 var vdsoImage = sync.OnceValue(buildVDSO)
 
-// ELF constants (elf.h) beyond the loader's.
+// Sizes of ELF structures and the version-definition flag, which debug/elf has no
+// names for; the rest of the ELF constants are debug/elf's.
 const (
-	elfSymSize      = 24
-	elfDynSize      = 16
-	elfShdrSize     = 64
-	verFlagBase     = 1 // VER_FLG_BASE
-	verdefSize      = 20
-	verdauxSize     = 8
-	stbGlobal       = 1
-	stbWeak         = 2
-	sttObject       = 1
-	sttFunc         = 2
-	shnAbs          = 0xfff1
-	dtNull          = 0
-	dtHash          = 4
-	dtStrtab        = 5
-	dtSymtab        = 6
-	dtStrsz         = 10
-	dtSyment        = 11
-	dtSoname        = 14
-	dtVersym        = 0x6ffffff0
-	dtVerdef        = 0x6ffffffc
-	dtVerdefnum     = 0x6ffffffd
-	shtProgbits     = 1
-	shtStrtab       = 3
-	shtHash         = 5
-	shtDynamic      = 6
-	shtDynsym       = 11
-	shtGnuVerdef    = 0x6ffffffd
-	shtGnuVersym    = 0x6fffffff
-	shfAlloc        = 2
-	shfExecinstr    = 4
-	ptDynamic       = 2
-	vdsoTextSection = 7 // index of .text among the section headers below
+	elfSymSize      = elf.Sym64Size
+	elfDynSize      = 16 // Elf64_Dyn
+	elfShdrSize     = 64 // Elf64_Shdr
+	verFlagBase     = 1  // VER_FLG_BASE
+	verdefSize      = 20 // Elf64_Verdef
+	verdauxSize     = 8  // Elf64_Verdaux
+	vdsoTextSection = 7  // index of .text among the section headers below
 )
 
 // elfHash is the System V ELF hash function, for DT_HASH and version definitions.
@@ -230,10 +207,10 @@ func buildVDSO() []byte {
 	for _, f := range vdsoFuncs {
 		v := vdsoCodeOff + f.off
 		syms = append(syms,
-			sym{"__vdso_" + f.name, str("__vdso_" + f.name), stbGlobal<<4 | sttFunc, vdsoTextSection, v, f.size},
-			sym{f.name, str(f.name), stbWeak<<4 | sttFunc, vdsoTextSection, v, f.size})
+			sym{"__vdso_" + f.name, str("__vdso_" + f.name), byte(elf.STB_GLOBAL)<<4 | byte(elf.STT_FUNC), vdsoTextSection, v, f.size},
+			sym{f.name, str(f.name), byte(elf.STB_WEAK)<<4 | byte(elf.STT_FUNC), vdsoTextSection, v, f.size})
 	}
-	syms = append(syms, sym{vdsoVersion, version, stbGlobal<<4 | sttObject, shnAbs, 0, 0})
+	syms = append(syms, sym{vdsoVersion, version, byte(elf.STB_GLOBAL)<<4 | byte(elf.STT_OBJECT), uint16(elf.SHN_ABS), 0, 0})
 
 	off := ehdrSize + 2*phdrSize
 	// .hash: nbucket, nchain, buckets, chains.
@@ -303,9 +280,9 @@ func buildVDSO() []byte {
 	dynOff := align(off, 8)
 	off = dynOff
 	for _, d := range [][2]uint64{
-		{dtHash, uint64(hashOff)}, {dtStrtab, uint64(strOff)}, {dtSymtab, uint64(symOff)},
-		{dtStrsz, uint64(len(dynstr))}, {dtSyment, elfSymSize}, {dtSoname, uint64(soname)},
-		{dtVersym, uint64(versymOff)}, {dtVerdef, uint64(verdefOff)}, {dtVerdefnum, 2}, {dtNull, 0},
+		{uint64(elf.DT_HASH), uint64(hashOff)}, {uint64(elf.DT_STRTAB), uint64(strOff)}, {uint64(elf.DT_SYMTAB), uint64(symOff)},
+		{uint64(elf.DT_STRSZ), uint64(len(dynstr))}, {uint64(elf.DT_SYMENT), elfSymSize}, {uint64(elf.DT_SONAME), uint64(soname)},
+		{uint64(elf.DT_VERSYM), uint64(versymOff)}, {uint64(elf.DT_VERDEF), uint64(verdefOff)}, {uint64(elf.DT_VERDEFNUM), 2}, {uint64(elf.DT_NULL), 0},
 	} {
 		le.PutUint64(img[off:], d[0])
 		le.PutUint64(img[off+8:], d[1])
@@ -339,14 +316,14 @@ func buildVDSO() []byte {
 	// 7 .text (vdsoTextSection), 8 .shstrtab.
 	secs := []section{
 		{},
-		{sh(".hash"), shtHash, shfAlloc, hashOff, hashEnd - hashOff, 2, 0, 8, 4},
-		{sh(".dynsym"), shtDynsym, shfAlloc, symOff, len(syms) * elfSymSize, 3, 1, 8, elfSymSize},
-		{sh(".dynstr"), shtStrtab, shfAlloc, strOff, len(dynstr), 0, 0, 1, 0},
-		{sh(".gnu.version"), shtGnuVersym, shfAlloc, versymOff, 2 * len(syms), 2, 0, 2, 2},
-		{sh(".gnu.version_d"), shtGnuVerdef, shfAlloc, verdefOff, 2 * (verdefSize + verdauxSize), 3, 2, 8, 0},
-		{sh(".dynamic"), shtDynamic, shfAlloc, dynOff, dynEnd - dynOff, 3, 0, 8, elfDynSize},
-		{sh(".text"), shtProgbits, shfAlloc | shfExecinstr, vdsoCodeOff, len(vdsoCode), 0, 0, 16, 0},
-		{sh(".shstrtab"), shtStrtab, 0, 0, 0, 0, 0, 1, 0},
+		{sh(".hash"), uint32(elf.SHT_HASH), uint64(elf.SHF_ALLOC), hashOff, hashEnd - hashOff, 2, 0, 8, 4},
+		{sh(".dynsym"), uint32(elf.SHT_DYNSYM), uint64(elf.SHF_ALLOC), symOff, len(syms) * elfSymSize, 3, 1, 8, elfSymSize},
+		{sh(".dynstr"), uint32(elf.SHT_STRTAB), uint64(elf.SHF_ALLOC), strOff, len(dynstr), 0, 0, 1, 0},
+		{sh(".gnu.version"), uint32(elf.SHT_GNU_VERSYM), uint64(elf.SHF_ALLOC), versymOff, 2 * len(syms), 2, 0, 2, 2},
+		{sh(".gnu.version_d"), uint32(elf.SHT_GNU_VERDEF), uint64(elf.SHF_ALLOC), verdefOff, 2 * (verdefSize + verdauxSize), 3, 2, 8, 0},
+		{sh(".dynamic"), uint32(elf.SHT_DYNAMIC), uint64(elf.SHF_ALLOC), dynOff, dynEnd - dynOff, 3, 0, 8, elfDynSize},
+		{sh(".text"), uint32(elf.SHT_PROGBITS), uint64(elf.SHF_ALLOC | elf.SHF_EXECINSTR), vdsoCodeOff, len(vdsoCode), 0, 0, 16, 0},
+		{sh(".shstrtab"), uint32(elf.SHT_STRTAB), 0, 0, 0, 0, 0, 1, 0},
 	}
 	off += copy(img[off:], shstr)
 	secs[8].off, secs[8].size = shstrOff, len(shstr)
@@ -356,7 +333,7 @@ func buildVDSO() []byte {
 		le.PutUint32(img[off:], s.name)
 		le.PutUint32(img[off+4:], s.typ)
 		le.PutUint64(img[off+8:], s.flags)
-		if s.flags&shfAlloc != 0 {
+		if s.flags&uint64(elf.SHF_ALLOC) != 0 {
 			le.PutUint64(img[off+16:], uint64(s.off)) // sh_addr: linked at 0
 		}
 		le.PutUint64(img[off+24:], uint64(s.off))
@@ -392,7 +369,7 @@ func buildVDSO() []byte {
 		typ, flags uint32
 		off, size  uint64
 		align      uint64
-	}{{ptLoad, pfR | pfX, 0, uint64(size), pageSize}, {ptDynamic, pfR, uint64(dynOff), uint64(dynEnd - dynOff), 8}} {
+	}{{ptLoad, pfR | pfX, 0, uint64(size), pageSize}, {uint32(elf.PT_DYNAMIC), pfR, uint64(dynOff), uint64(dynEnd - dynOff), 8}} {
 		o := ehdrSize + i*phdrSize
 		le.PutUint32(img[o:], p.typ)
 		le.PutUint32(img[o+4:], p.flags)
