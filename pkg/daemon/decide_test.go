@@ -183,19 +183,7 @@ rules:
 `)
 	in := start(t, daemon.Config{Decider: hd})
 	dl := t.TempDir()
-	ic, err := daemon.NewInterceptor(in.d, daemon.InterceptConfig{Dirs: []string{dl}, Settle: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ic.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runInterceptor(t, in.d, daemon.InterceptConfig{Dirs: []string{dl}, Settle: time.Hour})
 	evil := writeFile(t, dl, "evil.txt", "evil content\n")
 	swapIn := writeFile(t, t.TempDir(), "harmless.txt", harmless)
 	hd.setBefore(func(req *daemon.DecideRequest) {
@@ -230,19 +218,7 @@ rules:
 `)
 	in := start(t, daemon.Config{Decider: hd})
 	dl := t.TempDir()
-	ic, err := daemon.NewInterceptor(in.d, daemon.InterceptConfig{Dirs: []string{dl}, Settle: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ic.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runInterceptor(t, in.d, daemon.InterceptConfig{Dirs: []string{dl}, Settle: time.Hour})
 	p := writeFile(t, dl, "tool.bin", "reviewed bytes\n")
 	if _, _, err := catFile(p); err == nil {
 		t.Fatal("cat of an isolated file succeeded")

@@ -315,23 +315,6 @@ func TestInterceptorRescansUsers(t *testing.T) {
 	}
 	outside := writeFile(t, elsewhere, "report.bin", "untrusted bytes")
 
-	run := func(t *testing.T, cfg daemon.InterceptConfig) *daemon.Interceptor {
-		t.Helper()
-		ic, err := daemon.NewInterceptor(in.d, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- ic.Run(ctx) }()
-		t.Cleanup(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		})
-		return ic
-	}
 	// download writes an untrusted file of the user into dir and waits for its decision;
 	// cat is refused then.
 	download := func(t *testing.T, dir string, uid int) {
@@ -347,7 +330,7 @@ func TestInterceptorRescansUsers(t *testing.T) {
 	}
 
 	t.Run("SIGHUP", func(t *testing.T) {
-		ic := run(t, daemon.InterceptConfig{Passwd: passwd, Settle: 100 * time.Millisecond, RescanInterval: time.Hour})
+		ic := runInterceptor(t, in.d, daemon.InterceptConfig{Passwd: passwd, Settle: 100 * time.Millisecond, RescanInterval: time.Hour})
 		dl := mkOwned(filepath.Join(root, "alice", "Downloads"), alice)
 		p := writeFile(t, dl, "before.bin", "not yet watched")
 		time.Sleep(300 * time.Millisecond) // past the settle interval: not decided, not gated
@@ -360,7 +343,7 @@ func TestInterceptorRescansUsers(t *testing.T) {
 		download(t, mkOwned(filepath.Join(dl, "sub"), alice), alice)
 	})
 	t.Run("every RescanInterval", func(t *testing.T) {
-		run(t, daemon.InterceptConfig{Passwd: passwd, Settle: 100 * time.Millisecond, RescanInterval: 100 * time.Millisecond})
+		runInterceptor(t, in.d, daemon.InterceptConfig{Passwd: passwd, Settle: 100 * time.Millisecond, RescanInterval: 100 * time.Millisecond})
 		download(t, mkOwned(filepath.Join(root, "bob", "Downloads"), bob), bob)
 	})
 	if out, _, err := catFile(outside); err != nil || auditCount(t, in.state, "decision", outside) != 0 {
@@ -406,20 +389,8 @@ func TestInterceptorUserDirSwappedForSymlink(t *testing.T) {
 	if err := os.Symlink(other, link); err != nil {
 		t.Fatal(err)
 	}
-	ic, err := daemon.NewInterceptor(in.d, daemon.InterceptConfig{Passwd: passwd, Settle: 100 * time.Millisecond,
+	ic := runInterceptor(t, in.d, daemon.InterceptConfig{Passwd: passwd, Settle: 100 * time.Millisecond,
 		RescanInterval: time.Hour})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ic.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
 
 	var stop atomic.Bool
 	swapped := make(chan int)
@@ -462,4 +433,23 @@ func TestInterceptorUserDirSwappedForSymlink(t *testing.T) {
 	if out, errOut, err := catFile(secret); err != nil || auditCount(t, in.state, "decision", secret) != 0 {
 		t.Errorf("the victim's file is gated after all: cat: %q %q %v", out, errOut, err)
 	}
+}
+
+// runInterceptor makes an Interceptor for d and runs it until the test ends.
+func runInterceptor(t *testing.T, d *daemon.Daemon, cfg daemon.InterceptConfig) *daemon.Interceptor {
+	t.Helper()
+	ic, err := daemon.NewInterceptor(d, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- ic.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return ic
 }
